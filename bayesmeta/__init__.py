@@ -1,0 +1,29 @@
+"""bayesmeta: Bayesian meta-learning with hierarchical Pyro models.
+
+Users write ``import bayesmeta as bm``::
+
+    family = bm.tasks.Sinusoid(noise_std=0.1)
+    learner = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, y_dim=1))
+    learner.fit(family, steps=20_000)
+    pred = learner.adapt(test).predict(test.x_query)
+"""
+
+from . import inference, models, tasks
+from .learners import BayesLearner
+from .mixture import GaussianMixture
+from .predictive import Posterior, Predictive
+from .tasks import TaskBatch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BayesLearner",
+    "GaussianMixture",
+    "Posterior",
+    "Predictive",
+    "TaskBatch",
+    "inference",
+    "models",
+    "tasks",
+    "__version__",
+]

@@ -1,0 +1,68 @@
+"""Training objectives: the mean-field ELBO and a per-task importance-weighted bound."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.infer import ELBO, TraceMeanField_ELBO
+from pyro.infer.enum import get_importance_trace
+from pyro.infer.util import get_dependent_plate_dims, torch_sum
+
+__all__ = ["TaskImportanceELBO", "make_objective", "OBJECTIVES"]
+
+OBJECTIVES = ("elbo", "iwae")
+
+
+class TaskImportanceELBO(ELBO):
+    """Importance-weighted bound with one set of weights *per task* (Burda et al. 2016).
+
+    ``L = sum_i log (1/K) sum_k p(theta_ik, D_i) / q(theta_ik | D_i)``. This is Pyro's
+    ``RenyiELBO(alpha=0)`` (whose weights are per element of the plates common to all sites,
+    here the tasks plate), with a :meth:`differentiable_loss` so it can be used as an
+    ``ELBOModule`` with a plain torch optimiser, and with the task-subsampling scale of the
+    ``tasks`` plate applied.
+    """
+
+    def __init__(self, num_particles: int = 8, vectorize_particles: bool = True,
+                 max_plate_nesting: int = 2) -> None:
+        super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles,
+                         max_plate_nesting=max_plate_nesting)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        particles, scale = [], 1.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+            log_w = 0.0
+            for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+                for site in trace.nodes.values():
+                    if site["type"] == "sample":
+                        log_w = log_w + sign * torch_sum(site["log_prob"], sum_dims)
+                        scale = site["scale"]
+            particles.append(log_w)
+        if self.vectorize_particles and self.num_particles > 1:
+            log_w = particles[0]  # [K, T, 1...]
+        else:
+            log_w = torch.stack(particles)
+        log_w = log_w.reshape(self.num_particles, -1)  # [K, T]
+        bound = torch.logsumexp(log_w, 0) - math.log(self.num_particles)  # [T]
+        return -scale * bound.sum()
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+
+def make_objective(name: str, num_particles: int) -> ELBO:
+    """``"elbo"`` -> ``TraceMeanField_ELBO``; ``"iwae"`` -> :class:`TaskImportanceELBO`."""
+    if not isinstance(num_particles, int) or num_particles < 1:
+        raise ValueError(f"num_particles must be a positive int; got {num_particles!r}")
+    if name == "elbo":
+        return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                                   max_plate_nesting=2)
+    if name == "iwae":
+        return TaskImportanceELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+    raise ValueError(f"objective must be one of {OBJECTIVES}; got {name!r}")

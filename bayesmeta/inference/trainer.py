@@ -1,0 +1,236 @@
+"""Meta-training: one objective over many tasks, mini-batched over tasks.
+
+Two sources of tasks:
+
+* a :class:`~bayesmeta.tasks.TaskFamily` (an endless stream): each step draws fresh tasks with
+  ``max_points`` points and observes a random number ``n_i ~ U{min_points..max_points}`` of them,
+  so the encoder learns every set size; the model sees exactly what the guide sees;
+* a :class:`~bayesmeta.tasks.TaskBatch` pool of ``M`` tasks: each step subsamples
+  ``tasks_per_step`` tasks and observes *all* their points (support and query); the tasks plate
+  rescales by ``M / tasks_per_step`` so the loss is an unbiased estimate of the full objective.
+  With ``encoder_subsets`` the encoder also learns random subsets of the pool tasks through an
+  extra guide-only term (the model's parameters get no gradient from it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..tasks.batch import TaskBatch
+from ..tasks.family import TaskFamily
+from .objectives import OBJECTIVES, make_objective
+
+__all__ = ["TrainConfig", "History", "meta_train", "resolve_device"]
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def resolve_device(device) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` or a ``torch.device`` -> ``torch.device``."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: unknown device {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+    return dev
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of :func:`meta_train`; validated on construction."""
+
+    steps: int = 2000
+    max_time: float | None = None
+    tasks_per_step: int = 32
+    objective: str = "iwae"
+    num_particles: int = 8
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    final_lr_fraction: float = 0.1
+    clip_norm: float | None = 10.0
+    min_points: int = 0
+    max_points: int = 20
+    encoder_subsets: bool = True
+    seed: int = 0
+    progress: bool = True
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("steps", isinstance(self.steps, int) and self.steps >= 1, "an int >= 1"),
+            ("tasks_per_step", isinstance(self.tasks_per_step, int) and self.tasks_per_step >= 1, "an int >= 1"),
+            ("max_time", self.max_time is None or self.max_time > 0, "None or > 0 seconds"),
+            ("objective", self.objective in OBJECTIVES, f"one of {OBJECTIVES}"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {tuple(OPTIMIZERS)}"),
+            ("lr", self.lr > 0, "> 0"),
+            ("final_lr_fraction", 0 < self.final_lr_fraction <= 1, "in (0, 1]"),
+            ("clip_norm", self.clip_norm is None or self.clip_norm > 0, "None or > 0"),
+            ("num_particles", isinstance(self.num_particles, int) and self.num_particles >= 1, "an int >= 1"),
+            ("min_points", 0 <= self.min_points <= self.max_points, "0 <= min_points <= max_points"),
+            ("max_points", self.max_points >= 1, ">= 1"),
+            ("log_every", self.log_every >= 1, ">= 1"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}; got {getattr(self, name)!r}")
+
+
+@dataclass
+class History:
+    """Training trace, one entry every ``log_every`` steps: loss is per task (negative bound)."""
+
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    time: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list]:
+        return {"step": self.step, "loss": self.loss, "time": self.time, "lr": self.lr}
+
+
+class _TaskStream:
+    """Yields ``(x, y, mask, num_tasks)`` mini-batches on ``device`` from a family or a pool."""
+
+    def __init__(self, source, cfg: TrainConfig, device: torch.device, x_dim: int, y_dim: int) -> None:
+        self.cfg, self.device = cfg, device
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        if isinstance(source, TaskFamily):
+            self.family, self.pool = source, None
+        elif isinstance(source, TaskBatch):
+            source.validate(min_support=0)
+            x, y, mask = source.all_points()
+            empty = (mask.sum(-1) == 0).nonzero()
+            if len(empty):
+                raise ValueError(f"task pool: task {int(empty[0, 0])} has no observed points")
+            if x.shape[-1] != x_dim or y.shape[-1] != y_dim:
+                raise ValueError(
+                    f"task pool has x_dim={x.shape[-1]}, y_dim={y.shape[-1]}; the model expects "
+                    f"x_dim={x_dim}, y_dim={y_dim}"
+                )
+            self.family, self.pool = None, (x.to(device), y.to(device), mask.to(device))
+        else:
+            raise TypeError(f"source must be a TaskFamily or a TaskBatch; got {type(source).__name__}")
+
+    @property
+    def pool_size(self) -> int | None:
+        return None if self.pool is None else self.pool[0].shape[0]
+
+    def next(self):
+        cfg, g = self.cfg, self.gen
+        if self.family is not None:
+            b = self.family.sample(cfg.tasks_per_step, shots=cfg.max_points, generator=g)
+            n = torch.randint(cfg.min_points, cfg.max_points + 1, (cfg.tasks_per_step,), generator=g)
+            mask = torch.arange(cfg.max_points)[None] < n[:, None]  # [T, S]
+            return b.x_support.to(self.device), b.y_support.to(self.device), mask.to(self.device), None
+        m = self.pool_size
+        t = min(cfg.tasks_per_step, m)
+        idx = torch.randperm(m, generator=g)[:t].to(self.device)
+        x, y, mask = (v[idx] for v in self.pool)
+        return x, y, mask, (m if t < m else None)
+
+    def random_subset(self, mask: torch.Tensor) -> torch.Tensor:
+        """Keep a uniformly random number of each task's observed points (in random positions)."""
+        u = torch.rand(mask.shape, generator=self.gen).to(mask.device)
+        u = torch.where(mask, u, torch.full_like(u, 2.0))
+        rank = u.argsort(-1).argsort(-1)  # rank of each point among the task's points
+        n = mask.sum(-1, keepdim=True)
+        keep = (torch.rand(n.shape, generator=self.gen).to(mask.device) * (n + 1)).floor()
+        return mask & (rank < keep)
+
+
+def _lr_factor(progress: float, final: float) -> float:
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def meta_train(model, guide, source, config: TrainConfig, *, device: torch.device,
+               conjugate: bool = False) -> History:
+    """Maximise the meta-training objective; returns the :class:`History`.
+
+    Args:
+        model: a hierarchical model (on ``device``).
+        guide: an :class:`~bayesmeta.inference.AmortizedGuide` (on ``device``), or ``None``
+            with ``conjugate=True``.
+        source: a ``TaskFamily`` or a ``TaskBatch`` pool.
+        config: :class:`TrainConfig`.
+        device: where the batches go.
+        conjugate: maximise the exact log marginal likelihood (type-II ML) instead of a bound.
+
+    Raises:
+        FloatingPointError: the loss became non-finite (parameters keep their last finite values).
+    """
+    cfg = config
+    torch.manual_seed(cfg.seed)
+    stream = _TaskStream(source, cfg, device, model.x_dim, model.y_dim)
+    params = list(model.parameters()) + ([] if guide is None else list(guide.parameters()))
+    optim = OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr)
+    if conjugate:
+        loss_fn = _conjugate_loss(model)
+    else:
+        loss_fn = make_objective(cfg.objective, cfg.num_particles)(model, guide)
+    guide_params = [] if guide is None else list(guide.parameters())
+    subsets = guide is not None and stream.pool is not None and cfg.encoder_subsets
+    history, start = History(), time.perf_counter()
+    bar = tqdm(total=cfg.steps, disable=not cfg.progress, desc="meta-training", leave=False)
+    try:
+        for step in range(1, cfg.steps + 1):
+            elapsed = time.perf_counter() - start
+            frac = step / cfg.steps if cfg.max_time is None else max(step / cfg.steps, elapsed / cfg.max_time)
+            for group in optim.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(frac, cfg.final_lr_fraction)
+            x, y, mask, num_tasks = stream.next()
+            optim.zero_grad(set_to_none=True)
+            loss = loss_fn(x, y, mask, num_tasks=num_tasks)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"meta-training: non-finite loss {float(loss)} at step {step}")
+            loss.backward()
+            if subsets:
+                _add_guide_grads(loss_fn(x, y, stream.random_subset(mask), num_tasks=num_tasks), guide_params)
+            if cfg.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+            optim.step()
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                per_task = float(loss.detach()) / (num_tasks or x.shape[0])
+                history.step.append(step)
+                history.loss.append(per_task)
+                history.time.append(time.perf_counter() - start)
+                history.lr.append(optim.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{per_task:.3f}")
+            if cfg.max_time is not None and time.perf_counter() - start >= cfg.max_time:
+                break
+    finally:
+        bar.close()
+    if not history.step or history.step[-1] != step:
+        history.step.append(step)
+        history.loss.append(float(loss.detach()) / (num_tasks or x.shape[0]))
+        history.time.append(time.perf_counter() - start)
+        history.lr.append(optim.param_groups[0]["lr"])
+    return history
+
+
+def _add_guide_grads(loss: torch.Tensor, guide_params: list[torch.Tensor]) -> None:
+    grads = torch.autograd.grad(loss, guide_params, allow_unused=True)
+    for p, g in zip(guide_params, grads, strict=True):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad + g
+
+
+def _conjugate_loss(model):
+    if not getattr(model, "has_exact_posterior", False):
+        raise ValueError(
+            f"conjugate=True needs a model with an exact posterior; {type(model).__name__} has none"
+        )
+
+    def loss(x, y, mask, *, num_tasks=None):
+        lml = model.log_marginal_likelihood(x, y, mask)  # [T]
+        return -(num_tasks or x.shape[0]) / x.shape[0] * lml.sum()
+
+    return loss

@@ -1,0 +1,161 @@
+"""``BayesLearner``: meta-train a hierarchical model, adapt to new tasks, predict."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .inference.guides import AmortizedGuide
+from .inference.refine import refine_local
+from .inference.trainer import History, TrainConfig, meta_train, resolve_device
+from .io import atomic_torch_save
+from .models.base import HierarchicalModel
+from .predictive import Posterior
+from .tasks.batch import TaskBatch, check_support
+
+__all__ = ["BayesLearner"]
+
+_FORMAT = "bayesmeta.BayesLearner/1"
+
+
+class BayesLearner:
+    """Amortized (or exact) Bayesian meta-learner around a hierarchical model.
+
+    Args:
+        model: a :class:`~bayesmeta.models.HierarchicalModel`.
+        guide: ``"diagonal"`` or ``"flow"`` (an :class:`~bayesmeta.inference.AmortizedGuide`
+            of that family is built from ``model.task_sites``), or a guide instance.
+        conjugate: use the model's exact posterior (linear-Gaussian models): ``fit``
+            maximises the exact marginal likelihood, ``adapt`` is exact, no guide is built.
+        objective: ``"iwae"`` (per-task importance-weighted bound, default) or ``"elbo"``
+            (``TraceMeanField_ELBO``).
+        num_particles: particles of the training objective (vectorised).
+        guide_options: keyword arguments of :class:`~bayesmeta.inference.AmortizedGuide`.
+
+    Example:
+        >>> import bayesmeta as bm
+        >>> learner = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=4))
+        >>> _ = learner.fit(bm.tasks.Sinusoid(), steps=2, progress=False)
+    """
+
+    def __init__(self, model: HierarchicalModel, *, guide="diagonal", conjugate: bool = False,
+                 objective: str = "iwae", num_particles: int = 8, guide_options: dict | None = None) -> None:
+        if not isinstance(model, HierarchicalModel):
+            raise TypeError(f"model must be a bayesmeta HierarchicalModel; got {type(model).__name__}")
+        if conjugate and not getattr(model, "has_exact_posterior", False):
+            raise ValueError(f"conjugate=True needs a model with an exact posterior; {type(model).__name__} has none")
+        TrainConfig(objective=objective, num_particles=num_particles)  # validates both
+        self.model, self.conjugate = model, conjugate
+        self.objective, self.num_particles = objective, num_particles
+        if conjugate:
+            self.guide = None
+        elif isinstance(guide, AmortizedGuide):
+            self.guide = guide
+        elif isinstance(guide, str):
+            self.guide = AmortizedGuide(model, guide, **(guide_options or {}))
+        else:
+            raise TypeError(f"guide must be 'diagonal', 'flow' or an AmortizedGuide; got {guide!r}")
+        self.history = History()
+        self.device = next(model.parameters()).device
+
+    # ------------------------------------------------------------------ training
+    def to(self, device) -> BayesLearner:
+        self.device = resolve_device(device)
+        self.model.to(self.device)
+        if self.guide is not None:
+            self.guide.to(self.device)
+        return self
+
+    def fit(self, source, steps: int = 2000, *, max_time: float | None = None, tasks_per_step: int = 32,
+            device="cpu", seed: int = 0, lr: float = 1e-3, progress: bool = True, **options) -> BayesLearner:
+        """Meta-train on a task family (endless) or a ``TaskBatch`` pool.
+
+        Stops after ``steps`` or ``max_time`` seconds, whichever comes first. Further options
+        are fields of :class:`~bayesmeta.inference.TrainConfig` (``max_points``, ``clip_norm``,
+        ``optimizer``, ``final_lr_fraction``, ...). Returns ``self``; the trace is ``self.history``.
+        """
+        unknown = set(options) - set(TrainConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"fit: unknown option(s) {sorted(unknown)}; allowed: {sorted(TrainConfig.__dataclass_fields__)}")
+        cfg = TrainConfig(steps=steps, max_time=max_time, tasks_per_step=tasks_per_step, seed=seed, lr=lr,
+                          progress=progress, objective=self.objective, num_particles=self.num_particles,
+                          **options)
+        self.to(device)
+        self.model.train()
+        self.history = meta_train(self.model, self.guide, source, cfg, device=self.device,
+                                  conjugate=self.conjugate)
+        self.train_config = asdict(cfg)
+        return self
+
+    # ------------------------------------------------------------------ adaptation
+    def adapt(self, x_support, y_support=None, mask_support=None, *, refine_steps: int = 0,
+              refine_lr: float = 1e-2) -> Posterior:
+        """Posterior over task parameters for new tasks from their support sets.
+
+        Args:
+            x_support: ``[T, S, D]`` inputs, or a :class:`TaskBatch` (its support set is used).
+            y_support: ``[T, S, E]`` (or ``[T, S]``) targets.
+            mask_support: ``[T, S]`` bool; ``None`` means every point is observed. Tasks may
+                have no observed points (the posterior is then the prior).
+            refine_steps: semi-amortized refinement steps on each task's local parameters.
+        """
+        if isinstance(x_support, TaskBatch):
+            x_support, y_support, mask_support = x_support.support
+        elif y_support is None:
+            raise ValueError("adapt: y_support is required unless a TaskBatch is given")
+        x, y, mask = check_support(x_support, y_support, mask_support, x_dim=self.model.x_dim,
+                                   y_dim=self.model.y_dim, prefix="support ")
+        x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
+        self.model.eval()
+        with torch.no_grad():
+            if self.conjugate:
+                return Posterior(self.model, x, y, mask, exact=self.model.exact_posterior(x, y, mask))
+            local = self.guide.encode(x, y, mask)
+        local = refine_local(self.guide, self.model, x, y, mask, local, steps=refine_steps, lr=refine_lr,
+                             num_particles=self.num_particles, objective=self.objective)
+        return Posterior(self.model, x, y, mask, guide=self.guide, local=local)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Write model, guide and settings to ``path`` atomically (loadable on any device)."""
+        cls = type(self.model)
+        state = {
+            "format": _FORMAT,
+            "model_class": f"{cls.__module__}:{cls.__qualname__}",
+            "model_config": self.model.config,
+            "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "conjugate": self.conjugate,
+            "objective": self.objective,
+            "num_particles": self.num_particles,
+            "guide_config": None if self.guide is None else self.guide.config,
+            "guide_state": None if self.guide is None else {k: v.detach().cpu() for k, v in self.guide.state_dict().items()},
+            "history": self.history.as_dict(),
+        }
+        return atomic_torch_save(state, path)
+
+    @classmethod
+    def load(cls, path, *, device="cpu") -> BayesLearner:
+        """Rebuild a learner saved with :meth:`save` on ``device``."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise ValueError(f"{path}: not a saved BayesLearner (format {_FORMAT})")
+        module, _, qualname = state["model_class"].partition(":")
+        model_cls = importlib.import_module(module)
+        for part in qualname.split("."):
+            model_cls = getattr(model_cls, part)
+        if not (isinstance(model_cls, type) and issubclass(model_cls, HierarchicalModel)):
+            raise ValueError(f"{path}: {state['model_class']} is not a HierarchicalModel")
+        model = model_cls(**state["model_config"])
+        model.load_state_dict(state["model_state"])
+        guide = "diagonal"
+        if state["guide_config"] is not None:
+            cfg = dict(state["guide_config"])
+            guide = AmortizedGuide(model, cfg.pop("family"), **cfg)
+            guide.load_state_dict(state["guide_state"])
+        learner = cls(model, guide=guide, conjugate=state["conjugate"], objective=state["objective"],
+                      num_particles=state["num_particles"])
+        learner.history = History(**state["history"])
+        return learner.to(device)

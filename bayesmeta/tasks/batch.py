@@ -1,0 +1,232 @@
+"""``TaskBatch``: many small regression tasks padded to a common size, with masks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+__all__ = ["TaskBatch", "as_float_tensor", "check_support"]
+
+_FIELDS = ("x_support", "y_support", "mask_support", "x_query", "y_query", "mask_query")
+
+
+def as_float_tensor(value, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Convert array-like input to a float tensor, naming ``name`` in the error."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TypeError(f"{name} must be real-valued; got dtype {value.dtype}")
+        return value if value.is_floating_point() else value.to(dtype)
+    try:
+        return torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be numeric array-like; got {type(value).__name__}") from err
+
+
+def _pad(arrays: Sequence, name: str, dim_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad ragged ``[n_i, F]`` arrays into ``[T, max n_i, F]`` plus a boolean mask."""
+    if len(arrays) == 0:
+        raise ValueError(f"{name} is empty: need at least one task")
+    tensors = []
+    for i, a in enumerate(arrays):
+        t = as_float_tensor(a, f"{name}[{i}]")
+        if t.dim() == 1:
+            t = t.unsqueeze(-1)  # [n] -> [n, 1]
+        if t.dim() != 2:
+            raise ValueError(
+                f"{name}[{i}] must have shape [n] or [n, {dim_name}]; got {tuple(t.shape)}"
+            )
+        tensors.append(t)
+    widths = {t.shape[1] for t in tensors}
+    if len(widths) != 1:
+        raise ValueError(f"{name}: tasks disagree on {dim_name}: {sorted(widths)}")
+    t_count, width = len(tensors), widths.pop()
+    size = max(t.shape[0] for t in tensors)
+    out = tensors[0].new_zeros(t_count, size, width)
+    mask = torch.zeros(t_count, size, dtype=torch.bool)
+    for i, t in enumerate(tensors):
+        out[i, : t.shape[0]] = t
+        mask[i, : t.shape[0]] = True
+    return out, mask
+
+
+def check_support(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    x_dim: int | None = None,
+    y_dim: int | None = None,
+    min_points: int = 0,
+    prefix: str = "",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate and normalise one padded set: returns ``x [T,S,D]``, ``y [T,S,E]``, ``mask [T,S]``.
+
+    Raises:
+        ValueError: wrong shapes, non-finite observed values, too few points in a task.
+        TypeError: non-numeric input.
+    """
+    x = as_float_tensor(x, f"{prefix}x")
+    y = as_float_tensor(y, f"{prefix}y", dtype=x.dtype)
+    if x.dim() == 2 and x_dim == 1:
+        x = x.unsqueeze(-1)
+    if x.dim() != 3:
+        raise ValueError(f"{prefix}x must have shape [tasks, points, x_dim]; got {tuple(x.shape)}")
+    if y.dim() == 2:
+        y = y.unsqueeze(-1)  # [T, S] -> [T, S, 1]
+    if y.dim() != 3 or y.shape[:2] != x.shape[:2]:
+        raise ValueError(
+            f"{prefix}y must have shape [tasks, points, y_dim] matching {prefix}x "
+            f"{tuple(x.shape[:2])}; got {tuple(y.shape)}"
+        )
+    if x_dim is not None and x.shape[-1] != x_dim:
+        raise ValueError(f"{prefix}x has x_dim={x.shape[-1]} but the model expects x_dim={x_dim}")
+    if y_dim is not None and y.shape[-1] != y_dim:
+        raise ValueError(f"{prefix}y has y_dim={y.shape[-1]} but the model expects y_dim={y_dim}")
+    if mask is None:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    mask = torch.as_tensor(mask, device=x.device)
+    if mask.shape != x.shape[:2]:
+        raise ValueError(f"{prefix}mask must have shape {tuple(x.shape[:2])}; got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        if not torch.isin(mask, torch.tensor([0, 1], device=mask.device)).all():
+            raise ValueError(f"{prefix}mask must be boolean (or 0/1)")
+        mask = mask.bool()
+    for name, v in (("x", x), ("y", y)):
+        bad = ~torch.isfinite(v).all(-1) & mask  # [T, S]
+        if bad.any():
+            task, point = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"{prefix}{name} has a non-finite value in task {task}, point {point}")
+    counts = mask.sum(-1)
+    if (counts < min_points).any():
+        task = int((counts < min_points).nonzero()[0, 0])
+        raise ValueError(
+            f"task {task} has {int(counts[task])} observed {prefix}points; "
+            f"this method needs at least {min_points}"
+        )
+    return x, y, mask
+
+
+@dataclass
+class TaskBatch:
+    """``T`` regression tasks padded to common sizes ``S`` (support) and ``Q`` (query).
+
+    Fields are ``x_support [T,S,D]``, ``y_support [T,S,E]``, ``mask_support [T,S]`` (bool) and the
+    same for the query set (optional). ``params`` holds per-task generating parameters when known
+    (synthetic families), each ``[T, ...]``.
+
+    Example:
+        >>> b = TaskBatch.from_arrays(x_support=[[0.0, 1.0], [2.0]], y_support=[[1.0, 2.0], [3.0]])
+        >>> b.x_support.shape, b.mask_support.sum(-1).tolist()
+        (torch.Size([2, 2, 1]), [2, 1])
+    """
+
+    x_support: torch.Tensor
+    y_support: torch.Tensor
+    mask_support: torch.Tensor
+    x_query: torch.Tensor | None = None
+    y_query: torch.Tensor | None = None
+    mask_query: torch.Tensor | None = None
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def from_arrays(cls, x_support, y_support, x_query=None, y_query=None) -> TaskBatch:
+        """Build from ragged per-task arrays (lists of ``[n_i, D]`` / ``[n_i]`` arrays)."""
+        if len(x_support) != len(y_support):
+            raise ValueError(
+                f"x_support has {len(x_support)} tasks but y_support has {len(y_support)}"
+            )
+        for i, (a, b) in enumerate(zip(x_support, y_support, strict=True)):
+            if len(a) != len(b):
+                raise ValueError(f"task {i}: x_support has {len(a)} points, y_support {len(b)}")
+        xs, ms = _pad(x_support, "x_support", "x_dim")
+        ys, _ = _pad(y_support, "y_support", "y_dim")
+        xq = yq = mq = None
+        if x_query is not None or y_query is not None:
+            if x_query is None or y_query is None or len(x_query) != len(x_support):
+                raise ValueError("x_query and y_query must both be given, one entry per task")
+            xq, mq = _pad(x_query, "x_query", "x_dim")
+            yq, _ = _pad(y_query, "y_query", "y_dim")
+        return cls(xs, ys, ms, xq, yq, mq).validate()
+
+    # ------------------------------------------------------------------ views
+    def __len__(self) -> int:
+        return self.x_support.shape[0]
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self)
+
+    @property
+    def x_dim(self) -> int:
+        return self.x_support.shape[-1]
+
+    @property
+    def y_dim(self) -> int:
+        return self.y_support.shape[-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_support.device
+
+    @property
+    def has_query(self) -> bool:
+        return self.x_query is not None
+
+    @property
+    def support(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.x_support, self.y_support, self.mask_support
+
+    @property
+    def query(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.has_query:
+            raise ValueError("this TaskBatch has no query set")
+        return self.x_query, self.y_query, self.mask_query
+
+    def all_points(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Support and query concatenated per task (padding stays masked)."""
+        if not self.has_query:
+            return self.support
+        x = torch.cat([self.x_support, self.x_query], 1)  # [T, S+Q, D]
+        y = torch.cat([self.y_support, self.y_query], 1)  # [T, S+Q, E]
+        return x, y, torch.cat([self.mask_support, self.mask_query], 1)
+
+    def _map(self, fn) -> TaskBatch:
+        kwargs = {f: (None if getattr(self, f) is None else fn(getattr(self, f))) for f in _FIELDS}
+        return replace(self, **kwargs, params={k: fn(v) for k, v in self.params.items()})
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        """Move every tensor to ``device``."""
+        return self._map(lambda t: t.to(device))
+
+    def __getitem__(self, idx) -> TaskBatch:
+        """Select tasks by integer, slice, index tensor or boolean mask (keeps the task dim)."""
+        if isinstance(idx, int):
+            idx = [idx]
+        if isinstance(idx, torch.Tensor) and idx.device != self.device:
+            idx = idx.to(self.device)
+        return self._map(lambda t: t[idx])
+
+    def validate(self, *, min_support: int = 0, min_query: int = 0) -> TaskBatch:
+        """Check shapes, dtypes and finiteness; errors name the field and the task."""
+        check_support(*self.support, min_points=min_support, prefix="support ")
+        if self.has_query:
+            if self.x_query.shape[0] != len(self):
+                raise ValueError(
+                    f"query set has {self.x_query.shape[0]} tasks, support set {len(self)}"
+                )
+            check_support(
+                *self.query, x_dim=self.x_dim, y_dim=self.y_dim, min_points=min_query,
+                prefix="query ",
+            )
+        return self
+
+    def __repr__(self) -> str:
+        q = f", Q={self.x_query.shape[1]}" if self.has_query else ""
+        return (
+            f"TaskBatch(T={len(self)}, S={self.x_support.shape[1]}{q}, D={self.x_dim}, "
+            f"E={self.y_dim}, device={self.device})"
+        )
+
