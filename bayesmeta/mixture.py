@@ -12,9 +12,21 @@ import math
 
 import torch
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "heaviest"]
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+def heaviest(log_weights: torch.Tensor, mass: float) -> torch.Tensor:
+    """Indices ``[m, T]`` of each task's heaviest components holding ``mass`` of its weight.
+
+    ``log_weights`` is ``[n, T]`` (unnormalised); ``m`` is the most any task needs, so the
+    result is rectangular.
+    """
+    srt, order = torch.sort(log_weights, dim=0, descending=True)
+    cum = torch.softmax(srt, 0).cumsum(0)
+    keep = min(int((cum < mass).sum(0).max()) + 1, log_weights.shape[0])
+    return order[:keep]
 
 
 class GaussianMixture:
@@ -114,19 +126,40 @@ class GaussianMixture:
         z = (y - self.loc) / self.scale
         return (self._w() * torch.special.ndtr(z)).sum(0)
 
-    def quantile(self, q: float, iters: int = 60) -> torch.Tensor:
-        """Marginal ``q``-quantile of every output ``[T, N, E]`` by vectorised bisection."""
+    def quantile(self, q: float, iters: int = 40) -> torch.Tensor:
+        """Marginal ``q``-quantile of every output ``[T, N, E]`` by vectorised bisection.
+
+        The mixture's quantile lies between the smallest and largest component quantile, which
+        brackets the search tightly.
+        """
         if not 0.0 < q < 1.0:
             raise ValueError(f"quantile level must be in (0, 1); got {q}")
-        spread = 12.0 * torch.as_tensor(self.scale).expand_as(self.loc)
-        lo = (self.loc - spread).amin(0)
-        hi = (self.loc + spread).amax(0)
+        z = torch.special.ndtri(torch.tensor(q, dtype=self.loc.dtype, device=self.loc.device))
+        comp_q = self.loc + torch.as_tensor(self.scale).expand_as(self.loc) * z  # [n, T, N, E]
+        lo, hi = comp_q.amin(0), comp_q.amax(0)
         for _ in range(iters):
             mid = 0.5 * (lo + hi)
             below = self._cdf(mid) < q
             lo = torch.where(below, mid, lo)
             hi = torch.where(below, hi, mid)
         return 0.5 * (lo + hi)
+
+    def prune(self, mass: float = 1 - 1e-4) -> GaussianMixture:
+        """Drop the lightest components holding less than ``1 - mass`` of each task's weight.
+
+        Keeps the same number ``m`` of components for every task (the most any task needs) and
+        renormalises; moments and densities change by at most ``1 - mass`` in relative terms.
+        """
+        keep = heaviest(self.log_weights, mass)  # [m, T]
+        idx = keep[:, :, None, None].expand(-1, -1, *self.shape[1:])
+        scale = torch.as_tensor(self.scale)
+        if scale.dim() == 4 and scale.shape[0] == self.num_components:
+            scale = torch.gather(scale.expand_as(self.loc), 0, idx)
+        log_w = torch.gather(self.log_weights, 0, keep)
+        return self._replace(torch.gather(self.loc, 0, idx), scale, log_w)
+
+    def _replace(self, loc, scale, log_weights) -> GaussianMixture:
+        return GaussianMixture(loc, scale, log_weights)
 
     def interval(self, level: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
         """Central interval holding ``level`` of the predictive mass, each ``[T, N, E]``."""

@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 from .inference.importance import defensive_importance, effective_sample_size, pareto_k
-from .mixture import GaussianMixture
+from .mixture import GaussianMixture, heaviest
 
 __all__ = ["Posterior", "Predictive", "PREDICT_METHODS"]
 
@@ -30,6 +30,11 @@ class Predictive(GaussianMixture):
         self.method = method
         self._raw_log_weights = log_weights
         self._pareto_k = None
+
+    def _replace(self, loc, scale, log_weights) -> Predictive:
+        out = Predictive(loc, scale, log_weights, method=self.method)
+        out._raw_log_weights, out._pareto_k = self._raw_log_weights, self._pareto_k
+        return out
 
     @property
     def ess(self) -> torch.Tensor | None:
@@ -136,8 +141,17 @@ class Posterior:
                 theta, log_w = self.distribution().sample((n,)), None
             else:
                 theta, log_w = self.importance_samples(n)
-        loc, scale = self._components(x, theta)
-        return Predictive(loc, scale, log_w, method=method)
+        if log_w is None:
+            loc, scale = self._components(x, theta)
+            return Predictive(loc, scale, None, method=method)
+        # Only the draws carrying the weight are pushed through the likelihood on x: the
+        # mixture loses at most 1e-3 of its mass, the cost drops by n / kept.
+        keep = heaviest(log_w, 1 - 1e-3)  # [m, T]
+        theta_kept = torch.gather(theta, 0, keep[..., None].expand(-1, -1, theta.shape[-1]))
+        loc, scale = self._components(x, theta_kept)
+        pred = Predictive(loc, scale, torch.gather(log_w, 0, keep), method=method)
+        pred._raw_log_weights = log_w  # ESS and Pareto-k describe all n draws
+        return pred
 
     def importance_samples(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``theta [n, T, P]`` and log weights ``[n, T]`` targeting the model's exact posterior."""

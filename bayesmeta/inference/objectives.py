@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, TraceMeanField_ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
@@ -40,7 +41,10 @@ class TaskImportanceELBO(ELBO):
             for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
                 for site in trace.nodes.values():
                     if site["type"] == "sample":
-                        log_w = log_w + sign * torch_sum(site["log_prob"], sum_dims)
+                        # weights use unscaled densities; the subsampling scale multiplies the
+                        # per-task bounds outside the log-mean-exp (Pyro's RenyiELBO puts it inside)
+                        lp = scale_and_mask(site["unscaled_log_prob"], 1.0, site["mask"])
+                        log_w = log_w + sign * torch_sum(lp, sum_dims)
                         scale = site["scale"]
             particles.append(log_w)
         if self.vectorize_particles and self.num_particles > 1:

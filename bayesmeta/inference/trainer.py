@@ -103,6 +103,11 @@ class _TaskStream:
         self.cfg, self.device = cfg, device
         self.gen = torch.Generator().manual_seed(cfg.seed)
         if isinstance(source, TaskFamily):
+            if (source.x_dim, source.y_dim) != (x_dim, y_dim):
+                raise ValueError(
+                    f"task family {source!r} has x_dim={source.x_dim}, y_dim={source.y_dim}; the model "
+                    f"expects x_dim={x_dim}, y_dim={y_dim}"
+                )
             self.family, self.pool = source, None
         elif isinstance(source, TaskBatch):
             source.validate(min_support=0)

@@ -111,6 +111,10 @@ class HierarchicalModel(PyroModule):
         plate then rescales the log density by ``num_tasks / T`` (task subsampling).
         Returns the sampled or observed ``y``.
         """
+        with pyro.settings.context(module_local_params=True):  # never the global param store
+            return self._program(x, y, mask, num_tasks)
+
+    def _program(self, x, y, mask, num_tasks):
         t, n = x.shape[:2]
         if mask is None:
             mask = torch.ones(t, n, dtype=torch.bool, device=x.device)

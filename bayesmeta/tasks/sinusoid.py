@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..mixture import GaussianMixture
+from ..mixture import GaussianMixture, heaviest
 from .batch import check_support
 from .family import TaskFamily
 
@@ -119,15 +119,12 @@ class Sinusoid(TaskFamily):
             xq = xq.unsqueeze(-1)
         if xq.dim() != 3 or xq.shape[0] != logw.shape[1] or xq.shape[-1] != 1:
             raise ValueError(f"x_query must have shape [{logw.shape[1]}, N, 1]; got {tuple(xq.shape)}")
-        srt, order = torch.sort(logw, dim=0, descending=True)  # [G, T]
-        cum = torch.logcumsumexp(srt, 0).exp()
-        keep = int((cum < mass).sum(0).max()) + 1
-        idx = order[:keep]  # [m, T]
+        idx = heaviest(logw, mass)  # [m, T]
         a, p = amp[idx], ph[idx]  # [m, T]
         loc = a[:, :, None, None] * torch.sin(xq[None] - p[:, :, None, None])  # [m, T, N, 1]
         out_dtype = torch.as_tensor(x_query).dtype if torch.is_tensor(x_query) else torch.float32
         return GaussianMixture(
             loc.to(out_dtype),
             torch.tensor(self.noise_std, dtype=out_dtype, device=loc.device),
-            srt[:keep].to(out_dtype),
+            torch.gather(logw, 0, idx).to(out_dtype),
         )

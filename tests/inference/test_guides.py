@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+import bayesmeta as bm
+from bayesmeta.inference import AmortizedGuide
+
+
+def _data(t=4, s=6, d=1):
+    return torch.randn(t, s, d), torch.randn(t, s, 1), torch.ones(t, s, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("model", [bm.models.LatentCodeRegression(1, latent_dim=3, hidden=(8,)),
+                                   bm.models.HierarchicalLinearRegression(1)])
+def test_empty_set_gives_exactly_the_prior(model):
+    with torch.no_grad():  # move the prior away from N(0, I)
+        model.prior["loc"].add_(0.7)
+    guide = AmortizedGuide(model, "diagonal", hidden=(16,), embed_dim=8)
+    q = guide.distribution(torch.zeros(2, 0, 1), torch.zeros(2, 0, 1), torch.zeros(2, 0, dtype=torch.bool))
+    prior = model.prior_distribution()
+    theta = prior.sample((5, 2))
+    assert torch.allclose(q.log_prob(theta), prior.log_prob(theta).expand(5, 2), atol=1e-5)
+
+
+def test_encoder_is_permutation_and_padding_invariant():
+    model = bm.models.LatentCodeRegression(1, latent_dim=3, hidden=(8,))
+    guide = AmortizedGuide(model, "diagonal", hidden=(16,), embed_dim=8)
+    x, y, m = _data()
+    perm = torch.randperm(6)
+    a = guide.encode(x, y, m)
+    b = guide.encode(x[:, perm], y[:, perm], m[:, perm])
+    assert torch.allclose(a["a"], b["a"], atol=1e-5) and torch.allclose(a["log_s"], b["log_s"], atol=1e-5)
+    xp, yp = torch.cat([x, 100 * torch.randn(4, 3, 1)], 1), torch.cat([y, torch.randn(4, 3, 1)], 1)
+    mp = torch.cat([m, torch.zeros(4, 3, dtype=torch.bool)], 1)
+    c = guide.encode(xp, yp, mp)
+    assert torch.allclose(a["a"], c["a"], atol=1e-5)
+
+
+def test_flow_family_samples_and_densities():
+    model = bm.models.LatentCodeRegression(1, latent_dim=4, hidden=(8,))
+    guide = AmortizedGuide(model, "flow", hidden=(16,), embed_dim=8, flow_layers=2)
+    q = guide.distribution(*_data())
+    th = q.rsample((7,))
+    assert th.shape == (7, 4, 4) and q.log_prob(th).shape == (7, 4)
+    assert torch.isfinite(q.log_prob(model.prior_distribution().sample((7, 4)))).all()
+    # widening leaves the centre and spreads the samples
+    wide = guide.distribution(*_data(), widen=3.0)
+    assert wide.sample((2000,)).std(0).mean() > q.sample((2000,)).std(0).mean()
+
+
+def test_guide_errors():
+    with pytest.raises(ValueError, match="family must be one of"):
+        AmortizedGuide(bm.models.LatentCodeRegression(1), "gaussian")
+    with pytest.raises(ValueError, match="needs at least 2 task parameters"):
+        AmortizedGuide(bm.models.HierarchicalLinearRegression(1, bias=False), "flow")

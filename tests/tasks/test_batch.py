@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+
+import bayesmeta as bm
+
+
+def test_from_arrays_pads_and_masks():
+    b = bm.TaskBatch.from_arrays(
+        x_support=[[0.0, 1.0, 2.0], [5.0]], y_support=[[1.0, 2.0, 3.0], [4.0]],
+        x_query=[[0.5], [1.5, 2.5]], y_query=[[0.0], [1.0, 2.0]],
+    )
+    assert b.x_support.shape == (2, 3, 1) and b.y_query.shape == (2, 2, 1)
+    assert b.mask_support.tolist() == [[True, True, True], [True, False, False]]
+    assert b.mask_query.tolist() == [[True, False], [True, True]]
+    x, y, m = b.all_points()
+    assert x.shape == (2, 5, 1) and m.sum(-1).tolist() == [4, 3]
+    sub = b[1]
+    assert len(sub) == 1 and sub.x_support[0, 0, 0].item() == 5.0
+    assert b[torch.tensor([True, False])].num_tasks == 1
+
+
+def test_family_sampling_is_reproducible():
+    fam = bm.tasks.Sinusoid(noise_std=0.1)
+    a = fam.sample(5, shots=3, num_query=4, generator=torch.Generator().manual_seed(3))
+    b = fam.sample(5, shots=3, num_query=4, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.x_support, b.x_support) and torch.equal(a.y_query, b.y_query)
+    amp = a.params["amplitude"]
+    assert ((amp >= 0.1) & (amp <= 5.0)).all()
+    assert ((a.params["phase"] >= 0) & (a.params["phase"] <= math.pi)).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"x_support": [[0.0, 1.0]], "y_support": [[1.0]]}, "task 0: x_support has 2 points"),
+        ({"x_support": [[0.0], [1.0]], "y_support": [[1.0]]}, "x_support has 2 tasks but y_support has 1"),
+        ({"x_support": [[0.0], [float("nan")]], "y_support": [[1.0], [2.0]]}, "non-finite value in task 1"),
+        ({"x_support": [[[0.0, 1.0]], [[1.0]]], "y_support": [[1.0], [2.0]]}, "tasks disagree on x_dim"),
+        ({"x_support": [], "y_support": []}, "empty"),
+        ({"x_support": [["a"]], "y_support": [[1.0]]}, "numeric"),
+    ],
+)
+def test_from_arrays_errors_name_task_and_field(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        bm.TaskBatch.from_arrays(**kwargs)
+
+
+def test_validate_min_points_names_task():
+    b = bm.TaskBatch.from_arrays(x_support=[[0.0, 1.0], [2.0]], y_support=[[1.0, 2.0], [3.0]])
+    with pytest.raises(ValueError, match="task 1 has 1 observed support points; this method needs at least 2"):
+        b.validate(min_support=2)
+
+
+def test_nan_in_padding_is_ignored():
+    b = bm.TaskBatch.from_arrays(x_support=[[0.0, 1.0], [2.0]], y_support=[[1.0, 2.0], [3.0]])
+    b.y_support[1, 1] = float("nan")  # a padded slot
+    b.validate()

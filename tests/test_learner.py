@@ -1,0 +1,196 @@
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+import bayesmeta as bm
+
+
+def _pool(num_tasks=120, seed=0):
+    fam = bm.tasks.HierarchicalLinear(1, prior_mean=[1.0, -0.5], prior_cov=[[0.5, 0.15], [0.15, 0.3]], noise_std=0.4)
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(2, 9, (num_tasks,), generator=g)
+    b = fam.sample(num_tasks, shots=8, generator=g)
+    xs = [b.x_support[i, : sizes[i]] for i in range(num_tasks)]
+    ys = [b.y_support[i, : sizes[i]] for i in range(num_tasks)]
+    return fam, bm.TaskBatch.from_arrays(x_support=xs, y_support=ys)
+
+
+def _ml_reference(pool):
+    """Type-II maximum likelihood of the linear mixed model by scipy on dense float64 algebra."""
+    data = []
+    for t in range(len(pool)):
+        m = pool.mask_support[t].numpy()
+        x = pool.x_support[t, m, 0].double().numpy()
+        data.append((np.c_[x, np.ones_like(x)], pool.y_support[t, m, 0].double().numpy()))
+
+    def nll(p):
+        mu, chol = p[:2], np.array([[np.exp(p[2]), 0.0], [p[3], np.exp(p[4])]])
+        cov, s2 = chol @ chol.T, np.exp(2 * p[5])
+        total = 0.0
+        for phi, y in data:
+            c = phi @ cov @ phi.T + s2 * np.eye(len(y))
+            r = y - phi @ mu
+            total += 0.5 * (np.linalg.slogdet(c)[1] + r @ np.linalg.solve(c, r) + len(y) * np.log(2 * np.pi))
+        return total
+
+    p = minimize(nll, np.zeros(6), method="BFGS", options={"gtol": 1e-8}).x
+    chol = np.array([[np.exp(p[2]), 0.0], [p[3], np.exp(p[4])]])
+    return p[:2], chol @ chol.T, np.exp(p[5])
+
+
+def test_type2_ml_fit_matches_an_independent_mixed_model_fit():
+    _, pool = _pool()
+    lin = bm.models.HierarchicalLinearRegression(x_dim=1, bias=True)
+    bm.BayesLearner(lin, conjugate=True).fit(pool, steps=1500, tasks_per_step=len(pool), lr=0.05, progress=False)
+    mu_ref, cov_ref, noise_ref = _ml_reference(pool)
+    prior = lin.prior_distribution()
+    np.testing.assert_allclose(prior.mean.detach().numpy(), mu_ref, atol=2e-3)
+    np.testing.assert_allclose(prior.covariance_matrix.detach().numpy(), cov_ref, atol=3e-3)
+    assert lin.noise_std.item() == pytest.approx(noise_ref, abs=2e-3)
+
+
+def test_type2_ml_with_task_subsampling_recovers_the_generating_prior():
+    fam, pool = _pool(num_tasks=600, seed=3)
+    lin = bm.models.HierarchicalLinearRegression(x_dim=1)
+    bm.BayesLearner(lin, conjugate=True).fit(pool, steps=1500, tasks_per_step=100, lr=0.03, progress=False)
+    prior = lin.prior_distribution()
+    # 600 tasks: sampling error of the mean ~0.03, of the covariance ~0.03
+    np.testing.assert_allclose(prior.mean.detach().numpy(), fam.prior_mean.numpy(), atol=0.12)
+    np.testing.assert_allclose(prior.covariance_matrix.detach().numpy(), fam.prior_cov.numpy(), atol=0.12)
+    assert lin.noise_std.item() == pytest.approx(0.4, abs=0.03)
+
+
+def test_amortized_meta_training_learns_prior_and_posterior():
+    fam = bm.tasks.HierarchicalLinear(1, prior_mean=[1.0, -0.5], prior_cov=[[0.5, 0.0], [0.0, 0.3]], noise_std=0.3)
+    lin = bm.models.HierarchicalLinearRegression(x_dim=1)
+    learner = bm.BayesLearner(lin, guide="diagonal", guide_options={"hidden": (64, 64), "embed_dim": 64})
+    learner.fit(fam, steps=1500, tasks_per_step=64, max_points=10, lr=3e-3, progress=False)
+    prior = lin.prior_distribution()
+    np.testing.assert_allclose(prior.mean.detach().numpy(), [1.0, -0.5], atol=0.15)
+    np.testing.assert_allclose(prior.stddev.detach().numpy(), np.sqrt([0.5, 0.3]), rtol=0.2)
+    assert lin.noise_std.item() == pytest.approx(0.3, rel=0.1)
+    test = fam.sample(300, shots=5, generator=torch.Generator().manual_seed(9))
+    q = learner.adapt(test).distribution()
+    exact = lin.exact_posterior(*test.support)
+    z = ((q.mean - exact.mean) / exact.stddev).abs()
+    ratio = q.stddev / exact.stddev
+    assert z.median() < 0.25, z.median()
+    assert 0.75 < ratio.median() < 1.25, ratio.median()
+
+
+def test_importance_prediction_recovers_the_exact_predictive():
+    """Even from an untrained guide, the defensive importance sampler targets the exact posterior."""
+    fam, pool = _pool(num_tasks=8, seed=5)
+    lin = bm.models.HierarchicalLinearRegression(x_dim=1)
+    bm.BayesLearner(lin, conjugate=True).fit(pool, steps=300, tasks_per_step=8, lr=0.05, progress=False)
+    amortized = bm.BayesLearner(lin, guide="diagonal")
+    xq = torch.linspace(-2, 2, 5).reshape(1, 5, 1).expand(len(pool), -1, -1)
+    exact = bm.BayesLearner(lin, conjugate=True).adapt(pool).predict(xq)
+    approx = amortized.adapt(pool).predict(xq, num_samples=20000, seed=0)
+    assert approx.method == "importance" and approx.ess.min() > 50
+    sd = exact.std
+    assert ((approx.mean - exact.mean).abs() / sd).max() < 0.1
+    assert ((approx.std / sd) - 1).abs().max() < 0.1
+    y = exact.mean + 0.5 * sd
+    assert (approx.log_prob(y) - exact.log_prob(y)).abs().max() < 0.05
+
+
+def test_save_load_round_trip_gives_identical_predictions(tmp_path):
+    fam = bm.tasks.Sinusoid(noise_std=0.1)
+    learner = bm.BayesLearner(bm.models.LatentCodeRegression(1, 1, latent_dim=3, hidden=(16, 16)), guide="flow",
+                              guide_options={"hidden": (16,), "embed_dim": 8, "flow_layers": 2})
+    learner.fit(fam, steps=20, progress=False)
+    path = learner.save(tmp_path / "learner.pt")
+    again = bm.BayesLearner.load(path)
+    test = fam.sample(4, shots=3, num_query=6, generator=torch.Generator().manual_seed(2))
+    for method in ("guide", "importance"):
+        a = learner.adapt(test).predict(test.x_query, method=method, num_samples=50, seed=1)
+        b = again.adapt(test).predict(test.x_query, method=method, num_samples=50, seed=1)
+        assert torch.equal(a.mean, b.mean) and torch.equal(a.log_prob(test.y_query), b.log_prob(test.y_query))
+    assert again.history.step == learner.history.step
+    assert [p.name for p in tmp_path.iterdir()] == ["learner.pt"]  # no temporary files left behind
+
+
+def test_refinement_raises_the_per_task_bound():
+    fam = bm.tasks.Sinusoid(noise_std=0.1)
+    learner = bm.BayesLearner(bm.models.LatentCodeRegression(1, 1, latent_dim=3, hidden=(16, 16)))
+    learner.fit(fam, steps=30, progress=False)
+    test = fam.sample(16, shots=5, generator=torch.Generator().manual_seed(4))
+    x, y, m = test.support
+
+    def bound(post):
+        q = post.distribution()
+        th = q.sample((2000,))
+        return (learner.model.log_joint(x, y, m, th) - q.log_prob(th)).mean(0)
+
+    before = bound(learner.adapt(test))
+    after = bound(learner.adapt(test, refine_steps=100, refine_lr=0.05))
+    assert (after - before).mean() > 1.0
+
+
+def test_empty_support_predicts_with_the_prior():
+    learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(1), guide="diagonal")
+    post = learner.adapt(torch.zeros(2, 0, 1), torch.zeros(2, 0, 1))
+    prior = learner.model.prior_distribution()
+    q = post.distribution()
+    assert torch.allclose(q.mean, prior.mean.expand(2, -1), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda lr: lr.adapt(torch.zeros(2, 3, 2), torch.zeros(2, 3, 1)), ValueError, "x_dim=2 but the model expects x_dim=1"),
+        (lambda lr: lr.adapt(torch.zeros(2, 3, 1), torch.zeros(2, 4, 1)), ValueError, "y must have shape"),
+        (lambda lr: lr.adapt(torch.zeros(2, 3, 1), torch.tensor([[[0.0], [1.0], [float("inf")]]] * 2)), ValueError,
+         "non-finite value in task 0, point 2"),
+        (lambda lr: lr.adapt(torch.zeros(2, 3, 1), torch.zeros(2, 3, 1), torch.ones(2, 2, dtype=torch.bool)),
+         ValueError, "mask must have shape"),
+        (lambda lr: lr.fit(bm.tasks.Sinusoid(), steps=1, device="tpu9", progress=False), ValueError, "device"),
+        (lambda lr: lr.fit(bm.tasks.Sinusoid(), steps=1, progress=False, step_size=3), ValueError, "unknown option"),
+        (lambda lr: lr.fit(bm.tasks.Sinusoid(), steps=0, progress=False), ValueError, "steps must be"),
+        (lambda lr: lr.fit(bm.tasks.HierarchicalLinear(2), steps=1, progress=False), ValueError, "x_dim"),
+        (lambda lr: lr.adapt(torch.zeros(1, 2, 1), torch.zeros(1, 2, 1)).predict(torch.zeros(2, 5, 1)), ValueError,
+         "x must have shape"),
+        (lambda lr: lr.adapt(torch.zeros(1, 2, 1), torch.zeros(1, 2, 1)).predict(torch.zeros(5, 1), method="nuts"),
+         ValueError, "method must be one of"),
+    ],
+)
+def test_bad_input_is_named(call, error, message):
+    learner = bm.BayesLearner(bm.models.LatentCodeRegression(1, 1, latent_dim=2, hidden=(8,)))
+    with pytest.raises(error, match=message):
+        call(learner)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_without_cuda_is_a_clear_error():
+    learner = bm.BayesLearner(bm.models.LatentCodeRegression(1, 1, latent_dim=2, hidden=(8,)))
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        learner.fit(bm.tasks.Sinusoid(), steps=1, device="cuda", progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fit_adapt_predict_and_load_on_cpu(tmp_path):
+    fam = bm.tasks.Sinusoid(noise_std=0.1)
+    learner = bm.BayesLearner(bm.models.LatentCodeRegression(1, 1, latent_dim=3, hidden=(16, 16)))
+    learner.fit(fam, steps=20, device="cuda", progress=False)
+    test = fam.sample(4, shots=3, num_query=6, generator=torch.Generator().manual_seed(2))
+    pred = learner.adapt(test).predict(test.x_query, num_samples=50, seed=0)
+    assert pred.mean.device.type == "cuda"
+    cpu = bm.BayesLearner.load(learner.save(tmp_path / "l.pt"), device="cpu")
+    again = cpu.adapt(test).predict(test.x_query, method="guide", num_samples=50, seed=0)
+    assert again.mean.device.type == "cpu"
+
+
+def test_pool_with_an_empty_task_is_rejected():
+    pool = bm.TaskBatch.from_arrays(x_support=[[0.0, 1.0], [2.0]], y_support=[[1.0, 2.0], [3.0]])
+    pool.mask_support[1] = False
+    learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(1), conjugate=True)
+    with pytest.raises(ValueError, match="task 1 has no observed points"):
+        learner.fit(pool, steps=1, progress=False)
+
+
+def test_conjugate_needs_an_exact_model():
+    with pytest.raises(ValueError, match="exact posterior"):
+        bm.BayesLearner(bm.models.LatentCodeRegression(1), conjugate=True)

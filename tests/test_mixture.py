@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+from bayesmeta import GaussianMixture
+
+
+def _gauss(mu=0.5, sd=2.0, t=3, n=4):
+    return GaussianMixture(torch.full((1, t, n, 1), mu, dtype=torch.float64), torch.tensor(sd, dtype=torch.float64))
+
+
+def test_single_gaussian_matches_analytic():
+    mix = _gauss()
+    y = torch.linspace(-3, 3, 12, dtype=torch.float64).reshape(3, 4, 1)
+    ref = Normal(0.5, 2.0)
+    assert torch.allclose(mix.log_prob(y), ref.log_prob(y[..., 0]), atol=1e-12)
+    assert torch.allclose(mix.cdf(y), ref.cdf(y), atol=1e-12)
+    lo, hi = mix.interval(0.9)
+    assert torch.allclose(lo, torch.full_like(lo, 0.5 - 1.6448536269514722 * 2.0), atol=1e-8)
+    assert torch.allclose(hi, torch.full_like(hi, 0.5 + 1.6448536269514722 * 2.0), atol=1e-8)
+    assert torch.allclose(mix.mean, torch.full_like(mix.mean, 0.5))
+    assert torch.allclose(mix.std, torch.full_like(mix.std, 2.0))
+
+
+def test_two_component_mixture_moments_density_and_quantile():
+    loc = torch.tensor([-1.0, 2.0], dtype=torch.float64).reshape(2, 1, 1, 1)
+    scale = torch.tensor([0.5, 1.0], dtype=torch.float64).reshape(2, 1, 1, 1)
+    logw = torch.log(torch.tensor([[0.25], [0.75]], dtype=torch.float64)) + 3.0  # unnormalised
+    mix = GaussianMixture(loc, scale, logw)
+    assert mix.mean.item() == pytest.approx(0.25 * -1 + 0.75 * 2)
+    second = 0.25 * (0.25 + 1) + 0.75 * (1 + 4)
+    assert mix.variance.item() == pytest.approx(second - 1.25**2)
+    y = torch.tensor([[[0.3]]], dtype=torch.float64)
+    y0 = torch.tensor(0.3, dtype=torch.float64)
+    dens = 0.25 * Normal(-1.0, 0.5).log_prob(y0).exp() + 0.75 * Normal(2.0, 1.0).log_prob(y0).exp()
+    assert mix.log_prob(y).item() == pytest.approx(math.log(dens.item()), rel=1e-9)
+    q = mix.quantile(0.3)
+    assert mix.cdf(q).item() == pytest.approx(0.3, abs=1e-9)
+
+
+def test_sampling_matches_moments():
+    loc = torch.tensor([-1.0, 2.0]).reshape(2, 1, 1, 1)
+    mix = GaussianMixture(loc, torch.tensor(0.5), torch.log(torch.tensor([[0.25], [0.75]])))
+    s = mix.sample(40_000, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (40_000, 1, 1, 1)
+    # mean 1.25, sd ~1.37: 4 standard errors is ~0.03
+    assert s.mean().item() == pytest.approx(1.25, abs=0.03)
+    assert s.std().item() == pytest.approx(mix.std.item(), abs=0.03)
+
+
+def test_prune_keeps_mass_and_density():
+    torch.manual_seed(1)
+    loc = torch.randn(500, 2, 3, 1, dtype=torch.float64)
+    logw = 4 * torch.randn(500, 2, dtype=torch.float64)
+    mix = GaussianMixture(loc, torch.tensor(0.3, dtype=torch.float64), logw)
+    small = mix.prune(1 - 1e-6)
+    assert small.num_components < 500
+    y = torch.randn(2, 3, 1, dtype=torch.float64)
+    assert torch.allclose(small.log_prob(y), mix.log_prob(y), atol=1e-4)
+
+
+def test_bad_shapes_and_levels():
+    mix = _gauss()
+    with pytest.raises(ValueError, match="observations must have shape"):
+        mix.log_prob(torch.zeros(2, 4, 1))
+    with pytest.raises(ValueError, match="level"):
+        mix.interval(1.5)
+    with pytest.raises(ValueError, match="loc must have shape"):
+        GaussianMixture(torch.zeros(3, 4), 1.0)
