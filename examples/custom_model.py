@@ -72,8 +72,8 @@ def main(args) -> dict:
     family = QuadraticTasks()
     model = HierarchicalQuadratic()
     learner = bm.BayesLearner(model, guide="flow")  # joint flow over both sites
-    learner.fit(family, steps=args.steps, tasks_per_step=32, max_points=10, device=args.device, seed=args.seed,
-                progress=not args.no_progress)
+    learner.fit(family, steps=args.steps, tasks_per_step=32, max_points=10, lr=args.lr, device=args.device,
+                seed=args.seed, progress=not args.no_progress)
     prior = model.site_priors()
     print("learned prior means:", prior["intercept"].mean.tolist(), prior["coef"].mean.tolist())
     print("true prior means:   ", family.loc.tolist())
@@ -83,12 +83,14 @@ def main(args) -> dict:
     lo, hi = pred.interval(0.9)
     cov = ((test.y_query >= lo) & (test.y_query <= hi)).double().mean().item()
     print(f"3-shot test NLL {nll:.3f}, 90% coverage {cov:.3f}")
-    return {"nll": nll, "coverage90": cov}
+    means = torch.cat([prior["intercept"].mean, prior["coef"].mean]).detach()
+    return {"nll": nll, "coverage90": cov, "prior_means": means.tolist()}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (prior parameters move ~lr per step)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true")

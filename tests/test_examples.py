@@ -19,7 +19,7 @@ def _load(name):
 @pytest.mark.parametrize(
     ("name", "args"),
     [
-        ("custom_model", {"steps": 30, "seed": 0, "device": "cpu", "no_progress": True}),
+        ("custom_model", {"steps": 30, "lr": 1e-2, "seed": 0, "device": "cpu", "no_progress": True}),
         ("sinusoid", {"steps": 5, "max_time": None, "num_tasks": 4, "seed": 0, "device": "cpu", "no_progress": True}),
     ],
 )
@@ -31,5 +31,7 @@ def test_example_runs(name, args):
 def test_custom_model_learns_the_prior_means():
     """The multi-site custom model (auxiliary flow guide) meta-trains to the right prior."""
     mod = _load("custom_model")
-    out = mod.main(argparse.Namespace(steps=800, seed=0, device="cpu", no_progress=True))
-    assert 0.8 < out["coverage90"] < 0.97
+    out = mod.main(argparse.Namespace(steps=800, lr=1e-2, seed=0, device="cpu", no_progress=True))
+    # 800 steps x 32 tasks: the prior means are estimated to within ~0.1 of the truth
+    assert out["prior_means"] == pytest.approx([1.0, -1.0, 0.5], abs=0.15)
+    assert 0.85 < out["coverage90"] < 0.95
