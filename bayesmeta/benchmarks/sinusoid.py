@@ -27,6 +27,8 @@ SINUSOID_VARIANTS = {
     "elbo-diagonal": ({"objective": "elbo", "guide": "diagonal"}, ("guide", "importance")),
     "iwae-diagonal": ({"objective": "iwae", "guide": "diagonal"}, ("guide", "importance")),
     "iwae-flow": ({"objective": "iwae", "guide": "flow"}, ("guide", "importance")),
+    "dreg-diagonal": ({"objective": "iwae-dreg", "guide": "diagonal"}, ("guide", "importance")),
+    "dreg-flow": ({"objective": "iwae-dreg", "guide": "flow"}, ("guide", "importance")),
 }
 
 
