@@ -30,8 +30,8 @@ class BayesLearner:
             of that family is built from ``model.task_sites``), or a guide instance.
         conjugate: use the model's exact posterior (linear-Gaussian models): ``fit``
             maximises the exact marginal likelihood, ``adapt`` is exact, no guide is built.
-        objective: ``"iwae"`` (per-task importance-weighted bound, default) or ``"elbo"``
-            (``TraceMeanField_ELBO``).
+        objective: ``"elbo"`` (``TraceMeanField_ELBO``, default), ``"iwae"`` (per-task
+            importance-weighted bound) or ``"iwae-dreg"`` (the same with DReG gradients).
         num_particles: particles of the training objective (vectorised).
         guide_options: keyword arguments of :class:`~bayesmeta.inference.AmortizedGuide`.
 
@@ -42,7 +42,7 @@ class BayesLearner:
     """
 
     def __init__(self, model: HierarchicalModel, *, guide="diagonal", conjugate: bool = False,
-                 objective: str = "iwae", num_particles: int = 8, guide_options: dict | None = None) -> None:
+                 objective: str = "elbo", num_particles: int = 8, guide_options: dict | None = None) -> None:
         if not isinstance(model, HierarchicalModel):
             raise TypeError(f"model must be a bayesmeta HierarchicalModel; got {type(model).__name__}")
         if conjugate and not getattr(model, "has_exact_posterior", False):

@@ -22,35 +22,46 @@ class Predictive(GaussianMixture):
     ``mean``, ``std``, ``interval(level)``, ``log_prob(y)`` (log of the Monte-Carlo mixture
     density per point, ``[T, N]``), ``cdf(y)`` and ``sample()`` come from
     :class:`~bayesmeta.mixture.GaussianMixture`. With ``method="importance"`` the components are
-    weighted and ``ess`` / ``pareto_k`` (per task ``[T]``) say how far to trust the weights.
+    weighted posterior draws, and ``ess``, ``pareto_k`` and ``num_draws`` (per task ``[T]``) say
+    how far to trust the weights: PSIS ``k > 0.7`` means the estimate is unreliable.
     """
 
-    def __init__(self, loc, scale, log_weights=None, *, method: str = "guide") -> None:
+    def __init__(self, loc, scale, log_weights=None, *, method: str = "guide", ess=None, pareto_k=None,
+                 num_draws=None) -> None:
         super().__init__(loc, scale, log_weights)
         self.method = method
-        self._raw_log_weights = log_weights
-        self._pareto_k = None
+        self.ess, self.pareto_k, self.num_draws = ess, pareto_k, num_draws
 
     def _replace(self, loc, scale, log_weights) -> Predictive:
-        out = Predictive(loc, scale, log_weights, method=self.method)
-        out._raw_log_weights, out._pareto_k = self._raw_log_weights, self._pareto_k
-        return out
+        return Predictive(loc, scale, log_weights, method=self.method, ess=self.ess, pareto_k=self.pareto_k,
+                          num_draws=self.num_draws)
 
-    @property
-    def ess(self) -> torch.Tensor | None:
-        """Kish effective sample size per task ``[T]`` (importance method only)."""
-        if self._raw_log_weights is None:
-            return None
-        return effective_sample_size(self._raw_log_weights)
 
-    @property
-    def pareto_k(self) -> torch.Tensor | None:
-        """PSIS Pareto ``k`` per task ``[T]``: above 0.7 the importance estimate is unreliable."""
-        if self._raw_log_weights is None:
-            return None
-        if self._pareto_k is None:
-            self._pareto_k = pareto_k(self._raw_log_weights)
-        return self._pareto_k
+def _reduce(theta: torch.Tensor, log_w: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the draws holding 1 - 1e-3 of each task's weight; beyond ``cap`` draws, resample.
+
+    Systematic resampling to ``cap`` equally weighted draws keeps the mixture unbiased and
+    bounds the cost of evaluating the likelihood on many query points.
+    """
+    keep = heaviest(log_w, 1 - 1e-3)  # [m, T]
+    if keep.shape[0] <= cap:
+        idx, kept_w = keep, torch.gather(log_w, 0, keep)
+    else:
+        cw = torch.softmax(log_w, 0).T.cumsum(-1).contiguous()  # [T, n]
+        u = (torch.arange(cap, device=log_w.device, dtype=cw.dtype) + torch.rand(
+            log_w.shape[1], 1, device=log_w.device, dtype=cw.dtype)) / cap  # [T, cap]
+        idx = torch.searchsorted(cw, u * cw[:, -1:]).clamp_max(log_w.shape[0] - 1).T  # [cap, T]
+        kept_w = torch.zeros(idx.shape, dtype=log_w.dtype, device=log_w.device)
+    return torch.gather(theta, 0, idx[..., None].expand(-1, -1, theta.shape[-1])), kept_w
+
+
+def _pad_components(theta: torch.Tensor, log_w: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to ``m`` components with zero-weight draws (copies of the first, log weight -inf)."""
+    extra = m - theta.shape[0]
+    if extra <= 0:
+        return theta, log_w
+    theta = torch.cat([theta, theta[:1].expand(extra, -1, -1)], 0)
+    return theta, torch.cat([log_w, log_w.new_full((extra, log_w.shape[1]), -torch.inf)], 0)
 
 
 @contextlib.contextmanager
@@ -115,7 +126,7 @@ class Posterior:
 
     @torch.no_grad()
     def predict(self, x, num_samples: int | None = None, *, method: str | None = None,
-                seed: int | None = None) -> Predictive:
+                seed: int | None = None, min_ess: float = 100.0, max_draws: int | None = None) -> Predictive:
         """Posterior predictive at query inputs ``x`` ``[T, N, D]`` (or ``[N, D]`` for all tasks).
 
         Args:
@@ -125,6 +136,10 @@ class Posterior:
                 guide; ``"exact"`` (default for conjugate posteriors): closed form.
             num_samples: posterior samples (default 1000 for importance, 200 for guide).
             seed: makes the Monte-Carlo draws reproducible.
+            min_ess: importance only: tasks whose effective sample size falls below this are
+                re-drawn with 4x more samples, up to ``max_draws`` (default ``16 * num_samples``).
+                At most ``num_samples`` draws per task are then pushed through the likelihood
+                on ``x`` (systematic resampling when more carry weight), which bounds the cost.
         """
         if method is None:
             method = "exact" if self.exact is not None else "importance"
@@ -138,20 +153,39 @@ class Posterior:
             raise ValueError(f"num_samples must be a positive int; got {num_samples!r}")
         with _seeded(seed, self.device):
             if method == "guide":
-                theta, log_w = self.distribution().sample((n,)), None
-            else:
-                theta, log_w = self.importance_samples(n)
-        if log_w is None:
-            loc, scale = self._components(x, theta)
-            return Predictive(loc, scale, None, method=method)
-        # Only the draws carrying the weight are pushed through the likelihood on x: the
-        # mixture loses at most 1e-3 of its mass, the cost drops by n / kept.
-        keep = heaviest(log_w, 1 - 1e-3)  # [m, T]
-        theta_kept = torch.gather(theta, 0, keep[..., None].expand(-1, -1, theta.shape[-1]))
-        loc, scale = self._components(x, theta_kept)
-        pred = Predictive(loc, scale, torch.gather(log_w, 0, keep), method=method)
-        pred._raw_log_weights = log_w  # ESS and Pareto-k describe all n draws
-        return pred
+                loc, scale = self._components(x, self.distribution().sample((n,)))
+                return Predictive(loc, scale, None, method=method)
+            draws = self._importance_draws(n, min_ess=min_ess, max_draws=max_draws or 16 * n, cap=n)
+        theta, log_w, ess, k, used = draws
+        loc, scale = self._components(x, theta)
+        return Predictive(loc, scale, log_w, method=method, ess=ess, pareto_k=k, num_draws=used)
+
+    def _importance_draws(self, n: int, *, min_ess: float, max_draws: int, cap: int):
+        """Importance draws for every task, re-drawn 4x larger for tasks whose ESS < ``min_ess``.
+
+        Returns the components to keep (``theta [m, T, P]``, log weights ``[m, T]``; padding has
+        weight zero), and per task the ESS, Pareto-k and number of draws of its final round.
+        """
+        theta, log_w = self.importance_samples(n)
+        ess, k = effective_sample_size(log_w), pareto_k(log_w)
+        used = torch.full_like(ess, float(n))
+        theta, log_w = _reduce(theta, log_w, cap)
+        low = (ess < min_ess).nonzero()[:, 0]
+        if len(low) and 4 * n <= max_draws:
+            sub = self._subset(low)._importance_draws(4 * n, min_ess=min_ess, max_draws=max_draws, cap=cap)
+            theta, log_w = _pad_components(theta, log_w, sub[0].shape[0])
+            sub_theta, sub_log_w = _pad_components(sub[0], sub[1], theta.shape[0])
+            theta[:, low], log_w[:, low] = sub_theta, sub_log_w
+            ess[low], k[low], used[low] = sub[2], sub[3], sub[4]
+        return theta, log_w, ess, k, used
+
+    def _subset(self, idx: torch.Tensor) -> Posterior:
+        x, y, m = self.x_support[idx], self.y_support[idx], self.mask_support[idx]
+        if self.exact is not None:
+            exact = type(self.exact)(self.exact.loc[idx], scale_tril=self.exact.scale_tril[idx])
+            return Posterior(self.model, x, y, m, exact=exact)
+        local = {key: v[idx] for key, v in self.local.items()}
+        return Posterior(self.model, x, y, m, guide=self.guide, local=local)
 
     def importance_samples(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``theta [n, T, P]`` and log weights ``[n, T]`` targeting the model's exact posterior."""

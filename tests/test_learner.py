@@ -132,7 +132,8 @@ def test_refinement_raises_the_per_task_bound():
 
     before = bound(learner.adapt(test))
     after = bound(learner.adapt(test, refine_steps=100, refine_lr=0.05))
-    assert (after - before).mean() > 1.0
+    # 2000-draw ELBO estimates: Monte-Carlo error ~0.02 nats per task
+    assert (after > before).all() and (after - before).mean() > 0.2
 
 
 def test_empty_support_predicts_with_the_prior():

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..evaluation import coverages, mean_se, task_mse, task_nll
 from ..learners import BayesLearner
@@ -24,6 +25,7 @@ __all__ = ["SINUSOID_VARIANTS", "evaluate_on_family", "make_test_sets", "run_sin
 
 # name -> (learner options, prediction methods evaluated)
 SINUSOID_VARIANTS = {
+    "default": ({}, ("guide", "importance")),  # BayesLearner(model) as a user gets it
     "elbo-diagonal": ({"objective": "elbo", "guide": "diagonal"}, ("guide", "importance")),
     "iwae-diagonal": ({"objective": "iwae", "guide": "diagonal"}, ("guide", "importance")),
     "iwae-flow": ({"objective": "iwae", "guide": "flow"}, ("guide", "importance")),
@@ -54,9 +56,10 @@ def make_test_sets(family, *, shots=(1, 5, 10), num_tasks=1000, num_query=100, s
 
 
 @torch.no_grad()
-def _score(learner, test, method, *, seed, chunk, device) -> tuple[dict, float, float]:
+def _score(learner, test, method, *, seed, chunk, device, progress=False) -> tuple[dict, float, float]:
     parts, t_adapt, t_pred = [], 0.0, 0.0
-    for i in range(0, len(test), chunk):
+    starts = range(0, len(test), chunk)
+    for i in tqdm(starts, desc=f"evaluating ({method})", disable=not progress, leave=False):
         b = test[i : i + chunk].to(device)
         t0 = time.perf_counter()
         post = learner.adapt(b)
@@ -75,7 +78,8 @@ def _score(learner, test, method, *, seed, chunk, device) -> tuple[dict, float, 
 
 
 def evaluate_on_family(learner, family, *, shots=(1, 5, 10), num_tasks=1000, num_query=100,
-                       methods=("importance",), seed=1, chunk=100, device="cpu", test_sets=None) -> list[dict]:
+                       methods=("importance",), seed=1, chunk=100, device="cpu", test_sets=None,
+                       progress=False) -> list[dict]:
     """Score ``learner`` (and the family's oracle) on fixed test tasks; one row per shots x method."""
     if test_sets is None:
         test_sets = make_test_sets(family, shots=shots, num_tasks=num_tasks, num_query=num_query, seed=seed)
@@ -83,7 +87,8 @@ def evaluate_on_family(learner, family, *, shots=(1, 5, 10), num_tasks=1000, num
     for k, (test, oracle_nll) in test_sets.items():
         n = len(test)
         for method in methods:
-            res, t_adapt, t_pred = _score(learner, test, method, seed=seed, chunk=chunk, device=device)
+            res, t_adapt, t_pred = _score(learner, test, method, seed=seed, chunk=chunk, device=device,
+                                          progress=progress)
             row = {"shots": k, "method": method, "nll": mean_se(res["nll"]), "mse": mean_se(res["mse"]),
                    "coverage90": float(res["cov90"].sum()) / n, "calibration_error": float(res["cal"].sum()) / n,
                    "adapt_us_per_task": 1e6 * t_adapt / n, "predict_us_per_task": 1e6 * t_pred / n}
@@ -134,7 +139,8 @@ def run_sinusoid(*, variants=None, max_time: float = 540.0, steps: int = 1_000_0
         h = learner.history
         meta[name] = {"train_steps": h.step[-1], "train_seconds": h.time[-1], "final_loss": h.loss[-1],
                       "options": options}
-        for r in evaluate_on_family(learner, family, methods=methods, device=device, test_sets=test_sets):
+        for r in evaluate_on_family(learner, family, methods=methods, device=device, test_sets=test_sets,
+                                    progress=progress):
             rows.append({"variant": name, **r})
         learner.save(out / f"{name}.pt")
     result = {"benchmark": "sinusoid", "family": repr(family), "max_time": max_time, "num_tasks": num_tasks,

@@ -88,5 +88,6 @@ def pareto_k(log_w: torch.Tensor) -> torch.Tensor:
     ``k < 0.5``: reliable; ``0.5 <= k < 0.7``: usable; ``k >= 0.7``: the estimate is unreliable.
     """
     lw = log_w.detach().T.double().cpu().numpy()  # [T, n]
-    _, k = az.psislw(lw)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # ArviZ's tail fit on huge weights
+        _, k = az.psislw(lw)
     return torch.as_tensor(np.asarray(k), dtype=log_w.dtype, device=log_w.device)

@@ -50,7 +50,7 @@ class TrainConfig:
     steps: int = 2000
     max_time: float | None = None
     tasks_per_step: int = 32
-    objective: str = "iwae"
+    objective: str = "elbo"
     num_particles: int = 8
     optimizer: str = "adam"
     lr: float = 1e-3
