@@ -63,8 +63,8 @@ def run_demo(args) -> dict:
                 progress=not args.no_progress)
     h = learner.history
     print(f"evaluating on {args.num_tasks} test tasks per shot count (1, 5, 10) ...", file=sys.stderr)
-    rows = evaluate_on_family(learner, family, num_tasks=args.num_tasks, device=learner.device,
-                              progress=not args.no_progress)
+    rows = [{"variant": "default", **r} for r in evaluate_on_family(
+        learner, family, num_tasks=args.num_tasks, device=learner.device, progress=not args.no_progress)]
     print(format_table(rows))
     test = family.sample(6, shots=5, num_query=0, generator=torch.Generator().manual_seed(7))
     grid = torch.linspace(*family.x_range, 200)
