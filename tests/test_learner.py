@@ -204,17 +204,23 @@ def test_conjugate_needs_an_exact_model():
 
 
 @pytest.mark.slow
-def test_short_sinusoid_meta_training_is_calibrated_with_default_settings():
-    """90 s of default training: importance-corrected 5-shot predictions are calibrated."""
+def test_default_sinusoid_meta_training_meets_the_five_shot_bars():
+    """The benchmark's training length as a step count (30 000 steps, ~9 min here), default settings.
+
+    The 540 s benchmark run (29 723 steps) measured a 5-shot gap of 0.016 and 90 % coverage 0.921
+    on 1000 tasks; 240 s of training gave 0.30 and 0.98 on 200 tasks (the noise scale converges
+    slowly). Steps, not seconds, keep this check independent of the machine's load.
+    """
     from bayesmeta.evaluation import coverage, task_nll
 
     fam = bm.tasks.Sinusoid(noise_std=0.1)
     learner = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=8))
-    learner.fit(fam, steps=1_000_000, max_time=90, progress=False)
-    test = fam.sample(200, shots=5, num_query=50, generator=torch.Generator().manual_seed(3))
+    learner.fit(fam, steps=30_000, progress=False)
+    test = fam.sample(300, shots=5, num_query=50, generator=torch.Generator().manual_seed(3))
     pred = learner.adapt(test).predict(test.x_query, seed=0)
     oracle = fam.oracle_predict(test.x_support, test.y_support, test.x_query)
     gap = (task_nll(pred, test.y_query) - task_nll(oracle, test.y_query)).mean()
-    # after 540 s the gap is 0.016 and coverage 0.92 (docs/benchmarks.md); 90 s is a rougher model
-    assert gap < 0.5
-    assert 0.85 < coverage(pred, test.y_query, level=0.9) < 0.97
+    cov = coverage(pred, test.y_query, level=0.9)
+    print(f"30 000 default steps, K=5: gap {gap:.3f}, 90% coverage {cov:.3f}")
+    assert gap < 0.10  # the issue's 5-shot bar
+    assert 0.88 < cov < 0.935  # 15 000 correlated points: s.e. ~0.005
