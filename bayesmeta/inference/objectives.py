@@ -1,4 +1,4 @@
-"""Training objectives: the mean-field ELBO and a per-task importance-weighted bound."""
+"""Training objectives: the mean-field ELBO and per-task importance-weighted bounds (plain and DReG)."""
 
 from __future__ import annotations
 

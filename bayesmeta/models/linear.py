@@ -66,8 +66,9 @@ class LinearGaussianModel(HierarchicalModel):
         return dist.Normal(loc, self.noise_std.expand_as(loc))
 
     # ------------------------------------------------------------------ exact inference
-    def _prep(self, x, y, mask):
-        x, y, mask = check_support(x, y, mask, x_dim=self.x_dim, y_dim=1, prefix="support ")
+    def _prep(self, x, y, mask, validate: bool = True):
+        if validate:
+            x, y, mask = check_support(x, y, mask, x_dim=self.x_dim, y_dim=1, prefix="support ")
         dev = self.prior["loc"].device
         x, y, mask = x.to(dev), y.to(dev), mask.to(dev)
         return self.features(x.to(self.prior["loc"].dtype)), y.to(self.prior["loc"].dtype), mask
@@ -80,9 +81,13 @@ class LinearGaussianModel(HierarchicalModel):
         )
         return dist.MultivariateNormal(mean, covariance_matrix=cov)
 
-    def log_marginal_likelihood(self, x, y, mask=None) -> torch.Tensor:
-        """Exact ``log p(y_i | x_i)`` per task ``[T]`` (the type-II likelihood)."""
-        phi, y, mask = self._prep(x, y, mask)
+    def log_marginal_likelihood(self, x, y, mask=None, *, validate: bool = True) -> torch.Tensor:
+        """Exact ``log p(y_i | x_i)`` per task ``[T]`` (the type-II likelihood).
+
+        ``validate=False`` skips the input checks (and their device syncs): for callers that
+        already validated ``x [T, N, D]``, ``y [T, N, 1]`` and ``mask [T, N]``, e.g. a training loop.
+        """
+        phi, y, mask = self._prep(x, y, mask, validate)
         return linear_gaussian_log_marginal(
             phi, y, mask, self.prior["loc"], self.prior_scale_tril, self.noise_std
         )
