@@ -8,7 +8,8 @@ Users write ``import bayesmeta as bm``::
     pred = learner.adapt(test).predict(test.x_query)
 """
 
-from . import inference, models, tasks
+from . import diagnostics, evaluation, inference, models, tasks
+from .evaluation import Evaluation, evaluate
 from .learners import BayesLearner
 from .mixture import GaussianMixture
 from .predictive import Posterior, Predictive
@@ -18,10 +19,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BayesLearner",
+    "Evaluation",
     "GaussianMixture",
     "Posterior",
     "Predictive",
     "TaskBatch",
+    "diagnostics",
+    "evaluate",
+    "evaluation",
     "inference",
     "models",
     "tasks",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write_text"]
+__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text"]
 
 
 def _atomic(path, write) -> Path:
@@ -44,3 +44,8 @@ def atomic_torch_save(obj, path) -> Path:
 def atomic_write_text(text: str, path) -> Path:
     """Write text atomically (same protocol as :func:`atomic_torch_save`)."""
     return _atomic(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_bytes(data: bytes, path) -> Path:
+    """Write bytes atomically (same protocol as :func:`atomic_torch_save`)."""
+    return _atomic(path, lambda f: f.write(data))

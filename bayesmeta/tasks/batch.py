@@ -209,6 +209,21 @@ class TaskBatch:
             idx = idx.to(self.device)
         return self._map(lambda t: t[idx])
 
+    def first_shots(self, k: int) -> tuple[TaskBatch, torch.Tensor]:
+        """The first ``k`` observed support points of every task that has at least ``k``.
+
+        Returns the K-shot batch (support width ``k``, all observed; query unchanged) and the
+        indices ``[T']`` of the tasks kept, so callers can report the ones left out.
+        """
+        if not isinstance(k, int) or k < 0:
+            raise ValueError(f"shots must be an int >= 0; got {k!r}")
+        keep = (self.mask_support.sum(-1) >= k).nonzero()[:, 0]  # [T']
+        b = self[keep]
+        order = torch.sort((~b.mask_support).to(torch.int8), dim=1, stable=True).indices[:, :k]  # observed first
+        gather = lambda t: torch.gather(t, 1, order[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
+        return replace(b, x_support=gather(b.x_support), y_support=gather(b.y_support),
+                       mask_support=torch.ones_like(order, dtype=torch.bool)), keep
+
     def validate(self, *, min_support: int = 0, min_query: int = 0) -> TaskBatch:
         """Check shapes, dtypes and finiteness; errors name the field and the task."""
         check_support(*self.support, min_points=min_support, prefix="support ")

@@ -1,0 +1,35 @@
+"""Layer 5: predictive metrics (definitions of DESIGN.md) and ``evaluate`` over test tasks."""
+
+from .metrics import (
+    CALIBRATION_LEVELS,
+    calibration_error,
+    coverage,
+    coverages,
+    crps_gaussian,
+    mean_se,
+    pit,
+    task_coverages,
+    task_crps,
+    task_mse,
+    task_nll,
+)
+from .results import Evaluation
+from .runner import COVERAGE_LEVELS, METRICS, evaluate
+
+__all__ = [
+    "CALIBRATION_LEVELS",
+    "COVERAGE_LEVELS",
+    "METRICS",
+    "Evaluation",
+    "calibration_error",
+    "coverage",
+    "coverages",
+    "crps_gaussian",
+    "evaluate",
+    "mean_se",
+    "pit",
+    "task_coverages",
+    "task_crps",
+    "task_mse",
+    "task_nll",
+]

@@ -1,0 +1,207 @@
+"""``evaluate``: score any learner on test tasks, per task and shot count, with one set of metrics."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+from tqdm.auto import tqdm
+
+from ..tasks.batch import TaskBatch
+from .metrics import (
+    CALIBRATION_LEVELS,
+    check_levels,
+    check_observations,
+    pit,
+    task_coverages,
+    task_crps,
+    task_mse,
+    task_nll,
+)
+from .results import PIT_BINS, Evaluation, summarise
+
+__all__ = ["evaluate", "METRICS", "COVERAGE_LEVELS"]
+
+METRICS = ("nll", "mse", "crps", "coverage")
+COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
+
+
+def _test_sets(tasks, shots, *, num_tasks: int, num_query: int, seed: int):
+    """``{k: (TaskBatch, task ids [T'], skipped ids)}`` from a family, a batch or a dict of batches."""
+    if isinstance(tasks, dict | list | tuple) and len(tasks) == 0 or isinstance(tasks, TaskBatch) and len(tasks) == 0:
+        raise ValueError("tasks: no tasks to evaluate (empty)")
+    if isinstance(tasks, dict):
+        if shots is not None and sorted(shots) != sorted(tasks):
+            raise ValueError(f"shots {list(shots)} do not match the keys of the tasks dict {list(tasks)}")
+        out = {}
+        for k, b in tasks.items():
+            if not isinstance(b, TaskBatch):
+                raise TypeError(f"tasks[{k!r}] must be a TaskBatch; got {type(b).__name__}")
+            out[k] = (b, torch.arange(len(b)), [])
+        return out
+    shots = (1, 5, 10) if shots is None else tuple(shots)
+    if not shots:
+        raise ValueError("shots must name at least one shot count")
+    if isinstance(tasks, TaskBatch):
+        out = {}
+        for k in shots:
+            b, kept = tasks.first_shots(k)
+            skipped = sorted(set(range(len(tasks))) - set(kept.tolist()))
+            out[k] = (b, kept, skipped)
+        return out
+    if hasattr(tasks, "sample"):
+        return {k: (tasks.sample(num_tasks, shots=k, num_query=num_query,
+                                 generator=torch.Generator().manual_seed(seed * 1000 + k)),
+                    torch.arange(num_tasks), []) for k in shots}
+    raise TypeError(f"tasks must be a TaskFamily, a TaskBatch or a dict {{shots: TaskBatch}}; got {type(tasks).__name__}")
+
+
+def _drop_empty_queries(batch: TaskBatch, ids: torch.Tensor, skipped: list, k) -> tuple:
+    if not batch.has_query:
+        raise ValueError(f"tasks: the {k}-shot test tasks have no query set to score")
+    has_q = batch.mask_query.any(-1)
+    if not has_q.all():
+        skipped = sorted(skipped + ids[~has_q].tolist())
+        batch, ids = batch[has_q], ids[has_q]
+    if skipped:
+        warnings.warn(f"evaluate: {len(skipped)} task(s) skipped at shots={k} (fewer than {k} support "
+                      f"points or no query points): {skipped[:20]}{' ...' if len(skipped) > 20 else ''}",
+                      stacklevel=3)
+    if len(batch) == 0:
+        raise ValueError(f"tasks: no task has {k} support points and a query point to score")
+    return batch, ids, skipped
+
+
+def _predictor(learner, predict_options: dict):
+    if hasattr(learner, "adapt"):
+        def run(b):
+            post = learner.adapt(b)
+            return post, lambda: post.predict(b.x_query, **predict_options)
+        return run
+    if callable(learner):
+        return lambda b: (None, lambda: learner(*b.support, b.x_query, **predict_options))
+    raise TypeError(f"learner must have .adapt() or be a callable (x_s, y_s, mask_s, x_q) -> predictive; "
+                    f"got {type(learner).__name__}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _score_chunk(pred, b: TaskBatch, metrics, curve_levels, crps_samples) -> dict:
+    y, mask = check_observations(pred, b.y_query, b.mask_query)
+    res = {}
+    if "nll" in metrics:
+        res["nll"] = task_nll(pred, y, mask)
+    if "mse" in metrics:
+        res["mse"] = task_mse(pred, y, mask)
+    if "crps" in metrics:
+        res["crps"] = task_crps(pred, y, mask, num_samples=crps_samples)
+    if "coverage" in metrics:
+        m = mask.sum(-1).double() * y.shape[-1]  # [T]: (point, output) pairs
+        res["inside"] = task_coverages(pred, y, mask, curve_levels) * m[:, None]  # [T, L] counts
+        res["pairs"] = m
+        res["pit"] = pit(pred, y, mask)
+    if getattr(pred, "ess", None) is not None:
+        res["ess"], res["pareto_k"] = pred.ess, pred.pareto_k
+    return {key: v.detach().double().cpu() for key, v in res.items()}
+
+
+def _run_shots(predict, batch, oracle, *, metrics, curve_levels, crps_samples, chunk, device, progress, desc):
+    parts, t_adapt, t_pred = [], 0.0, 0.0
+    for i in tqdm(range(0, len(batch), chunk), desc=desc, disable=not progress, leave=False):
+        b = batch[i : i + chunk].to(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        _, make = predict(b)
+        _sync(device)
+        t1 = time.perf_counter()
+        pred = make()
+        _sync(device)
+        t_adapt, t_pred = t_adapt + t1 - t0, t_pred + time.perf_counter() - t1
+        part = _score_chunk(pred, b, metrics, curve_levels, crps_samples)
+        if oracle is not None and "nll" in metrics:
+            o = oracle.oracle_predict(*b.support[:2], b.x_query, b.mask_support)
+            part["oracle_nll"] = task_nll(o, b.y_query, b.mask_query).double().cpu()
+        parts.append(part)
+    res = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    return res, t_adapt, t_pred
+
+
+def evaluate(learner, tasks, shots=None, *, name: str | None = None, metrics=None, levels=COVERAGE_LEVELS,
+             oracle=None, num_tasks: int = 1000, num_query: int = 100, seed: int = 1,
+             predict_options: dict | None = None, crps_samples: int = 200, chunk: int = 100, device=None,
+             progress: bool = False) -> Evaluation:
+    """Score a learner on test tasks: one row per task x shot count, and a summary per shot count.
+
+    Args:
+        learner: anything with ``adapt(TaskBatch) -> posterior`` whose ``predict(x_query)``
+            returns a predictive (every bayesmeta learner), or a callable
+            ``(x_support, y_support, mask_support, x_query) -> predictive``.
+        tasks: a task family (``num_tasks`` fixed test tasks with ``num_query`` query points are
+            drawn per shot count from ``seed``), a :class:`TaskBatch` (each task keeps its first
+            ``k`` observed support points; tasks with fewer are skipped and reported), or a dict
+            ``{shots: TaskBatch}``.
+        shots: shot counts (default ``(1, 5, 10)``; the dict's keys for a dict).
+        name: the method's name in the tables (default: the learner's class name).
+        metrics: subset of ``("nll", "mse", "crps", "coverage")`` (default: all). ``coverage``
+            includes PIT values and the calibration error over 19 levels.
+        levels: central-interval levels reported per task (all in (0, 1)).
+        oracle: an object with ``oracle_predict`` (a synthetic family) to report the Bayes
+            oracle's NLL and the gap; default: ``tasks`` itself when it has one; ``False``: none.
+        predict_options: keyword arguments of ``posterior.predict`` (e.g. ``method="guide"``).
+        crps_samples: predictive draws per point for the CRPS.
+        chunk: tasks adapted and scored at once.
+        device: where to adapt and predict (default: the learner's ``device`` or CPU).
+        progress: a progress bar per shot count.
+
+    Returns:
+        An :class:`Evaluation` (``rows``, ``summary``, ``table()``, ``to_json``, ``to_csv``).
+
+    Example:
+        >>> import bayesmeta as bm
+        >>> family = bm.tasks.HierarchicalLinear(dim=1)
+        >>> learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), conjugate=True)
+        >>> ev = bm.evaluate(learner, family, shots=(2,), num_tasks=20)
+        >>> ev.summary[0]["shots"], ev.summary[0]["num_tasks"]
+        (2, 20)
+    """
+    metrics = METRICS if metrics is None else tuple(metrics)
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown or not metrics:
+        raise ValueError(f"metrics: unknown metric(s) {unknown}; choose from {METRICS}")
+    levels = check_levels(levels)
+    for arg, v, low in (("num_tasks", num_tasks, 1), ("num_query", num_query, 1), ("chunk", chunk, 1),
+                        ("crps_samples", crps_samples, 2)):
+        if not isinstance(v, int) or v < low:
+            raise ValueError(f"{arg} must be an int >= {low}; got {v!r}")
+    if oracle is None:
+        oracle = tasks if hasattr(tasks, "oracle_predict") else None
+    elif oracle is False:
+        oracle = None
+    elif not hasattr(oracle, "oracle_predict"):
+        raise TypeError(f"oracle must have an oracle_predict method; got {type(oracle).__name__}")
+    name = name or type(learner).__name__
+    device = torch.device(device if device is not None else getattr(learner, "device", "cpu"))
+    predict = _predictor(learner, dict(predict_options or {}))
+    curve_levels = tuple(sorted(set(CALIBRATION_LEVELS) | set(levels)))
+    sets = _test_sets(tasks, shots, num_tasks=num_tasks, num_query=num_query, seed=seed)
+    rows, summary, pits = [], [], {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for k, (batch, ids, skipped) in sets.items():
+            batch, ids, skipped = _drop_empty_queries(batch, ids, list(skipped), k)
+            res, t_adapt, t_pred = _run_shots(predict, batch, oracle, metrics=metrics, curve_levels=curve_levels,
+                                              crps_samples=crps_samples, chunk=chunk, device=device,
+                                              progress=progress, desc=f"{name}, {k}-shot")
+            task_rows, row = summarise(name, k, ids, skipped, res, levels=levels, curve_levels=curve_levels,
+                                       timing=(t_adapt, t_pred))
+            rows += task_rows
+            summary.append(row)
+            if "pit" in res:
+                pits[(name, k)] = res["pit"].float()
+    info = {"metrics": list(metrics), "levels": list(levels), "seed": seed, "crps_samples": crps_samples,
+            "pit_bins": PIT_BINS, "predict_options": {k: repr(v) for k, v in (predict_options or {}).items()}}
+    return Evaluation(rows, summary, info=info, pit=pits)
