@@ -9,6 +9,12 @@ Users write ``import bayesmeta as bm``::
 """
 
 from . import diagnostics, evaluation, inference, models, tasks
+from .diagnostics import (
+    compare_posteriors,
+    reference_posterior,
+    simulation_based_calibration,
+    to_inference_data,
+)
 from .evaluation import Evaluation, evaluate
 from .learners import BayesLearner
 from .mixture import GaussianMixture
@@ -30,5 +36,9 @@ __all__ = [
     "inference",
     "models",
     "tasks",
+    "compare_posteriors",
+    "reference_posterior",
+    "simulation_based_calibration",
+    "to_inference_data",
     "__version__",
 ]

@@ -9,7 +9,7 @@ import torch
 from .inference.importance import defensive_importance, effective_sample_size, pareto_k
 from .mixture import GaussianMixture, heaviest
 
-__all__ = ["Posterior", "Predictive", "PREDICT_METHODS"]
+__all__ = ["Posterior", "Predictive", "PREDICT_METHODS", "systematic_resample"]
 
 PREDICT_METHODS = ("importance", "guide", "exact")
 DEFAULT_SAMPLES = {"importance": 1000, "guide": 200}
@@ -37,6 +37,21 @@ class Predictive(GaussianMixture):
                           num_draws=self.num_draws)
 
 
+def systematic_resample(log_w: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices ``[n, T]`` of ``n`` equally weighted draws per task (systematic resampling).
+
+    ``log_w`` is ``[m, T]`` (unnormalised). Unbiased, with lower variance than multinomial.
+    """
+    cw = torch.softmax(log_w, 0).T.cumsum(-1).contiguous()  # [T, m]
+    u = (torch.arange(n, device=log_w.device, dtype=cw.dtype) + torch.rand(
+        log_w.shape[1], 1, device=log_w.device, dtype=cw.dtype)) / n  # [T, n]
+    return torch.searchsorted(cw, u * cw[:, -1:]).clamp_max(log_w.shape[0] - 1).T  # [n, T]
+
+
+def _gather_draws(theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return torch.gather(theta, 0, idx[..., None].expand(-1, -1, theta.shape[-1]))  # [n, T, P]
+
+
 def _reduce(theta: torch.Tensor, log_w: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the draws holding 1 - 1e-3 of each task's weight; beyond ``cap`` draws, resample.
 
@@ -47,12 +62,9 @@ def _reduce(theta: torch.Tensor, log_w: torch.Tensor, cap: int) -> tuple[torch.T
     if keep.shape[0] <= cap:
         idx, kept_w = keep, torch.gather(log_w, 0, keep)
     else:
-        cw = torch.softmax(log_w, 0).T.cumsum(-1).contiguous()  # [T, n]
-        u = (torch.arange(cap, device=log_w.device, dtype=cw.dtype) + torch.rand(
-            log_w.shape[1], 1, device=log_w.device, dtype=cw.dtype)) / cap  # [T, cap]
-        idx = torch.searchsorted(cw, u * cw[:, -1:]).clamp_max(log_w.shape[0] - 1).T  # [cap, T]
+        idx = systematic_resample(log_w, cap)
         kept_w = torch.zeros(idx.shape, dtype=log_w.dtype, device=log_w.device)
-    return torch.gather(theta, 0, idx[..., None].expand(-1, -1, theta.shape[-1])), kept_w
+    return _gather_draws(theta, idx), kept_w
 
 
 def _pad_components(theta: torch.Tensor, log_w: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +74,12 @@ def _pad_components(theta: torch.Tensor, log_w: torch.Tensor, m: int) -> tuple[t
         return theta, log_w
     theta = torch.cat([theta, theta[:1].expand(extra, -1, -1)], 0)
     return theta, torch.cat([log_w, log_w.new_full((extra, log_w.shape[1]), -torch.inf)], 0)
+
+
+def _check_num_samples(n) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"num_samples must be a positive int; got {n!r}")
+    return n
 
 
 @contextlib.contextmanager
@@ -105,11 +123,35 @@ class Posterior:
         return self.guide.build(self.local, widen=widen)
 
     @torch.no_grad()
-    def sample(self, num_samples: int = 1000, *, seed: int | None = None) -> dict[str, torch.Tensor]:
-        """Draw ``num_samples`` parameter sets per task: ``{site: [n, T, *event]}``."""
+    def sample(self, num_samples: int = 1000, *, method: str | None = None, seed: int | None = None,
+               min_ess: float = 100.0) -> dict[str, torch.Tensor]:
+        """Draw ``num_samples`` equally weighted parameter sets per task: ``{site: [n, T, *event]}``.
+
+        Args:
+            method: as in :meth:`predict`: ``"importance"`` (default for approximate
+                posteriors) resamples self-normalised importance draws of the model's exact
+                posterior; ``"guide"`` draws from the amortized guide; ``"exact"`` (default for
+                conjugate posteriors) from the exact posterior.
+            seed: makes the draws reproducible.
+            min_ess: importance only: tasks below this ESS are re-drawn with 4x more samples
+                (up to 16x).
+        """
+        method = self._method(method)
+        n = _check_num_samples(num_samples)
         with _seeded(seed, self.device):
-            theta = self.distribution().sample((num_samples,))  # [n, T, P]
-        return self.model.split(theta)
+            if method != "importance":
+                if method == "exact" and self.exact is None:
+                    raise ValueError("method='exact' needs an exact posterior (BayesLearner(..., conjugate=True))")
+                return self.model.split(self.distribution().sample((n,)))  # [n, T, P]
+            theta, log_w, *_ = self._importance_draws(n, min_ess=min_ess, max_draws=16 * n, cap=n)
+            return self.model.split(_gather_draws(theta, systematic_resample(log_w, n)))
+
+    def _method(self, method: str | None) -> str:
+        if method is None:
+            return "exact" if self.exact is not None else "importance"
+        if method not in PREDICT_METHODS:
+            raise ValueError(f"method must be one of {PREDICT_METHODS}; got {method!r}")
+        return method
 
     def _query(self, x) -> torch.Tensor:
         x = torch.as_tensor(x, dtype=self.x_support.dtype, device=self.device)
@@ -141,16 +183,11 @@ class Posterior:
                 At most ``num_samples`` draws per task are then pushed through the likelihood
                 on ``x`` (systematic resampling when more carry weight), which bounds the cost.
         """
-        if method is None:
-            method = "exact" if self.exact is not None else "importance"
-        if method not in PREDICT_METHODS:
-            raise ValueError(f"method must be one of {PREDICT_METHODS}; got {method!r}")
+        method = self._method(method)
         x = self._query(x)
         if method == "exact":
             return self._predict_exact(x)
-        n = DEFAULT_SAMPLES[method] if num_samples is None else num_samples
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"num_samples must be a positive int; got {num_samples!r}")
+        n = _check_num_samples(DEFAULT_SAMPLES[method] if num_samples is None else num_samples)
         with _seeded(seed, self.device):
             if method == "guide":
                 loc, scale = self._components(x, self.distribution().sample((n,)))
