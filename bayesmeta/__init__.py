@@ -12,6 +12,7 @@ from . import diagnostics, evaluation, inference, models, tasks
 from .diagnostics import (
     compare_posteriors,
     reference_posterior,
+    report,
     simulation_based_calibration,
     to_inference_data,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "tasks",
     "compare_posteriors",
     "reference_posterior",
+    "report",
     "simulation_based_calibration",
     "to_inference_data",
     "__version__",

@@ -1,16 +1,31 @@
 """Layer 5: ArviZ conversion, NUTS reference posteriors, simulation-based calibration, plots, report."""
 
+from .calibration_plots import (
+    plot_calibration_curve,
+    plot_method_comparison,
+    plot_pit_histogram,
+    plot_sbc_ranks,
+)
+from .html_report import load_run, report
 from .inference_data import to_inference_data
-from .plots import plot_prediction_bands
+from .plots import plot_elbo_trace, plot_prediction_bands, plot_shrinkage
 from .reference import compare_posteriors, reference_diagnostics, reference_posterior
 from .sbc import SBCResult, simulation_based_calibration
 
 __all__ = [
     "SBCResult",
     "compare_posteriors",
+    "load_run",
+    "plot_calibration_curve",
+    "plot_elbo_trace",
+    "plot_method_comparison",
+    "plot_pit_histogram",
     "plot_prediction_bands",
+    "plot_sbc_ranks",
+    "plot_shrinkage",
     "reference_diagnostics",
     "reference_posterior",
+    "report",
     "simulation_based_calibration",
     "to_inference_data",
 ]

@@ -7,7 +7,7 @@ import math
 import torch
 from matplotlib.figure import Figure
 
-__all__ = ["plot_prediction_bands"]
+__all__ = ["plot_elbo_trace", "plot_prediction_bands", "plot_shrinkage"]
 
 
 def plot_prediction_bands(predictive, x_grid, x_support, y_support, mask_support=None, *, truth=None,
@@ -56,3 +56,85 @@ def plot_prediction_bands(predictive, x_grid, x_support, y_support, mask_support
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _moving_average(v: torch.Tensor, width: int) -> torch.Tensor:
+    if width <= 1 or v.numel() < width:
+        return v
+    c = torch.cat([v.new_zeros(1), v.cumsum(0)])
+    out = (c[width:] - c[:-width]) / width
+    return torch.cat([v[: width - 1].cumsum(0) / torch.arange(1, width, dtype=v.dtype), out])
+
+
+def plot_elbo_trace(history, *, smooth: int = 20, title: str | None = None) -> Figure:
+    """Training loss (negative ELBO or bound per task) against step, raw and moving-averaged.
+
+    Args:
+        history: a learner's ``history`` (``step``, ``loss``, ``time``), its ``as_dict()``, or
+            ``{name: history}`` for several runs on one axes.
+        smooth: moving-average width in logged points.
+
+    The y-range follows the smoothed curve after the first 5 % of training, so the large
+    early losses do not flatten the part worth reading.
+    """
+    runs = history if isinstance(history, dict) and "step" not in history else {"": history}
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    lows, highs = [], []
+    for i, (name, h) in enumerate(runs.items()):
+        h = h if isinstance(h, dict) else h.as_dict()
+        if not h["step"]:
+            raise ValueError(f"history {name!r} is empty: nothing was trained")
+        step = torch.tensor(h["step"], dtype=torch.float64)
+        loss = torch.tensor(h["loss"], dtype=torch.float64)
+        avg = _moving_average(loss, smooth)
+        ax.plot(step, loss, color=f"C{i}", alpha=0.25, lw=0.8)
+        ax.plot(step, avg, color=f"C{i}", lw=1.5, label=f"{name} (moving average)".strip())
+        tail = avg[int(0.05 * len(avg)) :]
+        lows.append(float(tail.min()))
+        highs.append(float(tail.max()))
+    pad = 0.05 * (max(highs) - min(lows) + 1e-9)
+    ax.set_ylim(min(lows) - pad, max(highs) + pad)
+    ax.set(xlabel="step", ylabel="loss per task (negative bound)", title=title or "training")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_shrinkage(posterior, *, num_samples: int = 500, method: str | None = None, max_coordinates: int = 8,
+                   seed: int = 0) -> Figure:
+    """Prior vs posterior of every task-parameter coordinate: how far each task moved, how sure it got.
+
+    One axes per coordinate (up to ``max_coordinates``): the learned prior's mean ± 1 and 2 sd
+    as bands, each task's posterior mean ± 1 sd as an error bar, tasks ordered by their number of
+    support points. Few points: posteriors near the prior band; many: narrow and spread out.
+    """
+    model = posterior.model
+    draws = model.flatten(posterior.sample(num_samples, method=method, seed=seed)).detach().cpu().double()  # [n, T, P]
+    prior = model.prior_distribution()
+    pm = prior.mean.detach().cpu().double()
+    psd = prior.variance.detach().cpu().double().sqrt()
+    counts = posterior.mask_support.sum(-1).cpu()
+    order = torch.argsort(counts, stable=True)
+    mean, sd = draws.mean(0)[order], draws.std(0)[order]  # [T, P]
+    names = model.coordinate_names()
+    show = list(range(min(model.param_dim, max_coordinates)))
+    ncols = min(4, len(show))
+    nrows = math.ceil(len(show) / ncols)
+    fig = Figure(figsize=(3.4 * ncols, 2.8 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    xs = torch.arange(len(order))
+    for ax, c in zip(axes.flat, show, strict=False):
+        ax.axhspan(pm[c] - 2 * psd[c], pm[c] + 2 * psd[c], color="0.92", lw=0)
+        ax.axhspan(pm[c] - psd[c], pm[c] + psd[c], color="0.82", lw=0, label="prior ± 1, 2 sd")
+        ax.errorbar(xs, mean[:, c], yerr=sd[:, c], fmt="o", ms=3, capsize=2, color="C0", label="posterior ± 1 sd")
+        ratio = float((sd[:, c] / psd[c]).mean())
+        ax.set_title(f"{names[c]}  (sd post/prior {ratio:.2f})", fontsize=9)
+        ax.set_xticks(xs[:: max(1, len(xs) // 6)], [str(int(counts[order][i])) for i in xs[:: max(1, len(xs) // 6)]])
+        ax.set_xlabel("tasks by support size", fontsize=8)
+    for ax in list(axes.flat)[len(show):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+

@@ -37,6 +37,16 @@ class SBCResult:
         """No coordinate rejects uniformity at level ``alpha`` (Bonferroni over coordinates)."""
         return bool((self.p_values >= alpha / len(self.names)).all())
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SBCResult:
+        """Rebuild from :meth:`to_dict` (e.g. a run directory's ``sbc.json``)."""
+        try:
+            return cls(torch.tensor(data["ranks"]).T, data["num_posterior_samples"], list(data["names"]),
+                       data["bins"], torch.tensor(data["chi2"], dtype=torch.float64),
+                       torch.tensor(data["p_values"], dtype=torch.float64))
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"not an SBC result: {err}") from err
+
     def to_dict(self) -> dict:
         return {"num_simulations": self.ranks.shape[0], "num_posterior_samples": self.num_posterior_samples,
                 "bins": self.bins, "names": self.names, "chi2": self.chi2.tolist(),
@@ -57,17 +67,6 @@ def rank_uniformity(ranks: torch.Tensor, num_posterior_samples: int, bins: int) 
     chi2 = ((observed - expected) ** 2 / expected).sum(-1)
     p = torch.special.gammaincc(torch.tensor((bins - 1) / 2, dtype=torch.float64), chi2 / 2)
     return chi2, p
-
-
-def _coordinate_names(model) -> list[str]:
-    names = []
-    for name, shape in model.task_sites.items():
-        names += [name] if len(shape) == 0 else [f"{name}[{', '.join(map(str, i))}]" for i in _ndindex(shape)]
-    return names
-
-
-def _ndindex(shape):
-    return [tuple(int(v) for v in idx) for idx in torch.cartesian_prod(*[torch.arange(s) for s in shape]).reshape(-1, len(shape))]
 
 
 def _inputs(x, num_simulations: int) -> torch.Tensor:
@@ -129,7 +128,7 @@ def simulation_based_calibration(model, posterior, x, *, num_simulations: int = 
     draws = _posterior_draws(posterior, model, x, y, mask, num_posterior_samples, method, seed + 1)
     ranks = (draws < theta).sum(0).cpu()  # [T, P] in 0..L
     chi2, p = rank_uniformity(ranks, num_posterior_samples, bins)
-    return SBCResult(ranks, num_posterior_samples, _coordinate_names(model), bins, chi2, p)
+    return SBCResult(ranks, num_posterior_samples, model.coordinate_names(), bins, chi2, p)
 
 
 def expected_rank_band(num_simulations: int, num_posterior_samples: int, bins: int, level: float = 0.99):

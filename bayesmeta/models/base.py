@@ -67,6 +67,17 @@ class HierarchicalModel(PyroModule):
         """Total number of task-level parameters ``P`` (all sites flattened)."""
         return sum(math.prod(s) for s in self.task_sites.values())
 
+    def coordinate_names(self) -> list[str]:
+        """Names of the ``P`` flat coordinates, e.g. ``["w[0]", "w[1]", "z[0, 1]"]``."""
+        names = []
+        for name, shape in self.task_sites.items():
+            if len(shape) == 0:
+                names.append(name)
+            else:
+                idx = torch.cartesian_prod(*[torch.arange(s) for s in shape]).reshape(-1, len(shape))
+                names += [f"{name}[{', '.join(str(int(v)) for v in i)}]" for i in idx]
+        return names
+
     def split(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Flat ``[..., P]`` -> ``{site: [..., *event]}``."""
         out, start = {}, 0

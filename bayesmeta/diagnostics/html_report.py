@@ -1,0 +1,210 @@
+"""One self-contained HTML report (plots embedded, tables of metrics and diagnostics) for a run.
+
+Writes ``plots/*.png`` and ``report.html`` into a directory and records what it wrote in
+``.bayesmeta-report.json``: a later report may replace those files, never anything else. A
+file of the same name that a report did not write stops the report before anything is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ..evaluation.results import Evaluation
+from ..io import atomic_write_bytes, atomic_write_text
+from .calibration_plots import (
+    plot_calibration_curve,
+    plot_method_comparison,
+    plot_pit_histogram,
+    plot_sbc_ranks,
+)
+from .plots import plot_elbo_trace, plot_shrinkage
+from .sbc import SBCResult
+
+__all__ = ["report", "load_run"]
+
+MANIFEST = ".bayesmeta-report.json"
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 7px;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+figure{margin:1em 0 2em}figcaption{color:#555;font-size:13px}"""
+
+_CAPTIONS = {
+    "training": "Training loss per task (negative bound): it should fall and flatten; a late rise or spikes mean "
+                "the learning rate is too high.",
+    "calibration": "Observed vs nominal coverage of central intervals. On the diagonal: calibrated; below: "
+                   "overconfident; above: underconfident.",
+    "pit": "PIT histograms with the band a uniform histogram stays in (99 %). U shape: overconfident; hump: "
+           "underconfident; slope: biased.",
+    "comparison": "NLL (or the gap to the Bayes oracle), 90 % coverage and calibration error by number of shots.",
+    "shrinkage": "Learned prior (bands) vs each task's posterior (error bars), tasks ordered by support size.",
+    "sbc_ranks": "Simulation-based calibration: ranks of the true parameters among posterior draws; uniform when "
+                 "the posterior is right. Ends high: too narrow; middle high: too wide.",
+}
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _table(records: list[dict], columns=None, digits: int = 3) -> str:
+    if not records:
+        return "<p>(none)</p>"
+    columns = columns or list(dict.fromkeys(k for r in records for k, v in r.items() if not isinstance(v, list | dict)))
+
+    def cell(v):
+        if isinstance(v, float):
+            return "-" if math.isnan(v) else f"{v:.{digits}f}"
+        return html.escape("-" if v is None else str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in records)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _figures(evaluation, history, posterior, sbc) -> dict:
+    figs = {}
+    if history is not None and len(history.as_dict()["step"] if hasattr(history, "as_dict") else history["step"]):
+        figs["training"] = plot_elbo_trace(history)
+    if evaluation is not None and any("calibration_curve" in r for r in evaluation.summary):
+        figs["calibration"] = plot_calibration_curve(evaluation)
+        figs["pit"] = plot_pit_histogram(evaluation)
+    if evaluation is not None and (len(evaluation.shots) > 1 or len(evaluation.methods) > 1):
+        figs["comparison"] = plot_method_comparison(evaluation)
+    if posterior is not None:
+        figs["shrinkage"] = plot_shrinkage(posterior)
+    if sbc is not None:
+        figs["sbc_ranks"] = plot_sbc_ranks(sbc)
+    return figs
+
+
+def _check_targets(out: Path, targets: list[str]) -> None:
+    mine = set()
+    if (out / MANIFEST).exists():
+        try:
+            mine = set(json.loads((out / MANIFEST).read_text())["files"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"report: {out / MANIFEST} is unreadable; remove it or choose another directory") from err
+    for rel in targets:
+        if (out / rel).exists() and rel not in mine:
+            raise ValueError(f"report: {out / rel} exists and was not written by a bayesmeta report; "
+                             "refusing to overwrite it (choose another directory)")
+
+
+def report(out_dir, *, evaluation: Evaluation | None = None, learner=None, history=None, posterior=None,
+           sbc: SBCResult | None = None, reference: dict | None = None, figures: dict | None = None,
+           info: dict | None = None, title: str = "bayesmeta report") -> Path:
+    """Write ``plots/*.png`` and a self-contained ``report.html`` into ``out_dir``.
+
+    Args:
+        evaluation: results of :func:`bayesmeta.evaluate` (tables, calibration curve, PIT
+            histograms, comparison by shots).
+        learner: a fitted learner (its ``history`` gives the training trace).
+        history: a training history, if no learner is given.
+        posterior: a :class:`~bayesmeta.Posterior` for the prior-vs-posterior shrinkage plot.
+        sbc: a :class:`SBCResult` (rank histograms and the uniformity table).
+        reference: ``{"diagnostics": reference_diagnostics(...), "comparison": compare_posteriors(...)}``.
+        figures: more figures to include, ``{name: Figure or path to a PNG}``.
+        info: key-value pairs shown at the top (data, model, training budget...).
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        ValueError: a file the report would write exists and no earlier report wrote it.
+    """
+    out = Path(out_dir)
+    history = history if history is not None else getattr(learner, "history", None)
+    figs = _figures(evaluation, history, posterior, sbc)
+    extra_png = {}
+    for name, f in (figures or {}).items():
+        if isinstance(f, str | Path):
+            extra_png[name] = Path(f).read_bytes()
+        else:
+            figs[name] = f
+    pngs = {name: _png(fig) for name, fig in figs.items()}
+    targets = [f"plots/{name}.png" for name in pngs] + ["report.html"]
+    _check_targets(out, targets)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in pngs.items():
+        atomic_write_bytes(data, out / "plots" / f"{name}.png")
+    page = _html(title, info, evaluation, sbc, reference, {**pngs, **extra_png})
+    path = atomic_write_text(page, out / "report.html")
+    previous = set()
+    if (out / MANIFEST).exists():
+        previous = set(json.loads((out / MANIFEST).read_text())["files"])
+    atomic_write_text(json.dumps({"files": sorted(previous | set(targets))}, indent=1), out / MANIFEST)
+    return path
+
+
+def _html(title, info, evaluation, sbc, reference, pngs: dict) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if info:
+        parts.append(_table([{"": k, "value": v} for k, v in info.items()], columns=["", "value"]))
+    if evaluation is not None:
+        cols = ["method", "shots", "num_tasks", "nll", "nll_se", "oracle_nll", "gap", "gap_se", "mse", "crps",
+                *[c for c in evaluation.summary[0] if c.startswith("coverage_") and not c.endswith("task_sd")],
+                "calibration_error", "ess_median", "pareto_k_frac_above_0_7", "adapt_us_per_task",
+                "predict_us_per_task"]
+        cols = [c for c in cols if any(c in r for r in evaluation.summary)]
+        parts.append("<h2>Predictive metrics</h2><p>Mean (and standard error) over test tasks; coverage pooled "
+                     "over query points.</p>" + _table(evaluation.summary, cols))
+    if sbc is not None:
+        recs = [{"coordinate": n, "chi2": float(c), "p_value": float(p)}
+                for n, c, p in zip(sbc.names, sbc.chi2, sbc.p_values, strict=True)]
+        verdict = "passes" if sbc.passed() else "FAILS"
+        parts.append(f"<h2>Simulation-based calibration</h2><p>{sbc.ranks.shape[0]} simulations, "
+                     f"{sbc.num_posterior_samples} draws each: uniformity {verdict} at 1 % (Bonferroni).</p>"
+                     + _table(recs, digits=4))
+    if reference is not None:
+        parts.append("<h2>Reference posterior (NUTS)</h2>")
+        if "diagnostics" in reference:
+            d = {k: v for k, v in reference["diagnostics"].items() if k != "sites"}
+            parts.append(_table([d]))
+        if "comparison" in reference:
+            parts.append("<p>Amortized vs reference, per coordinate: mean error in reference sds, sd ratio "
+                         "(below 1: overconfident), 1-Wasserstein distance in reference sds.</p>"
+                         + _table(reference["comparison"]))
+    for name, data in pngs.items():
+        img = base64.b64encode(data).decode()
+        cap = html.escape(_CAPTIONS.get(name, name))
+        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{img}'>"
+                     f"<figcaption>{cap}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def load_run(run_dir) -> dict:
+    """What a run directory holds for a report: learner history, evaluation, SBC, reference, other plots."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {run} does not exist")
+    found = {}
+    for name in ("learner.pt", "model.pt"):
+        if (run / name).exists():
+            state = torch.load(run / name, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "history" in state:
+                found["history"] = state["history"]
+            break
+    if (run / "eval.json").exists():
+        found["evaluation"] = Evaluation.from_json(run / "eval.json")
+    if (run / "sbc.json").exists():
+        found["sbc"] = SBCResult.from_dict(json.loads((run / "sbc.json").read_text()))
+    if (run / "reference.json").exists():
+        found["reference"] = json.loads((run / "reference.json").read_text())
+    mine = set(json.loads((run / MANIFEST).read_text())["files"]) if (run / MANIFEST).exists() else set()
+    others = {p.stem: p for p in sorted((run / "plots").glob("*.png")) if f"plots/{p.name}" not in mine}
+    if others:
+        found["figures"] = others
+    if not found:
+        raise FileNotFoundError(f"{run}: nothing to report (no learner.pt, eval.json, sbc.json, reference.json or plots)")
+    return found
