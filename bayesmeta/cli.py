@@ -1,4 +1,4 @@
-"""Command line: ``bayesmeta demo`` and ``bayesmeta bench NAME``."""
+"""Command line: ``bayesmeta demo``, ``bayesmeta report RUN_DIR`` and ``bayesmeta bench NAME``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,18 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["main", "run_demo"]
+from .diagnostics import plot_prediction_bands
+
+__all__ = ["main", "run_demo", "run_report"]
 
 DEMO_EPILOG = """examples:
   bayesmeta demo                       # ~4 min training + evaluation, writes demo_out/
   bayesmeta demo --max-time 60 --num-tasks 200 --out /tmp/demo
+  bayesmeta demo --reference-tasks 0   # skip the NUTS reference (about a minute)
+"""
+REPORT_EPILOG = """examples:
+  bayesmeta report demo_out            # rewrites demo_out/report.html and demo_out/plots/
+  bayesmeta report demo_out --out /tmp/report
 """
 BENCH_EPILOG = """examples:
   bayesmeta bench sinusoid                          # every variant, 540 s training each
@@ -34,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument("--sbc-simulations", type=int, default=200, help="SBC simulations (0: skip; default: 200)")
+    d.add_argument("--reference-tasks", type=int, default=3, help="tasks with a NUTS reference (0: skip; default: 3)")
+    r = sub.add_parser("report", help="write plots and report.html for a run directory", epilog=REPORT_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("run_dir", help="a run directory (learner.pt, eval.json, sbc.json, reference.json, plots/)")
+    r.add_argument("--out", default=None, help="write the report here instead of into RUN_DIR")
     b = sub.add_parser("bench", help="run a reproducible benchmark (prints a table, writes JSON)",
                        epilog=BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("name", choices=["sinusoid"])
@@ -48,11 +61,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_demo(args) -> dict:
-    """Meta-train the default learner on sinusoids, evaluate shots 1/5/10, write plots + metrics."""
+def _demo_diagnostics(learner, family, args) -> dict:
+    """SBC of the amortized guide and a NUTS reference on a few 5-shot tasks (each optional)."""
     import bayesmeta as bm
-    from bayesmeta.benchmarks.sinusoid import evaluate_on_family, format_table
-    from bayesmeta.diagnostics import plot_prediction_bands
+
+    out = {}
+    if args.sbc_simulations:
+        print(f"simulation-based calibration ({args.sbc_simulations} simulations, K=5) ...", file=sys.stderr)
+        x = family.sample_inputs(args.sbc_simulations, 5, torch.Generator().manual_seed(args.seed + 11))
+        out["sbc"] = bm.simulation_based_calibration(learner.model, learner, x.to(learner.device),
+                                                     num_simulations=args.sbc_simulations, seed=args.seed)
+    if args.reference_tasks:
+        print(f"NUTS reference posterior on {args.reference_tasks} tasks (K=5) ...", file=sys.stderr)
+        test = family.sample(args.reference_tasks, shots=5, generator=torch.Generator().manual_seed(args.seed + 12))
+        test = test.to(learner.device)
+        ref = bm.reference_posterior(learner.model, *test.support, num_samples=500, num_warmup=500, num_chains=2,
+                                     seed=args.seed, progress=not args.no_progress)
+        amortized = bm.to_inference_data(learner.adapt(test), num_samples=2000, seed=args.seed)
+        out["reference"] = {"diagnostics": bm.diagnostics.reference_diagnostics(ref),
+                            "comparison": bm.compare_posteriors(amortized, ref)}
+    return out
+
+
+def run_demo(args) -> dict:
+    """Meta-train the default learner on sinusoids, evaluate shots 1/5/10, diagnose, write a report."""
+    import bayesmeta as bm
+    from bayesmeta.benchmarks.sinusoid import evaluate_on_family
+    from bayesmeta.io import atomic_write_text
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,27 +98,48 @@ def run_demo(args) -> dict:
                 progress=not args.no_progress)
     h = learner.history
     print(f"evaluating on {args.num_tasks} test tasks per shot count (1, 5, 10) ...", file=sys.stderr)
-    rows = [{"variant": "default", **r} for r in evaluate_on_family(
-        learner, family, num_tasks=args.num_tasks, device=learner.device, progress=not args.no_progress)]
-    print(format_table(rows))
-    test = family.sample(6, shots=5, num_query=0, generator=torch.Generator().manual_seed(7))
-    grid = torch.linspace(*family.x_range, 200)
+    ev = evaluate_on_family(learner, family, num_tasks=args.num_tasks, device=learner.device,
+                            progress=not args.no_progress)
+    print(ev.table())
+    test = family.sample(6, shots=5, num_query=0, generator=torch.Generator().manual_seed(7)).to(learner.device)
+    grid = torch.linspace(*family.x_range, 200, device=learner.device)
     xg = grid.reshape(1, -1, 1).expand(6, -1, -1)
-    pred = learner.adapt(test).predict(xg, seed=0)
-    fig = plot_prediction_bands(pred, grid, test.x_support, test.y_support,
-                                truth=family.mean_function(test.params, xg), title="bayesmeta demo: K=5")
-    fig.savefig(out / "prediction_bands.png", dpi=110)
+    post = learner.adapt(test)
+    bands = plot_prediction_bands(post.predict(xg, seed=0), grid, test.x_support, test.y_support,
+                                  truth=family.mean_function(test.params, xg), title="bayesmeta demo: K=5")
+    diag = _demo_diagnostics(learner, family, args)
     learner.save(out / "learner.pt")
-    metrics = {"family": repr(family), "train_steps": h.step[-1], "train_seconds": h.time[-1],
-               "final_loss": h.loss[-1], "rows": rows}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"wrote {out}/prediction_bands.png, {out}/metrics.json, {out}/learner.pt", file=sys.stderr)
-    return metrics
+    ev.to_json(out / "eval.json")
+    ev.to_csv(out / "eval.csv")
+    if "sbc" in diag:
+        atomic_write_text(json.dumps(diag["sbc"].to_dict()), out / "sbc.json")
+    if "reference" in diag:
+        atomic_write_text(json.dumps(diag["reference"], indent=1), out / "reference.json")
+    info = {"family": repr(family), "model": "LatentCodeRegression(latent_dim=8)", "train_steps": h.step[-1],
+            "train_seconds": round(h.time[-1], 1), "final_loss": round(h.loss[-1], 4)}
+    atomic_write_text(json.dumps(info, indent=1), out / "run.json")
+    page = bm.report(out, evaluation=ev, learner=learner, posterior=post, figures={"prediction_bands": bands},
+                     title="bayesmeta demo", info=info, **diag)
+    print(f"wrote {page} (plots in {out}/plots), eval.json, eval.csv, learner.pt", file=sys.stderr)
+    return {"info": info, "evaluation": ev, **diag}
+
+
+def run_report(args) -> Path:
+    """``bayesmeta report RUN_DIR``: the report of whatever the run directory holds."""
+    import bayesmeta as bm
+
+    found = bm.diagnostics.load_run(args.run_dir)
+    info = None
+    run_json = Path(args.run_dir) / "run.json"
+    if run_json.exists():
+        info = json.loads(run_json.read_text())
+    page = bm.report(args.out or args.run_dir, info=info, title=f"bayesmeta report: {args.run_dir}", **found)
+    print(f"wrote {page}", file=sys.stderr)
+    return page
 
 
 def run_bench(args) -> dict:
     from bayesmeta.benchmarks import BENCHMARKS
-    from bayesmeta.benchmarks.sinusoid import format_table
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -91,7 +147,7 @@ def run_bench(args) -> dict:
     result = BENCHMARKS[args.name](variants=args.variants, max_time=args.max_time, num_tasks=args.num_tasks,
                                    out_dir=args.out or f"bench_out/{args.name}", seed=args.seed,
                                    progress=not args.no_progress, device=args.device)
-    print(format_table(result["rows"]))
+    print(result["evaluation"].table())
     for name, v in result["variants"].items():
         print(f"{name}: {v['train_steps']} steps in {v['train_seconds']:.0f} s")
     print(f"total {time.perf_counter() - t0:.0f} s; results in {args.out or f'bench_out/{args.name}'}/results.json")
@@ -105,6 +161,8 @@ def main(argv=None) -> int:
             run_demo(args)
         elif args.command == "bench":
             run_bench(args)
+        elif args.command == "report":
+            run_report(args)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"bayesmeta {args.command}: error: {err}", file=sys.stderr)
         return 2

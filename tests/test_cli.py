@@ -5,15 +5,35 @@ import pytest
 from bayesmeta.cli import main
 
 
-def test_demo_writes_table_plot_and_metrics(tmp_path, capsys):
+def test_demo_writes_table_plots_report_and_diagnostics(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = main(["demo", "--out", str(out), "--max-time", "2", "--steps", "20", "--num-tasks", "8", "--no-progress"])
+    rc = main(["demo", "--out", str(out), "--max-time", "2", "--steps", "20", "--num-tasks", "8", "--no-progress",
+               "--sbc-simulations", "20", "--reference-tasks", "1"])
     assert rc == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert [r["shots"] for r in metrics["rows"]] == [1, 5, 10]
-    assert {"nll", "oracle_nll", "gap", "mse", "coverage90"} <= set(metrics["rows"][0])
-    assert (out / "prediction_bands.png").stat().st_size > 10_000
+    ev = json.loads((out / "eval.json").read_text())
+    assert [r["shots"] for r in ev["summary"]] == [1, 5, 10]
+    assert {"nll", "oracle_nll", "gap", "mse", "crps", "coverage_90", "calibration_error"} <= set(ev["summary"][0])
+    assert len(ev["rows"]) == 3 * 8
+    for name in ("prediction_bands", "training", "calibration", "pit", "comparison", "shrinkage", "sbc_ranks"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 5_000, name
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 7 and "Reference posterior (NUTS)" in page
+    assert {"diagnostics", "comparison"} <= set(json.loads((out / "reference.json").read_text()))
     assert "| K |" in capsys.readouterr().out
+
+
+def test_report_command_rebuilds_a_run(tmp_path, capsys):
+    out = tmp_path / "demo"
+    main(["demo", "--out", str(out), "--max-time", "1", "--steps", "5", "--num-tasks", "4", "--no-progress",
+          "--sbc-simulations", "0", "--reference-tasks", "0"])
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "report.html").read_text()
+    # redrawn from data: training, calibration, pit, comparison; embedded as saved: prediction_bands, shrinkage
+    assert "train_steps" in page and page.count("data:image/png;base64,") == 6
+    assert sorted(p.name for p in (tmp_path / "rep" / "plots").glob("*.png")) == [
+        "calibration.png", "comparison.png", "pit.png", "prediction_bands.png", "shrinkage.png", "training.png"]
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_bench_rejects_unknown_variant(tmp_path, capsys):

@@ -112,7 +112,8 @@ def report(out_dir, *, evaluation: Evaluation | None = None, learner=None, histo
         posterior: a :class:`~bayesmeta.Posterior` for the prior-vs-posterior shrinkage plot.
         sbc: a :class:`SBCResult` (rank histograms and the uniformity table).
         reference: ``{"diagnostics": reference_diagnostics(...), "comparison": compare_posteriors(...)}``.
-        figures: more figures to include, ``{name: Figure or path to a PNG}``.
+        figures: more figures to include, ``{name: Figure or path to a PNG}``; a PNG path is
+            embedded (and copied into ``plots/``) unless a figure of that name is drawn from data.
         info: key-value pairs shown at the top (data, model, training budget...).
 
     Returns:
@@ -124,19 +125,23 @@ def report(out_dir, *, evaluation: Evaluation | None = None, learner=None, histo
     out = Path(out_dir)
     history = history if history is not None else getattr(learner, "history", None)
     figs = _figures(evaluation, history, posterior, sbc)
-    extra_png = {}
     for name, f in (figures or {}).items():
-        if isinstance(f, str | Path):
-            extra_png[name] = Path(f).read_bytes()
-        else:
+        if not isinstance(f, str | Path):
             figs[name] = f
     pngs = {name: _png(fig) for name, fig in figs.items()}
-    targets = [f"plots/{name}.png" for name in pngs] + ["report.html"]
+    copies = {}  # PNG files given by path: embedded, and copied into plots/ unless they already live there
+    for name, f in (figures or {}).items():
+        if isinstance(f, str | Path) and name not in pngs:
+            pngs[name] = Path(f).read_bytes()
+            if Path(f).resolve() != (out / "plots" / f"{name}.png").resolve():
+                copies[name] = pngs[name]
+    written = {name: data for name, data in pngs.items() if name in figs or name in copies}
+    targets = [f"plots/{name}.png" for name in written] + ["report.html"]
     _check_targets(out, targets)
     out.mkdir(parents=True, exist_ok=True)
-    for name, data in pngs.items():
+    for name, data in written.items():
         atomic_write_bytes(data, out / "plots" / f"{name}.png")
-    page = _html(title, info, evaluation, sbc, reference, {**pngs, **extra_png})
+    page = _html(title, info, evaluation, sbc, reference, pngs)
     path = atomic_write_text(page, out / "report.html")
     previous = set()
     if (out / MANIFEST).exists():
@@ -201,10 +206,9 @@ def load_run(run_dir) -> dict:
         found["sbc"] = SBCResult.from_dict(json.loads((run / "sbc.json").read_text()))
     if (run / "reference.json").exists():
         found["reference"] = json.loads((run / "reference.json").read_text())
-    mine = set(json.loads((run / MANIFEST).read_text())["files"]) if (run / MANIFEST).exists() else set()
-    others = {p.stem: p for p in sorted((run / "plots").glob("*.png")) if f"plots/{p.name}" not in mine}
-    if others:
-        found["figures"] = others
+    pngs = {p.stem: p for p in sorted((run / "plots").glob("*.png"))}
+    if pngs:
+        found["figures"] = pngs  # a new report redraws what it can from the data and embeds the rest
     if not found:
         raise FileNotFoundError(f"{run}: nothing to report (no learner.pt, eval.json, sbc.json, reference.json or plots)")
     return found

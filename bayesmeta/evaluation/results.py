@@ -137,6 +137,8 @@ class Evaluation:
                 cols.append((f"cov{_pct(lv)}", lambda r, lv=lv: _num(r.get(f"coverage_{_pct(lv)}"))))
         if has("calibration_error"):
             cols.append(("cal.err", lambda r: _num(r.get("calibration_error"))))
+        if has("ess_median"):
+            cols.append(("ESS med", lambda r: _num(r.get("ess_median"), 0)))
         if has("pareto_k_frac_above_0_7"):
             cols.append(("k>0.7", lambda r: _num(r.get("pareto_k_frac_above_0_7"), 2)))
         cols += [("adapt µs/task", lambda r: f"{r['adapt_us_per_task']:.0f}"),

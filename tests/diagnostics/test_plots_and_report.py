@@ -114,6 +114,10 @@ def test_load_run_collects_what_a_run_holds(run, tmp_path):
     found = dg.load_run(tmp_path)
     assert set(found) == {"history", "evaluation", "sbc", "figures"}
     assert torch.equal(found["sbc"].ranks, sbc.ranks) and list(found["figures"]) == ["bands"]
+    with pytest.raises(ValueError, match="training.png exists and was not written"):
+        dg.plot_elbo_trace(learner.history).savefig(tmp_path / "plots" / "training.png")
+        bm.report(tmp_path, **dg.load_run(tmp_path))
+    (tmp_path / "plots" / "training.png").unlink()
     page = bm.report(tmp_path, **found).read_text()
     assert page.count("data:image/png;base64,") == 6  # training, calibration, pit, comparison, sbc + bands
     with pytest.raises(FileNotFoundError, match="nothing to report"):
