@@ -28,6 +28,29 @@ def test_example_runs(name, args):
     assert out
 
 
+def test_eight_schools_runs_and_plots(tmp_path, capsys):
+    args = argparse.Namespace(num_samples=60, num_warmup=60, num_chains=2, steps=30, seed=0, out=str(tmp_path / "f.png"),
+                              device="cpu", no_progress=True)
+    out = _load("eight_schools").main(args)
+    assert set(out["summary"]) == {"ArviZ reference", "NUTS", "SVI mean-field", "SVI full-rank"}
+    assert out["summary"]["ArviZ reference"][0] == pytest.approx(4.37, abs=0.01)  # the bundled reference
+    assert (tmp_path / "f.png").stat().st_size > 20_000
+    assert "tau mean" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_eight_schools_nuts_matches_the_reference():
+    """Default settings (4 chains x 1000 draws): NUTS agrees with ArviZ's reference posterior."""
+    args = argparse.Namespace(num_samples=1000, num_warmup=1000, num_chains=4, steps=3000, seed=0, out="",
+                              device="cpu", no_progress=True)
+    out = _load("eight_schools").main(args)
+    mu, mu_sd, tau, tau_sd = out["summary"]["NUTS"]
+    # MC error of both runs: sd / sqrt(ESS ~ 1000) ~ 0.1 each; tau's heavy right tail adds more
+    assert mu == pytest.approx(4.37, abs=0.4) and mu_sd == pytest.approx(3.29, abs=0.3)
+    assert tau == pytest.approx(3.72, abs=0.5) and tau_sd == pytest.approx(3.10, abs=0.5)
+    assert out["nuts_diagnostics"]["max_rhat"] < 1.01
+
+
 def test_custom_model_learns_the_prior_means():
     """The multi-site custom model (auxiliary flow guide) meta-trains to the right prior."""
     mod = _load("custom_model")
