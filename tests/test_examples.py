@@ -28,6 +28,14 @@ def test_example_runs(name, args):
     assert out
 
 
+def test_calibration_gallery_separates_the_four_cases(tmp_path):
+    out = _load("calibration_gallery").main(argparse.Namespace(num_tasks=100, shots=3, seed=0, out=str(tmp_path), device="cpu"))
+    assert out["calibrated"]["calibration_error"] < 0.02 and out["calibrated"]["gap"] == pytest.approx(0, abs=1e-9)
+    assert out["overconfident"]["coverage_90"] < 0.7 and out["underconfident"]["coverage_90"] > 0.98
+    assert out["biased"]["calibration_error"] > 0.08
+    assert (tmp_path / "pit_gallery.png").exists() and (tmp_path / "calibration_gallery.png").exists()
+
+
 def test_eight_schools_runs_and_plots(tmp_path, capsys):
     args = argparse.Namespace(num_samples=60, num_warmup=60, num_chains=2, steps=30, seed=0, out=str(tmp_path / "f.png"),
                               device="cpu", no_progress=True)
