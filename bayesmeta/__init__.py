@@ -8,7 +8,7 @@ Users write ``import bayesmeta as bm``::
     pred = learner.adapt(test).predict(test.x_query)
 """
 
-from . import diagnostics, evaluation, inference, models, tasks
+from . import baselines, diagnostics, evaluation, inference, models, tasks
 from .diagnostics import (
     compare_posteriors,
     reference_posterior,
@@ -31,6 +31,7 @@ __all__ = [
     "Posterior",
     "Predictive",
     "TaskBatch",
+    "baselines",
     "diagnostics",
     "evaluate",
     "evaluation",

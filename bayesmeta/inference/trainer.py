@@ -25,7 +25,7 @@ from ..tasks.batch import TaskBatch
 from ..tasks.family import TaskFamily
 from .objectives import OBJECTIVES, make_objective
 
-__all__ = ["TrainConfig", "History", "meta_train", "resolve_device"]
+__all__ = ["TrainConfig", "History", "TaskStream", "meta_train", "resolve_device"]
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -96,7 +96,7 @@ class History:
         return {"step": self.step, "loss": self.loss, "time": self.time, "lr": self.lr}
 
 
-class _TaskStream:
+class TaskStream:
     """Yields ``(x, y, mask, num_tasks)`` mini-batches on ``device`` from a family or a pool."""
 
     def __init__(self, source, cfg: TrainConfig, device: torch.device, x_dim: int, y_dim: int) -> None:
@@ -173,7 +173,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
     """
     cfg = config
     torch.manual_seed(cfg.seed)
-    stream = _TaskStream(source, cfg, device, model.x_dim, model.y_dim)
+    stream = TaskStream(source, cfg, device, model.x_dim, model.y_dim)
     params = list(model.parameters()) + ([] if guide is None else list(guide.parameters()))
     optim = OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr)
     if conjugate:

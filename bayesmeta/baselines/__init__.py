@@ -1,0 +1,22 @@
+"""Layer 4: gradient-based meta-learning baselines with the same Learner protocol.
+
+``fit(source, steps, ...)``, ``adapt(support) -> adapted``, ``adapted.predict(x) -> Predictive``,
+so :func:`bayesmeta.evaluate` scores them exactly like the Bayesian learners.
+"""
+
+from .base import AdaptedTasks, BaselineConfig, GradientMetaLearner
+from .ensemble import Ensemble
+from .maml import FOMAML, MAML, MetaSGD, Reptile
+from .network import GaussianMLP
+
+__all__ = [
+    "FOMAML",
+    "MAML",
+    "AdaptedTasks",
+    "BaselineConfig",
+    "Ensemble",
+    "GaussianMLP",
+    "GradientMetaLearner",
+    "MetaSGD",
+    "Reptile",
+]

@@ -1,0 +1,85 @@
+"""Deep ensembles of meta-learners: n independently initialised members, an equal-weight mixture."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from ..predictive import Predictive
+
+__all__ = ["Ensemble"]
+
+
+class _AdaptedEnsemble:
+    def __init__(self, members: list) -> None:
+        self.members = members
+
+    @torch.no_grad()
+    def predict(self, x, num_samples=None, **options) -> Predictive:
+        """Equal-weight mixture of the members' predictives (each may itself be a mixture)."""
+        preds = [m.predict(x, num_samples, **options) if num_samples is not None else m.predict(x, **options)
+                 for m in self.members]
+        n = len(preds)
+        m = max(p.num_components for p in preds)
+        locs, scales, weights = [], [], []
+        for p in preds:
+            pad = m - p.num_components  # pad with zero-weight components so members stack
+            loc, scale = p.loc, torch.as_tensor(p.scale).expand_as(p.loc)
+            logw = p.log_weights - math.log(n)
+            if pad:
+                loc = torch.cat([loc, loc[:1].expand(pad, *loc.shape[1:])])
+                scale = torch.cat([scale, scale[:1].expand(pad, *scale.shape[1:])])
+                logw = torch.cat([logw, logw.new_full((pad, logw.shape[1]), -torch.inf)])
+            locs.append(loc)
+            scales.append(scale)
+            weights.append(logw)
+        return Predictive(torch.cat(locs), torch.cat(scales), torch.cat(weights), method="ensemble")
+
+
+class Ensemble:
+    """``n`` independently initialised meta-learners whose predictive is their equal-weight mixture.
+
+    Args:
+        factory: builds one member, e.g. ``lambda: bm.baselines.MAML(x_dim=1, y_dim=1)``; any
+            learner with ``fit`` and ``adapt`` works (BayesLearners too).
+        n: number of members (>= 1).
+
+    ``fit`` trains member ``i`` with seed ``seed + i``; a ``max_time`` budget is split evenly so the
+    ensemble costs the same wall-clock time as one learner.
+    """
+
+    def __init__(self, factory: Callable[[], object], n: int = 5) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n (ensemble size) must be an int >= 1; got {n!r}")
+        if not callable(factory):
+            raise TypeError(f"factory must be callable; got {type(factory).__name__}")
+        torch_state = torch.random.get_rng_state()
+        self.members = []
+        for i in range(n):
+            torch.manual_seed(10_007 * (i + 1))  # independent initialisations, reproducibly
+            self.members.append(factory())
+        torch.random.set_rng_state(torch_state)
+        self.n = n
+
+    @property
+    def device(self):
+        return self.members[0].device
+
+    @property
+    def history(self):
+        return {f"member {i}": m.history for i, m in enumerate(self.members)}
+
+    def to(self, device) -> Ensemble:
+        for m in self.members:
+            m.to(device)
+        return self
+
+    def fit(self, source, steps: int = 2000, *, max_time: float | None = None, seed: int = 0, **options) -> Ensemble:
+        for i, m in enumerate(self.members):
+            m.fit(source, steps, max_time=None if max_time is None else max_time / self.n, seed=seed + i, **options)
+        return self
+
+    def adapt(self, *args, **kwargs) -> _AdaptedEnsemble:
+        return _AdaptedEnsemble([m.adapt(*args, **kwargs) for m in self.members])
