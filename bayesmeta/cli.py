@@ -26,6 +26,8 @@ REPORT_EPILOG = """examples:
 BENCH_EPILOG = """examples:
   bayesmeta bench sinusoid                          # every variant, 540 s training each
   bayesmeta bench sinusoid --variants iwae-diagonal --max-time 120 --num-tasks 200
+  bayesmeta bench compare                           # Bayes vs MAML family vs ensemble, 300 s each
+  bayesmeta bench compare --families sinusoid --methods bayes maml --budget 60 --num-tasks 200
 """
 
 
@@ -49,9 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="write the report here instead of into RUN_DIR")
     b = sub.add_parser("bench", help="run a reproducible benchmark (prints a table, writes JSON)",
                        epilog=BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("name", choices=["sinusoid"])
-    b.add_argument("--variants", nargs="+", default=None, help="subset of variants (default: all)")
-    b.add_argument("--max-time", type=float, default=540.0, help="training seconds per variant (default: 540)")
+    b.add_argument("name", choices=["sinusoid", "compare"])
+    b.add_argument("--variants", nargs="+", default=None, help="sinusoid: subset of variants (default: all)")
+    b.add_argument("--max-time", type=float, default=540.0, help="sinusoid: training seconds per variant (default: 540)")
+    b.add_argument("--families", nargs="+", default=["sinusoid", "linear"], help="compare: task families")
+    b.add_argument("--methods", nargs="+", default=None, help="compare: methods (default: all)")
+    b.add_argument("--budget", type=float, default=300.0, help="compare: training seconds per method (default: 300)")
+    b.add_argument("--sweep-seconds", type=float, default=45.0,
+                   help="compare: seconds per learning-rate trial of each baseline (default: 45)")
+    b.add_argument("--classic-budget", type=float, default=150.0,
+                   help="compare: seconds for the noise-free MAML check (0: skip; default: 150)")
     b.add_argument("--num-tasks", type=int, default=1000)
     b.add_argument("--out", default=None, help="output directory (default: bench_out/NAME)")
     b.add_argument("--seed", type=int, default=0)
@@ -139,18 +148,33 @@ def run_report(args) -> Path:
 
 
 def run_bench(args) -> dict:
-    from bayesmeta.benchmarks import BENCHMARKS
+    from bayesmeta.benchmarks import BENCHMARKS, COMPARE_METHODS
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result = BENCHMARKS[args.name](variants=args.variants, max_time=args.max_time, num_tasks=args.num_tasks,
-                                   out_dir=args.out or f"bench_out/{args.name}", seed=args.seed,
-                                   progress=not args.no_progress, device=args.device)
-    print(result["evaluation"].table())
-    for name, v in result["variants"].items():
-        print(f"{name}: {v['train_steps']} steps in {v['train_seconds']:.0f} s")
-    print(f"total {time.perf_counter() - t0:.0f} s; results in {args.out or f'bench_out/{args.name}'}/results.json")
+    out_dir = args.out or f"bench_out/{args.name}"
+    if args.name == "compare":
+        result = BENCHMARKS["compare"](families=args.families, methods=args.methods or COMPARE_METHODS,
+                                       budget=args.budget, sweep_seconds=args.sweep_seconds,
+                                       classic_budget=args.classic_budget, num_tasks=args.num_tasks,
+                                       out_dir=out_dir, seed=args.seed, device=args.device)
+        print("\n\n".join(result["tables"]))
+        for fam, meta in result["families"].items():
+            for m, info in meta["methods"].items():
+                if "tasks_per_second" in info:
+                    print(f"{fam} {m}: {info['tasks_per_second']:.0f} training tasks/s, settings {info['settings']}")
+        if "maml_classic" in result:
+            print(f"noise-free MAML sinusoid (K=10): {result['maml_classic']}")
+        print(f"MAML step, vectorised vs per-task loop: {result['vectorisation']}")
+    else:
+        result = BENCHMARKS["sinusoid"](variants=args.variants, max_time=args.max_time, num_tasks=args.num_tasks,
+                                        out_dir=out_dir, seed=args.seed, progress=not args.no_progress,
+                                        device=args.device)
+        print(result["evaluation"].table())
+        for name, v in result["variants"].items():
+            print(f"{name}: {v['train_steps']} steps in {v['train_seconds']:.0f} s")
+    print(f"total {time.perf_counter() - t0:.0f} s; results in {out_dir}/results.json")
     return result
 
 

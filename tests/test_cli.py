@@ -46,3 +46,18 @@ def test_help_lists_examples(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "examples:" in capsys.readouterr().out
+
+
+def test_bench_compare_tiny_run(tmp_path, capsys):
+    rc = main(["bench", "compare", "--families", "linear", "--methods", "bayes", "fomaml", "--budget", "1",
+               "--sweep-seconds", "0.3", "--classic-budget", "0.5", "--num-tasks", "10", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    fam = res["families"]["linear"]
+    assert {r["method"] for r in fam["summary"]} == {"oracle", "bayes", "fomaml"}
+    assert len(fam["methods"]["fomaml"]["sweep"]["trials"]) == 3 and fam["methods"]["bayes"]["tasks_per_second"] > 0
+    assert {"mse_after_1_steps", "mse_after_10_steps"} <= set(res["maml_classic"])
+    assert res["vectorisation"]["speedup"] > 0
+    assert (tmp_path / "comparison_linear.png").exists() and (tmp_path / "eval_linear.csv").exists()
+    out = capsys.readouterr().out
+    assert "| bayes | 5 |" in out and "gap to oracle" in out

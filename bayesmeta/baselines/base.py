@@ -27,7 +27,7 @@ class BaselineConfig:
     """Meta-training options of the gradient-based baselines; validated on construction.
 
     Each step draws ``tasks_per_step`` tasks with up to ``max_points`` points and splits each at
-    random into a support set of ``1..max_shots`` points and a query set of the rest.
+    random into a support set of ``min_shots..max_shots`` points and a query set of the rest.
     """
 
     steps: int = 2000
@@ -38,6 +38,7 @@ class BaselineConfig:
     final_lr_fraction: float = 1.0
     clip_norm: float | None = 10.0
     max_points: int = 20
+    min_shots: int = 1
     max_shots: int = 10
     seed: int = 0
     progress: bool = True
@@ -59,6 +60,8 @@ class BaselineConfig:
             ("max_points", isinstance(self.max_points, int) and self.max_points >= 2, "an int >= 2"),
             ("max_shots", isinstance(self.max_shots, int) and 1 <= self.max_shots < self.max_points,
              "an int in [1, max_points)"),
+            ("min_shots", isinstance(self.min_shots, int) and 1 <= self.min_shots <= self.max_shots,
+             "an int in [1, max_shots]"),
             ("log_every", self.log_every >= 1, ">= 1"),
         ]
         for name, ok, allowed in checks:
@@ -66,13 +69,17 @@ class BaselineConfig:
                 raise ValueError(f"{name} must be {allowed}; got {getattr(self, name)!r}")
 
 
-def split_support_query(mask: torch.Tensor, max_shots: int, gen: torch.Generator):
-    """Random support / query split of each task's observed points: ``1..max_shots`` support points."""
+def split_support_query(mask: torch.Tensor, max_shots: int, gen: torch.Generator, min_shots: int = 1):
+    """Random support / query split of each task's observed points: ``min_shots..max_shots`` support points.
+
+    Every task keeps at least one query point (tasks of a pool with few points get fewer shots).
+    """
     u = torch.rand(mask.shape, generator=gen).to(mask.device)
     rank = torch.where(mask, u, torch.full_like(u, 2.0)).argsort(-1).argsort(-1)  # observed points first
     n = mask.sum(-1, keepdim=True)  # [T, 1]
     hi = torch.clamp(n - 1, max=max_shots)  # leave at least one query point
-    k = 1 + (torch.rand(n.shape, generator=gen).to(mask.device) * hi).floor()  # U{1..hi}
+    lo = torch.clamp(hi, max=min_shots)
+    k = lo + (torch.rand(n.shape, generator=gen).to(mask.device) * (hi - lo + 1)).floor()  # U{lo..hi}
     support = mask & (rank < k)
     return support, mask & ~support
 
@@ -204,7 +211,7 @@ class GradientMetaLearner:
                     group["lr"] = cfg.lr * (cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5
                                             * (1 + math.cos(math.pi * min(frac, 1.0))))
                 x, y, mask, _ = stream.next()
-                support, query = split_support_query(mask, cfg.max_shots, stream.gen)
+                support, query = split_support_query(mask, cfg.max_shots, stream.gen, cfg.min_shots)
                 loss = self.meta_step(optim, x, y, support, query, cfg.clip_norm)
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:

@@ -1,7 +1,9 @@
-"""Layer 6: reproducible benchmarks (``bayesmeta bench NAME``)."""
+"""Layer 6: reproducible benchmarks (``bayesmeta bench NAME``): print a table, write JSON."""
 
+from .compare import COMPARE_FAMILIES, COMPARE_METHODS, run_compare
 from .sinusoid import SINUSOID_VARIANTS, evaluate_on_family, run_sinusoid
 
-BENCHMARKS = {"sinusoid": run_sinusoid}
+BENCHMARKS = {"sinusoid": run_sinusoid, "compare": run_compare}
 
-__all__ = ["BENCHMARKS", "run_sinusoid", "evaluate_on_family", "SINUSOID_VARIANTS"]
+__all__ = ["BENCHMARKS", "COMPARE_FAMILIES", "COMPARE_METHODS", "SINUSOID_VARIANTS", "evaluate_on_family",
+           "run_compare", "run_sinusoid"]

@@ -56,6 +56,11 @@ class HierarchicalLinear(TaskFamily):
         self.noise_std = float(noise_std)
         self.x_range = tuple(map(float, x_range))
 
+    def __repr__(self) -> str:
+        return (f"HierarchicalLinear(dim={self.x_dim}, prior_mean={self.prior_mean.tolist()}, "
+                f"prior_cov={self.prior_cov.tolist()}, noise_std={self.noise_std}, bias={self.bias}, "
+                f"x_range={self.x_range})")
+
     def sample_params(self, num_tasks, generator):
         eps = torch.randn(num_tasks, self.prior_mean.shape[0], generator=generator, dtype=torch.float64)
         return {"w": (self.prior_mean + eps @ self._tril.T).float()}
