@@ -10,7 +10,7 @@ import torch
 
 from .inference.guides import AmortizedGuide
 from .inference.refine import refine_local
-from .inference.trainer import History, TrainConfig, meta_train, resolve_device
+from .inference.trainer import History, TrainConfig, load_checkpoint, meta_train, resolve_device
 from .io import atomic_torch_save
 from .models.base import HierarchicalModel
 from .predictive import Posterior
@@ -19,6 +19,14 @@ from .tasks.batch import TaskBatch, check_support
 __all__ = ["BayesLearner"]
 
 _FORMAT = "bayesmeta.BayesLearner/1"
+_MAY_CHANGE_ON_RESUME = {"progress", "steps", "max_time", "log_every", "checkpoint_every"}
+
+
+def _check_resumable(saved: dict, now: dict) -> None:
+    changed = sorted(k for k in now if k not in _MAY_CHANGE_ON_RESUME and saved.get(k) != now[k])
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ValueError(f"resume: the checkpoint was trained with other settings ({detail})")
 
 
 class BayesLearner:
@@ -70,12 +78,20 @@ class BayesLearner:
         return self
 
     def fit(self, source, steps: int = 2000, *, max_time: float | None = None, tasks_per_step: int = 32,
-            device="cpu", seed: int = 0, lr: float = 1e-3, progress: bool = True, **options) -> BayesLearner:
+            device="cpu", seed: int = 0, lr: float = 1e-3, progress: bool = True, checkpoint=None,
+            resume: bool = False, on_checkpoint=None, **options) -> BayesLearner:
         """Meta-train on a task family (endless) or a ``TaskBatch`` pool.
 
         Stops after ``steps`` or ``max_time`` seconds, whichever comes first. Further options
         are fields of :class:`~bayesmeta.inference.TrainConfig` (``max_points``, ``clip_norm``,
-        ``optimizer``, ``final_lr_fraction``, ...). Returns ``self``; the trace is ``self.history``.
+        ``optimizer``, ``final_lr_fraction``, ``checkpoint_every``, ...). Returns ``self``; the
+        trace is ``self.history``.
+
+        Args:
+            checkpoint: path of a training checkpoint, written atomically every
+                ``checkpoint_every`` steps and at the end (model, guide, optimiser, RNG states).
+            resume: continue from ``checkpoint`` (which must exist) instead of starting over.
+            on_checkpoint: called as ``on_checkpoint(step, history)`` after each checkpoint.
         """
         unknown = set(options) - set(TrainConfig.__dataclass_fields__)
         if unknown:
@@ -84,9 +100,16 @@ class BayesLearner:
                           progress=progress, objective=self.objective, num_particles=self.num_particles,
                           **options)
         self.to(device)
+        state = None
+        if resume:
+            if checkpoint is None:
+                raise ValueError("resume=True needs checkpoint= (the path to continue from)")
+            state = load_checkpoint(checkpoint, map_location=self.device)
+            _check_resumable(state["config"], asdict(cfg))
         self.model.train()
         self.history = meta_train(self.model, self.guide, source, cfg, device=self.device,
-                                  conjugate=self.conjugate)
+                                  conjugate=self.conjugate, checkpoint=checkpoint, resume=state,
+                                  on_checkpoint=on_checkpoint)
         self.train_config = asdict(cfg)
         return self
 

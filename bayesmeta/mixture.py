@@ -161,6 +161,13 @@ class GaussianMixture:
     def _replace(self, loc, scale, log_weights) -> GaussianMixture:
         return GaussianMixture(loc, scale, log_weights)
 
+    def affine(self, scale: torch.Tensor | float, shift: torch.Tensor | float) -> GaussianMixture:
+        """The distribution of ``scale * y + shift`` (per output; ``scale > 0``), e.g. to undo standardisation."""
+        scale = torch.as_tensor(scale, dtype=self.loc.dtype, device=self.loc.device)
+        if (scale <= 0).any():
+            raise ValueError("affine: scale must be > 0")
+        return self._replace(self.loc * scale + shift, torch.as_tensor(self.scale) * scale, self.log_weights)
+
     def interval(self, level: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
         """Central interval holding ``level`` of the predictive mass, each ``[T, N, E]``."""
         if not 0.0 < level < 1.0:

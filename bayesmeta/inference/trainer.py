@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from ..io import atomic_torch_save
 from ..tasks.batch import TaskBatch
 from ..tasks.family import TaskFamily
 from .objectives import OBJECTIVES, make_objective
 
-__all__ = ["TrainConfig", "History", "TaskStream", "meta_train", "resolve_device"]
+__all__ = ["TrainConfig", "History", "TaskStream", "load_checkpoint", "meta_train", "resolve_device"]
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -62,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     log_every: int = 50
+    checkpoint_every: int = 500
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,6 +79,7 @@ class TrainConfig:
             ("min_points", 0 <= self.min_points <= self.max_points, "0 <= min_points <= max_points"),
             ("max_points", self.max_points >= 1, ">= 1"),
             ("log_every", self.log_every >= 1, ">= 1"),
+            ("checkpoint_every", isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1, "an int >= 1"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -156,7 +159,7 @@ def _lr_factor(progress: float, final: float) -> float:
 
 
 def meta_train(model, guide, source, config: TrainConfig, *, device: torch.device,
-               conjugate: bool = False) -> History:
+               conjugate: bool = False, checkpoint=None, resume: dict | None = None, on_checkpoint=None) -> History:
     """Maximise the meta-training objective; returns the :class:`History`.
 
     Args:
@@ -167,6 +170,12 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
         config: :class:`TrainConfig`.
         device: where the batches go.
         conjugate: maximise the exact log marginal likelihood (type-II ML) instead of a bound.
+        checkpoint: a path: every ``checkpoint_every`` steps and at the end, model, guide,
+            optimiser, history and every random-number state are written there atomically.
+        resume: a checkpoint (as loaded by :func:`load_checkpoint`) to continue from. With a
+            step budget (``max_time=None``) on CPU the resumed run ends bit-for-bit where an
+            uninterrupted one would; with ``max_time`` the schedule follows the recorded time.
+        on_checkpoint: called as ``on_checkpoint(step, history)`` after each checkpoint.
 
     Raises:
         FloatingPointError: the loss became non-finite (parameters keep their last finite values).
@@ -182,10 +191,16 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
         loss_fn = make_objective(cfg.objective, cfg.num_particles)(model, guide)
     guide_params = [] if guide is None else list(guide.parameters())
     subsets = guide is not None and stream.pool is not None and cfg.encoder_subsets
-    history, start = History(), time.perf_counter()
-    bar = tqdm(total=cfg.steps, disable=not cfg.progress, desc="meta-training", leave=False)
+    history, start, first = History(), time.perf_counter(), 1
+    if resume is not None:
+        first, start = _restore(resume, model, guide, optim, stream) + 1, start - resume["elapsed"]
+        history = History(**resume["history"])
+    bar = tqdm(total=cfg.steps, initial=first - 1, disable=not cfg.progress, desc="meta-training", leave=False)
+    step = first - 1
+    save = lambda: _checkpoint(checkpoint, step, model, guide, optim, stream, history,  # noqa: E731
+                               time.perf_counter() - start, cfg, on_checkpoint)
     try:
-        for step in range(1, cfg.steps + 1):
+        for step in range(first, cfg.steps + 1):
             elapsed = time.perf_counter() - start
             frac = step / cfg.steps if cfg.max_time is None else max(step / cfg.steps, elapsed / cfg.max_time)
             for group in optim.param_groups:
@@ -209,16 +224,63 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
                 history.time.append(time.perf_counter() - start)
                 history.lr.append(optim.param_groups[0]["lr"])
                 bar.set_postfix(loss=f"{per_task:.3f}")
+            if checkpoint is not None and step % cfg.checkpoint_every == 0:
+                save()
             if cfg.max_time is not None and time.perf_counter() - start >= cfg.max_time:
                 break
     finally:
         bar.close()
-    if not history.step or history.step[-1] != step:
+    if step >= first and (not history.step or history.step[-1] != step):
         history.step.append(step)
         history.loss.append(float(loss.detach()) / (num_tasks or x.shape[0]))
         history.time.append(time.perf_counter() - start)
         history.lr.append(optim.param_groups[0]["lr"])
+    if checkpoint is not None and step % cfg.checkpoint_every != 0:
+        save()
     return history
+
+
+CHECKPOINT_FORMAT = "bayesmeta.checkpoint/1"
+
+
+def _rng_states(stream) -> dict:
+    states = {"torch": torch.get_rng_state(), "stream": stream.gen.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _checkpoint(path, step, model, guide, optim, stream, history, elapsed, cfg, on_checkpoint) -> None:
+    state = {"format": CHECKPOINT_FORMAT, "step": step, "elapsed": elapsed, "config": asdict(cfg),
+             "model": model.state_dict(), "guide": None if guide is None else guide.state_dict(),
+             "optimizer": optim.state_dict(), "history": history.as_dict(), "rng": _rng_states(stream)}
+    atomic_torch_save(state, path)
+    if on_checkpoint is not None:
+        on_checkpoint(step, history)
+
+
+def load_checkpoint(path, *, map_location="cpu") -> dict:
+    """Read a training checkpoint written by :func:`meta_train` (``weights_only`` loading)."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a bayesmeta training checkpoint ({CHECKPOINT_FORMAT})")
+    return state
+
+
+def _restore(state: dict, model, guide, optim, stream) -> int:
+    model.load_state_dict(state["model"])
+    if guide is not None:
+        guide.load_state_dict(state["guide"])
+    optim.load_state_dict(state["optimizer"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    stream.gen.set_state(rng["stream"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return int(state["step"])
 
 
 def _add_guide_grads(loss: torch.Tensor, guide_params: list[torch.Tensor]) -> None:

@@ -1,0 +1,304 @@
+"""Grouped tables -> tasks: each row is one observation of one group (subject, sensor, country...).
+
+``TaskDataset`` holds the rows grouped by task id (in order of first appearance) and turns them
+into :class:`TaskBatch` es: all points as a training pool, random support/query batches, or a
+deterministic K-shot split per task for evaluation. ``Standardization`` (fitted on training
+tasks, stored with a run) maps x and y to zero mean and unit variance and back.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .batch import TaskBatch
+
+__all__ = ["Standardization", "TaskDataset"]
+
+
+@dataclass(frozen=True)
+class Standardization:
+    """Per-column affine maps ``(v - mean) / std`` for inputs and outputs (fitted on training tasks)."""
+
+    x_mean: tuple[float, ...]
+    x_std: tuple[float, ...]
+    y_mean: tuple[float, ...]
+    y_std: tuple[float, ...]
+
+    @classmethod
+    def identity(cls, x_dim: int, y_dim: int) -> Standardization:
+        return cls((0.0,) * x_dim, (1.0,) * x_dim, (0.0,) * y_dim, (1.0,) * y_dim)
+
+    def _t(self, values, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(values, dtype=like.dtype, device=like.device)
+
+    def x(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._t(self.x_mean, x)) / self._t(self.x_std, x)
+
+    def y(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self._t(self.y_mean, y)) / self._t(self.y_std, y)
+
+    def y_inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self._t(self.y_std, y) + self._t(self.y_mean, y)
+
+    def batch(self, b: TaskBatch) -> TaskBatch:
+        """Standardise every x and y of a batch (padding is transformed too, and stays masked)."""
+        return replace(b, x_support=self.x(b.x_support), y_support=self.y(b.y_support),
+                       x_query=None if b.x_query is None else self.x(b.x_query),
+                       y_query=None if b.y_query is None else self.y(b.y_query))
+
+    def predictive(self, pred):
+        """A predictive on the standardised scale -> the original units (mixture loc and scale)."""
+        return pred.affine(self._t(self.y_std, pred.loc), self._t(self.y_mean, pred.loc))
+
+    def to_dict(self) -> dict:
+        return {k: list(getattr(self, k)) for k in ("x_mean", "x_std", "y_mean", "y_std")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Standardization:
+        try:
+            return cls(*(tuple(float(v) for v in d[k]) for k in ("x_mean", "x_std", "y_mean", "y_std")))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a standardisation record: {err}") from err
+
+
+def _check_columns(header: list[str], wanted: dict[str, list[str]], source: str) -> dict[str, list[int]]:
+    dup = sorted({c for c in header if header.count(c) > 1})
+    if dup:
+        raise ValueError(f"{source}: duplicate column name(s) {dup}")
+    out = {}
+    for role, cols in wanted.items():
+        if not cols:
+            raise ValueError(f"{source}: no {role} column given")
+        missing = [c for c in cols if c not in header]
+        if missing:
+            raise ValueError(f"{source}: missing {role} column(s) {missing}; the file has {header}")
+        out[role] = [header.index(c) for c in cols]
+    overlap = set(wanted.get("task", [])) & (set(wanted.get("x", [])) | set(wanted.get("y", [])))
+    if overlap or set(wanted.get("x", [])) & set(wanted.get("y", [])):
+        raise ValueError(f"{source}: a column is used twice among task, x and y: {wanted}")
+    return out
+
+
+def _parse_float(text: str, source: str, row: int, column: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"{source}: row {row}, column {column!r}: not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{source}: row {row}, column {column!r}: non-finite value {text!r}")
+    return v
+
+
+class TaskDataset:
+    """Rows of a grouped table, grouped into tasks.
+
+    Build with :meth:`from_csv`, :meth:`from_frame` or :meth:`from_arrays`. ``task_ids`` keeps the
+    order of first appearance; ``x[i]`` is ``[n_i, D]`` and ``y[i]`` ``[n_i, E]`` (float64 numpy).
+
+    Example:
+        >>> ds = TaskDataset.from_arrays(["a", "a", "b", "b"], [[0.], [1.], [0.], [2.]], [[1.], [2.], [0.], [4.]])
+        >>> ds.task_ids, ds.sizes
+        (['a', 'b'], [2, 2])
+    """
+
+    def __init__(self, task_ids: list, x: list[np.ndarray], y: list[np.ndarray], *, x_names: list[str],
+                 y_names: list[str], source: str = "data") -> None:
+        self.task_ids, self.x, self.y = list(task_ids), list(x), list(y)
+        self.x_names, self.y_names, self.source = list(x_names), list(y_names), source
+
+    def __len__(self) -> int:
+        return len(self.task_ids)
+
+    def __repr__(self) -> str:
+        return (f"TaskDataset({len(self)} tasks, {sum(self.sizes)} rows, x={self.x_names}, y={self.y_names}, "
+                f"source={self.source!r})")
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(v) for v in self.x]
+
+    @property
+    def x_dim(self) -> int:
+        return len(self.x_names)
+
+    @property
+    def y_dim(self) -> int:
+        return len(self.y_names)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_arrays(cls, task_ids, x, y, *, x_names=None, y_names=None, source: str = "arrays") -> TaskDataset:
+        """Group rows by ``task_ids`` (``[n]``); ``x [n, D]`` (or ``[n]``), ``y [n, E]`` (or ``[n]``)."""
+        ids = list(task_ids)
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        x = x[:, None] if x.ndim == 1 else x
+        y = y[:, None] if y.ndim == 1 else y
+        if x.ndim != 2 or y.ndim != 2 or not len(ids) == len(x) == len(y):
+            raise ValueError(f"{source}: task_ids ({len(ids)}), x {x.shape} and y {y.shape} must have one row each")
+        if len(ids) == 0:
+            raise ValueError(f"{source}: no rows")
+        for name, v in (("x", x), ("y", y)):
+            bad = ~np.isfinite(v).all(1)
+            if bad.any():
+                raise ValueError(f"{source}: row {int(np.argmax(bad))}: non-finite value in {name}")
+        groups: dict = {}
+        for i, t in enumerate(ids):
+            groups.setdefault(t, []).append(i)
+        x_names = x_names or [f"x{j}" for j in range(x.shape[1])]
+        y_names = y_names or [f"y{j}" for j in range(y.shape[1])]
+        ds = cls(list(groups), [x[r] for r in groups.values()], [y[r] for r in groups.values()],
+                 x_names=list(x_names), y_names=list(y_names), source=source)
+        return ds
+
+    @classmethod
+    def from_csv(cls, path, *, task: str, x: list[str] | str, y: list[str] | str) -> TaskDataset:
+        """Read a CSV with a header row (no pandas needed). Errors name the file, row and column."""
+        path = Path(path)
+        x, y = [x] if isinstance(x, str) else list(x), [y] if isinstance(y, str) else list(y)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or not any(h.strip() for h in header):
+                raise ValueError(f"{path}: empty file (no header row)")
+            header = [h.strip() for h in header]
+            cols = _check_columns(header, {"task": [task], "x": x, "y": y}, str(path))
+            ids, xs, ys = [], [], []
+            for row_no, row in enumerate(reader, start=2):  # row 1 is the header
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise ValueError(f"{path}: row {row_no} has {len(row)} fields; the header has {len(header)}")
+                ids.append(row[cols["task"][0]].strip())
+                xs.append([_parse_float(row[j], str(path), row_no, header[j]) for j in cols["x"]])
+                ys.append([_parse_float(row[j], str(path), row_no, header[j]) for j in cols["y"]])
+        if not ids:
+            raise ValueError(f"{path}: no data rows")
+        return cls.from_arrays(ids, xs, ys, x_names=x, y_names=y, source=str(path))
+
+    @classmethod
+    def from_frame(cls, df, *, task: str, x: list[str] | str, y: list[str] | str) -> TaskDataset:
+        """From a data frame (pandas or anything with ``columns`` and ``df[col].to_numpy()``)."""
+        x, y = [x] if isinstance(x, str) else list(x), [y] if isinstance(y, str) else list(y)
+        cols = _check_columns([str(c) for c in df.columns], {"task": [task], "x": x, "y": y}, "data frame")
+        del cols
+        numeric = {}
+        for c in x + y:
+            try:
+                numeric[c] = np.asarray(df[c].to_numpy(), dtype=np.float64)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"data frame: column {c!r} is not numeric ({err})") from None
+        ids = list(df[task].to_numpy())
+        return cls.from_arrays(ids, np.stack([numeric[c] for c in x], 1), np.stack([numeric[c] for c in y], 1),
+                               x_names=x, y_names=y, source="data frame")
+
+    # ------------------------------------------------------------------ splits and standardisation
+    def subset(self, ids) -> TaskDataset:
+        index = {t: i for i, t in enumerate(self.task_ids)}
+        missing = [t for t in ids if t not in index]
+        if missing:
+            raise ValueError(f"{self.source}: unknown task id(s) {missing[:10]}")
+        sel = [index[t] for t in ids]
+        return TaskDataset([self.task_ids[i] for i in sel], [self.x[i] for i in sel], [self.y[i] for i in sel],
+                           x_names=self.x_names, y_names=self.y_names, source=self.source)
+
+    def split(self, fractions=(0.8, 0.1, 0.1), *, seed: int = 0) -> tuple[TaskDataset, ...]:
+        """Split *tasks* (not rows) at random into parts of the given fractions (e.g. train/val/test)."""
+        if abs(sum(fractions) - 1) > 1e-9 or any(f < 0 for f in fractions):
+            raise ValueError(f"fractions must be >= 0 and sum to 1; got {fractions}")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist()
+        bounds = np.round(np.cumsum([0, *fractions]) * len(self)).astype(int)
+        return tuple(self.subset([self.task_ids[i] for i in order[lo:hi]]) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True))
+
+    def fit_standardization(self) -> Standardization:
+        """Mean and standard deviation of every column over all rows (a constant column gets std 1)."""
+        x, y = np.concatenate(self.x), np.concatenate(self.y)
+
+        def sd(v):
+            s = v.std(0)
+            return np.where(s > 1e-12 * (1 + np.abs(v.mean(0))), s, 1.0)
+
+        return Standardization(tuple(x.mean(0)), tuple(sd(x)), tuple(y.mean(0)), tuple(sd(y)))
+
+    # ------------------------------------------------------------------ to TaskBatch
+    def to_batch(self, standardization: Standardization | None = None, *, dtype=torch.float32) -> TaskBatch:
+        """Every task's points as a support set (a training pool); optionally standardised."""
+        b = TaskBatch.from_arrays([torch.as_tensor(v, dtype=dtype) for v in self.x],
+                                  [torch.as_tensor(v, dtype=dtype) for v in self.y])
+        return b if standardization is None else standardization.batch(b)
+
+    def sample_batch(self, num_tasks: int, shots: int, num_query: int, generator: torch.Generator,
+                     *, dtype=torch.float32) -> TaskBatch:
+        """``num_tasks`` random tasks (with replacement) with a random ``shots``/``num_query`` split each.
+
+        Tasks with fewer than ``shots + 1`` points are never drawn; query sets are capped at
+        what a task has left (the rest is masked).
+        """
+        eligible = [i for i, n in enumerate(self.sizes) if n > shots]
+        if not eligible:
+            raise ValueError(f"{self.source}: no task has more than {shots} rows")
+        pick = torch.randint(len(eligible), (num_tasks,), generator=generator).tolist()
+        xs_s, ys_s, xs_q, ys_q = [], [], [], []
+        for j in pick:
+            i = eligible[j]
+            perm = torch.randperm(self.sizes[i], generator=generator).numpy()
+            s, q = perm[:shots], perm[shots : shots + num_query]
+            xs_s.append(self.x[i][s])
+            ys_s.append(self.y[i][s])
+            xs_q.append(self.x[i][q])
+            ys_q.append(self.y[i][q])
+        return _ragged_batch(xs_s, ys_s, xs_q, ys_q, self.x_dim, self.y_dim, dtype)
+
+    def kshot(self, shots: int, *, seed: int = 0, dtype=torch.float32) -> tuple[TaskBatch, list, list]:
+        """Deterministic evaluation split: per task, ``shots`` support rows and every other row as query.
+
+        Rows are permuted per task from ``seed`` (the same split on every machine). Tasks with at
+        most ``shots`` rows are left out and returned as the third element (report them).
+
+        Returns:
+            ``(TaskBatch, kept task ids, skipped task ids)``.
+        """
+        if not isinstance(shots, int) or shots < 0:
+            raise ValueError(f"shots must be an int >= 0; got {shots!r}")
+        kept, skipped, parts = [], [], ([], [], [], [])
+        for i, t in enumerate(self.task_ids):
+            n = self.sizes[i]
+            if n <= shots:
+                skipped.append(t)
+                continue
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + i)).numpy()
+            for part, v in zip(parts, (self.x[i][perm[:shots]], self.y[i][perm[:shots]], self.x[i][perm[shots:]],
+                                       self.y[i][perm[shots:]]), strict=True):
+                part.append(v)
+            kept.append(t)
+        if not kept:
+            raise ValueError(f"{self.source}: no task has more than {shots} rows (needed for {shots} shots and a query)")
+        return _ragged_batch(*parts, self.x_dim, self.y_dim, dtype), kept, skipped
+
+
+def _ragged_batch(xs_s, ys_s, xs_q, ys_q, x_dim: int, y_dim: int, dtype) -> TaskBatch:
+    """Pad per-task arrays (support sets may be empty) into a TaskBatch."""
+    t = len(xs_s)
+    s, q = max(len(v) for v in xs_s), max(len(v) for v in xs_q)
+
+    def pad(arrays, width, size):
+        out = torch.zeros(t, size, width, dtype=dtype)
+        mask = torch.zeros(t, size, dtype=torch.bool)
+        for i, a in enumerate(arrays):
+            out[i, : len(a)] = torch.as_tensor(a, dtype=dtype).reshape(len(a), width)
+            mask[i, : len(a)] = True
+        return out, mask
+
+    xs, ms = pad(xs_s, x_dim, s)
+    ys, _ = pad(ys_s, y_dim, s)
+    xq, mq = pad(xs_q, x_dim, q)
+    yq, _ = pad(ys_q, y_dim, q)
+    return TaskBatch(xs, ys, ms, xq, yq, mq)
