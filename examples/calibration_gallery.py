@@ -18,7 +18,6 @@ import argparse
 from pathlib import Path
 
 import matplotlib
-import torch
 
 import bayesmeta as bm
 

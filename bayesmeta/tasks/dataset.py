@@ -158,8 +158,12 @@ class TaskDataset:
         return ds
 
     @classmethod
-    def from_csv(cls, path, *, task: str, x: list[str] | str, y: list[str] | str) -> TaskDataset:
-        """Read a CSV with a header row (no pandas needed). Errors name the file, row and column."""
+    def from_csv(cls, path, *, task: str | None, x: list[str] | str, y: list[str] | str,
+                 single_task: str = "new") -> TaskDataset:
+        """Read a CSV with a header row (no pandas needed). Errors name the file, row and column.
+
+        ``task=None`` reads every row as one task named ``single_task``.
+        """
         path = Path(path)
         x, y = [x] if isinstance(x, str) else list(x), [y] if isinstance(y, str) else list(y)
         if not path.is_file():
@@ -170,14 +174,15 @@ class TaskDataset:
             if header is None or not any(h.strip() for h in header):
                 raise ValueError(f"{path}: empty file (no header row)")
             header = [h.strip() for h in header]
-            cols = _check_columns(header, {"task": [task], "x": x, "y": y}, str(path))
+            wanted = {"x": x, "y": y} if task is None else {"task": [task], "x": x, "y": y}
+            cols = _check_columns(header, wanted, str(path))
             ids, xs, ys = [], [], []
             for row_no, row in enumerate(reader, start=2):  # row 1 is the header
                 if not row or all(not c.strip() for c in row):
                     continue
                 if len(row) != len(header):
                     raise ValueError(f"{path}: row {row_no} has {len(row)} fields; the header has {len(header)}")
-                ids.append(row[cols["task"][0]].strip())
+                ids.append(single_task if task is None else row[cols["task"][0]].strip())
                 xs.append([_parse_float(row[j], str(path), row_no, header[j]) for j in cols["x"]])
                 ys.append([_parse_float(row[j], str(path), row_no, header[j]) for j in cols["y"]])
         if not ids:

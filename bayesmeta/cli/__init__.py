@@ -1,4 +1,4 @@
-"""Command line: ``bayesmeta demo``, ``bayesmeta report RUN_DIR`` and ``bayesmeta bench NAME``."""
+"""Command line: ``bayesmeta demo | fit | evaluate | predict | report | bench``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .diagnostics import plot_prediction_bands
+from ..diagnostics import plot_prediction_bands
 
 __all__ = ["main", "run_demo", "run_report"]
 
@@ -18,6 +18,26 @@ DEMO_EPILOG = """examples:
   bayesmeta demo                       # ~4 min training + evaluation, writes demo_out/
   bayesmeta demo --max-time 60 --num-tasks 200 --out /tmp/demo
   bayesmeta demo --reference-tasks 0   # skip the NUTS reference (about a minute)
+"""
+FIT_EPILOG = """examples:
+  bayesmeta fit --data train.csv --task subject --x days --y reaction --steps 5000 --out runs/sleep
+  bayesmeta fit --config fit.toml --set train.steps=2000 --set model.latent_dim=4 --out runs/sleep
+  bayesmeta fit --out runs/sleep --resume            # continue from runs/sleep/checkpoints/last.pt
+config file (TOML; every key optional, flags override it, --set overrides both):
+  [data]  path, task, x = [..], y = [..], val_fraction, split_seed, standardize
+  [model] kind = "latent" | "linear" | "bayes-head", latent_dim, hidden = [..], heteroscedastic,
+          guide = "diagonal" | "flow", objective = "elbo" | "iwae" | "iwae-dreg", num_particles
+  [train] steps, max_time (0: none), tasks_per_step, lr, seed, device, checkpoint_every
+"""
+EVALUATE_EPILOG = """examples:
+  bayesmeta evaluate runs/sleep --data test.csv --shots 1 5 10
+  bayesmeta evaluate runs/sleep --data test.csv --baseline maml reptile --baseline-steps 3000
+"""
+PREDICT_EPILOG = """examples:
+  bayesmeta predict runs/sleep --support new_subject.csv --query grid.csv --out preds.csv
+support.csv: the x and y columns of the run (and its task column for several new tasks);
+query.csv: the x columns (and the task column). A query task without support rows gets the
+prior predictive. Output: task, x, then per y column mean, sd, lower/upper of each --levels.
 """
 REPORT_EPILOG = """examples:
   bayesmeta report demo_out            # rewrites demo_out/report.html and demo_out/plots/
@@ -45,6 +65,41 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument("--sbc-simulations", type=int, default=200, help="SBC simulations (0: skip; default: 200)")
     d.add_argument("--reference-tasks", type=int, default=3, help="tasks with a NUTS reference (0: skip; default: 3)")
+    f = sub.add_parser("fit", help="fit a learner on a grouped CSV (one row per observation) into a run directory",
+                       epilog=FIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("--data", help="training CSV with a header row")
+    f.add_argument("--task", help="column naming each row's task (group)")
+    f.add_argument("--x", nargs="+", help="input column(s)")
+    f.add_argument("--y", nargs="+", help="output column(s)")
+    f.add_argument("--model", choices=["latent", "linear", "bayes-head"], help="model kind (default: latent)")
+    f.add_argument("--steps", type=int, help="training steps (default: 5000)")
+    f.add_argument("--max-time", type=float, help="training seconds at most (default: no limit)")
+    f.add_argument("--seed", type=int)
+    f.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    f.add_argument("--config", help="TOML config file")
+    f.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
+    f.add_argument("--out", required=True, help="run directory")
+    f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    f.add_argument("--force", action="store_true", help="write into an existing run directory, replacing its files")
+    f.add_argument("--no-progress", action="store_true")
+    e = sub.add_parser("evaluate", help="score a fitted run on a test CSV at several shot counts",
+                       epilog=EVALUATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("run_dir")
+    e.add_argument("--data", required=True, help="test CSV with the run's task, x and y columns")
+    e.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10])
+    e.add_argument("--baseline", nargs="+", choices=["maml", "fomaml", "metasgd", "reptile"],
+                   help="also train and score these baselines on the run's training tasks")
+    e.add_argument("--baseline-steps", type=int, default=2000)
+    e.add_argument("--seed", type=int, default=0, help="seed of the K-shot splits and Monte-Carlo draws")
+    e.add_argument("--no-progress", action="store_true")
+    pr = sub.add_parser("predict", help="predict for new tasks from their support rows",
+                        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument("run_dir")
+    pr.add_argument("--support", required=True, help="CSV of the new tasks' observed rows")
+    pr.add_argument("--query", required=True, help="CSV of the inputs to predict at")
+    pr.add_argument("--out", required=True, help="output CSV")
+    pr.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.9], help="central interval levels")
+    pr.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("report", help="write plots and report.html for a run directory", epilog=REPORT_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("run_dir", help="a run directory (learner.pt, eval.json, sbc.json, reference.json, plots/)")
@@ -187,6 +242,10 @@ def main(argv=None) -> int:
             run_bench(args)
         elif args.command == "report":
             run_report(args)
+        elif args.command in ("fit", "evaluate", "predict"):
+            from . import runs
+
+            {"fit": runs.cmd_fit, "evaluate": runs.cmd_evaluate, "predict": runs.cmd_predict}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"bayesmeta {args.command}: error: {err}", file=sys.stderr)
         return 2

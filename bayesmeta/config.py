@@ -1,0 +1,204 @@
+"""Run configuration: frozen dataclasses validated on construction, read from and written to TOML.
+
+A fit is described by three sections::
+
+    [data]   path, task, x, y, val_fraction, split_seed, standardize
+    [model]  kind ("latent" | "linear" | "bayes-head"), latent_dim, hidden, heteroscedastic,
+             guide, objective, num_particles
+    [train]  steps, max_time (0: none), tasks_per_step, lr, seed, device, checkpoint_every
+
+An unknown section or key, or a bad value, is an error that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from .inference.objectives import OBJECTIVES
+
+__all__ = ["DataConfig", "FitConfig", "ModelConfig", "TrainSection", "MODEL_KINDS", "apply_overrides",
+           "config_from_dict", "load_config", "to_toml"]
+
+MODEL_KINDS = ("latent", "linear", "bayes-head")
+
+
+def _fail(key: str, allowed: str, value) -> None:
+    raise ValueError(f"config: {key} must be {allowed}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""
+    task: str = ""
+    x: tuple[str, ...] = ()
+    y: tuple[str, ...] = ()
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    standardize: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "x", tuple(self.x))
+        object.__setattr__(self, "y", tuple(self.y))
+        if not 0 <= self.val_fraction < 1:
+            _fail("data.val_fraction", "in [0, 1)", self.val_fraction)
+
+    def check_complete(self) -> None:
+        for key in ("path", "task", "x", "y"):
+            if not getattr(self, key):
+                raise ValueError(f"config: data.{key} is required (give --{'data' if key == 'path' else key} "
+                                 f"or set it in the config file)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "latent"
+    latent_dim: int = 8
+    hidden: tuple[int, ...] = (128, 128, 128)
+    heteroscedastic: bool = True
+    guide: str = "diagonal"
+    objective: str = "elbo"
+    num_particles: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        if self.kind not in MODEL_KINDS:
+            _fail("model.kind", f"one of {MODEL_KINDS}", self.kind)
+        if self.objective not in OBJECTIVES:
+            _fail("model.objective", f"one of {OBJECTIVES}", self.objective)
+        if self.num_particles < 1:
+            _fail("model.num_particles", ">= 1", self.num_particles)
+        if self.guide not in ("diagonal", "flow"):
+            _fail("model.guide", "'diagonal' or 'flow'", self.guide)
+        if self.latent_dim < 1:
+            _fail("model.latent_dim", ">= 1", self.latent_dim)
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            _fail("model.hidden", "a non-empty list of positive widths", list(self.hidden))
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    steps: int = 5000
+    max_time: float = 0.0
+    tasks_per_step: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        for key, ok, allowed in (("steps", self.steps >= 1, ">= 1"), ("max_time", self.max_time >= 0, ">= 0 (0: none)"),
+                                 ("tasks_per_step", self.tasks_per_step >= 1, ">= 1"), ("lr", self.lr > 0, "> 0"),
+                                 ("checkpoint_every", self.checkpoint_every >= 1, ">= 1")):
+            if not ok:
+                _fail(f"train.{key}", allowed, getattr(self, key))
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainSection}
+
+
+def _coerce(section: str, f, value):
+    key, default = f"{section}.{f.name}", f.default
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            _fail(key, "true or false", value)
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, "an integer", value)
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            _fail(key, "a number", value)
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            _fail(key, "a string", value)
+        return value
+    if isinstance(default, tuple):  # lists of column names or of widths
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list | tuple):
+            _fail(key, "a list", value)
+        kind = int if f.name == "hidden" else str
+        if not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            _fail(key, f"a list of {kind.__name__}s", value)
+        return tuple(value)
+    raise TypeError(f"config: unsupported field {key}")
+
+
+def config_from_dict(data: dict, base: FitConfig | None = None) -> FitConfig:
+    """Apply a nested dict (as read from TOML) to ``base`` (default: the defaults)."""
+    cfg = base or FitConfig()
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise ValueError(f"config: unknown section(s) {unknown}; allowed: {sorted(_SECTIONS)}")
+    for section, cls in _SECTIONS.items():
+        values = data.get(section, {})
+        if not isinstance(values, dict):
+            raise ValueError(f"config: [{section}] must be a table of keys")
+        known = {f.name: f for f in fields(cls)}
+        bad = sorted(set(values) - set(known))
+        if bad:
+            raise ValueError(f"config: unknown key(s) {[f'{section}.{k}' for k in bad]}; allowed in [{section}]: "
+                             f"{sorted(known)}")
+        updates = {k: _coerce(section, known[k], v) for k, v in values.items()}
+        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **updates)})
+    return cfg
+
+
+def load_config(path, base: FitConfig | None = None) -> FitConfig:
+    """Read a TOML config file (errors name the file)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML ({err})") from None
+    try:
+        return config_from_dict(data, base)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def apply_overrides(cfg: FitConfig, assignments) -> FitConfig:
+    """Apply ``section.key=value`` strings (values in TOML syntax; bare words are strings)."""
+    for text in assignments or ():
+        key, sep, raw = text.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ValueError(f"--set {text!r}: expected section.key=value, e.g. train.steps=2000")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        cfg = config_from_dict({section: {name: value}}, cfg)
+    return cfg
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+
+
+def to_toml(cfg: FitConfig) -> str:
+    """The resolved config as TOML (read back by :func:`load_config`)."""
+    lines = []
+    for section, values in asdict(cfg).items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
