@@ -28,6 +28,14 @@ def test_example_runs(name, args):
     assert out
 
 
+def test_grouped_regression_runs_the_command_line(tmp_path):
+    out = _load("grouped_regression").main(argparse.Namespace(out=str(tmp_path), steps=10, seed=0, device="cpu",
+                                                              no_progress=True))
+    lines = out["predictions"].read_text().splitlines()
+    assert len(lines) == 22 and lines[0].startswith("subject,time,response_mean")
+    assert (out["run"] / "eval.json").exists() and (out["run"] / "report.html").exists()
+
+
 def test_calibration_gallery_separates_the_four_cases(tmp_path):
     out = _load("calibration_gallery").main(argparse.Namespace(num_tasks=100, shots=3, seed=0, out=str(tmp_path), device="cpu"))
     assert out["calibrated"]["calibration_error"] < 0.02 and out["calibrated"]["gap"] == pytest.approx(0, abs=1e-9)
