@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .inference.distributed import init_from_env
 from .inference.guides import AmortizedGuide
 from .inference.refine import refine_local
 from .inference.trainer import History, TrainConfig, load_checkpoint, meta_train, resolve_device
@@ -79,7 +80,7 @@ class BayesLearner:
 
     def fit(self, source, steps: int = 2000, *, max_time: float | None = None, tasks_per_step: int = 32,
             device="cpu", seed: int = 0, lr: float = 1e-3, progress: bool = True, checkpoint=None,
-            resume: bool = False, on_checkpoint=None, **options) -> BayesLearner:
+            resume: bool = False, on_checkpoint=None, distributed: bool = False, **options) -> BayesLearner:
         """Meta-train on a task family (endless) or a ``TaskBatch`` pool.
 
         Stops after ``steps`` or ``max_time`` seconds, whichever comes first. Further options
@@ -92,6 +93,9 @@ class BayesLearner:
                 ``checkpoint_every`` steps and at the end (model, guide, optimiser, RNG states).
             resume: continue from ``checkpoint`` (which must exist) instead of starting over.
             on_checkpoint: called as ``on_checkpoint(step, history)`` after each checkpoint.
+            distributed: train in the ``torch.distributed`` process group of a ``torchrun``
+                launch (every rank calls ``fit`` with the same arguments; see
+                :mod:`bayesmeta.inference.distributed`). ``WORLD_SIZE=1`` trains normally.
         """
         unknown = set(options) - set(TrainConfig.__dataclass_fields__)
         if unknown:
@@ -106,10 +110,11 @@ class BayesLearner:
                 raise ValueError("resume=True needs checkpoint= (the path to continue from)")
             state = load_checkpoint(checkpoint, map_location=self.device)
             _check_resumable(state["config"], asdict(cfg))
+        ctx = init_from_env(self.device) if distributed else None
         self.model.train()
         self.history = meta_train(self.model, self.guide, source, cfg, device=self.device,
                                   conjugate=self.conjugate, checkpoint=checkpoint, resume=state,
-                                  on_checkpoint=on_checkpoint)
+                                  on_checkpoint=on_checkpoint, distributed=ctx)
         self.train_config = asdict(cfg)
         return self
 

@@ -14,6 +14,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
+from ..inference.distributed import all_reduce_, broadcast_parameters, check_same_config, init_from_env
 from ..inference.trainer import OPTIMIZERS, History, TaskStream, resolve_device
 from ..predictive import Predictive
 from ..tasks.batch import TaskBatch, check_support
@@ -166,6 +167,7 @@ class GradientMetaLearner:
         optim.zero_grad(set_to_none=True)
         loss = self.meta_loss(x, y, support, query)
         loss.backward()
+        loss = self.average_over_ranks(loss)
         if clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.meta_parameters(), clip_norm)
         optim.step()
@@ -174,6 +176,17 @@ class GradientMetaLearner:
     def meta_parameters(self) -> list[torch.Tensor]:
         return list(self.net.parameters())
 
+    def average_over_ranks(self, loss: torch.Tensor) -> torch.Tensor:
+        """Distributed training: average gradients and loss over ranks (the loss is a mean over tasks)."""
+        ctx = getattr(self, "_distributed", None)
+        if ctx is None:
+            return loss
+        params = self.meta_parameters()
+        total = all_reduce_(params, loss)
+        for p in params:
+            p.grad.div_(ctx.world_size)
+        return total / ctx.world_size
+
     # ------------------------------------------------------------------ the Learner protocol
     def to(self, device) -> GradientMetaLearner:
         self.device = resolve_device(device)
@@ -181,11 +194,14 @@ class GradientMetaLearner:
         return self
 
     def fit(self, source, steps: int = 2000, *, max_time: float | None = None, tasks_per_step: int = 25,
-            device="cpu", seed: int = 0, lr: float = 1e-3, progress: bool = True, **options) -> GradientMetaLearner:
+            device="cpu", seed: int = 0, lr: float = 1e-3, progress: bool = True, distributed: bool = False,
+            **options) -> GradientMetaLearner:
         """Meta-train on a task family (endless) or a ``TaskBatch`` pool; same signature as ``BayesLearner.fit``.
 
         Stops after ``steps`` or ``max_time`` seconds, whichever comes first. Further options are
-        fields of :class:`BaselineConfig`. Returns ``self``; the trace is ``self.history``.
+        fields of :class:`BaselineConfig`. With ``distributed=True`` (under ``torchrun``) each rank
+        draws its own tasks and gradients are averaged over ranks every step. Returns ``self``; the
+        trace is ``self.history``.
         """
         unknown = set(options) - set(BaselineConfig.__dataclass_fields__)
         if unknown:
@@ -193,16 +209,25 @@ class GradientMetaLearner:
         cfg = BaselineConfig(steps=steps, max_time=max_time, tasks_per_step=tasks_per_step, seed=seed, lr=lr,
                              progress=progress, **options)
         self.to(device)
-        torch.manual_seed(cfg.seed)
-        stream = TaskStream(source, cfg, self.device, self.net.x_dim, self.net.y_dim)
+        ctx = init_from_env(self.device) if distributed else None
+        rank, world = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
+        torch.manual_seed(cfg.seed + 1_000_003 * rank)
+        stream = TaskStream(source, cfg, self.device, self.net.x_dim, self.net.y_dim, rank=rank, world_size=world)
+        if ctx is not None:
+            check_same_config(ctx, {k: v for k, v in asdict(cfg).items() if k != "progress"}, self.device)
+            broadcast_parameters(self.meta_parameters())
         optim = OPTIMIZERS[cfg.optimizer](self.meta_parameters(), lr=cfg.lr)
-        self.history = self._train(stream, optim, cfg)
+        self._distributed = ctx
+        try:
+            self.history = self._train(stream, optim, cfg, show=cfg.progress and rank == 0)
+        finally:
+            self._distributed = None
         self.train_config = asdict(cfg)
         return self
 
-    def _train(self, stream, optim, cfg: BaselineConfig) -> History:
+    def _train(self, stream, optim, cfg: BaselineConfig, *, show: bool) -> History:
         history, start = History(), time.perf_counter()
-        bar = tqdm(total=cfg.steps, disable=not cfg.progress, desc=f"meta-training {type(self).__name__}", leave=False)
+        bar = tqdm(total=cfg.steps, disable=not show, desc=f"meta-training {type(self).__name__}", leave=False)
         try:
             for step in range(1, cfg.steps + 1):
                 elapsed = time.perf_counter() - start

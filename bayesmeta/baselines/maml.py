@@ -122,6 +122,7 @@ class Reptile(GradientMetaLearner):
         optim.zero_grad(set_to_none=True)
         for k, p in self.params().items():
             p.grad = direction[k].clone()
+        loss = self.average_over_ranks(loss)
         if clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.meta_parameters(), clip_norm)
         optim.step()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -91,9 +92,20 @@ def _write_metrics(out: Path, history) -> None:
     atomic_write_text("\n".join(lines) + ("\n" if lines else ""), out / "metrics.jsonl")
 
 
+def _launch() -> tuple[bool, bool]:
+    """``(distributed, main process)`` from torchrun's environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world > 1, int(os.environ.get("RANK", "0")) == 0
+
+
 def cmd_fit(args) -> Path:
-    """Fit a learner on a grouped CSV and write the run directory."""
+    """Fit a learner on a grouped CSV and write the run directory.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every rank trains on its own shard of the training
+    groups and only rank 0 writes the run directory.
+    """
     out = Path(args.out)
+    distributed, main = _launch()
     if args.resume:
         if args.config or args.set or any(v is not None for v in (args.data, args.task, args.x, args.y, args.model)):
             raise ValueError("--resume continues the run as configured in its config.toml; drop the other "
@@ -103,7 +115,8 @@ def cmd_fit(args) -> Path:
         cfg = apply_overrides(cfg, [f"train.max_time={args.max_time}"] if args.max_time else [])
     else:
         cfg = _resolve_fit_config(args)
-    _prepare_out(out, resume=args.resume, force=args.force)
+    if main:
+        _prepare_out(out, resume=args.resume, force=args.force)
     d = cfg.data
     data = TaskDataset.from_csv(d.path, task=d.task, x=list(d.x), y=list(d.y))
     if len(data) < 2:
@@ -116,18 +129,22 @@ def cmd_fit(args) -> Path:
         if len(train) < 2:
             raise ValueError(f"{d.path}: {len(train)} training task(s) after the validation split; need at least 2")
         std = train.fit_standardization() if d.standardize else Standardization.identity(data.x_dim, data.y_dim)
-        atomic_write_text(to_toml(cfg), out / "config.toml")
-        atomic_write_text(json.dumps(std.to_dict(), indent=1), out / "standardisation.json")
-        atomic_write_text(json.dumps({"train": train.task_ids, "validation": [] if val is None else val.task_ids},
-                                     indent=1, default=str), out / "split.json")
+        if main:
+            atomic_write_text(to_toml(cfg), out / "config.toml")
+            atomic_write_text(json.dumps(std.to_dict(), indent=1), out / "standardisation.json")
+            atomic_write_text(json.dumps({"train": train.task_ids, "validation": [] if val is None else val.task_ids},
+                                         indent=1, default=str), out / "split.json")
     t = cfg.train
     torch.manual_seed(t.seed)  # the initial weights too: the same config gives the same run
     learner = build_learner(cfg.model, data.x_dim, data.y_dim)
-    _say(f"fitting {cfg.model.kind} model on {len(train)} tasks ({sum(train.sizes)} rows) from {d.path} ...")
+    if main:
+        _say(f"fitting {cfg.model.kind} model on {len(train)} tasks ({sum(train.sizes)} rows) from {d.path} ...")
     learner.fit(train.to_batch(std), t.steps, max_time=t.max_time or None, tasks_per_step=t.tasks_per_step,
                 lr=t.lr, seed=t.seed, device=t.device, progress=not args.no_progress,
                 checkpoint=out / CHECKPOINT, resume=args.resume, checkpoint_every=t.checkpoint_every,
-                on_checkpoint=lambda step, history: _write_metrics(out, history))
+                on_checkpoint=lambda step, history: _write_metrics(out, history), distributed=distributed)
+    if not main:
+        return out
     learner.save(out / "model.pt")
     _write_metrics(out, learner.history)
     h = learner.history

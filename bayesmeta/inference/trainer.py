@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..io import atomic_torch_save
 from ..tasks.batch import TaskBatch
 from ..tasks.family import TaskFamily
+from .distributed import DistributedContext, all_reduce_, broadcast_parameters, check_same_config
 from .objectives import OBJECTIVES, make_objective
 
 __all__ = ["TrainConfig", "History", "TaskStream", "load_checkpoint", "meta_train", "resolve_device"]
@@ -102,9 +103,10 @@ class History:
 class TaskStream:
     """Yields ``(x, y, mask, num_tasks)`` mini-batches on ``device`` from a family or a pool."""
 
-    def __init__(self, source, cfg: TrainConfig, device: torch.device, x_dim: int, y_dim: int) -> None:
+    def __init__(self, source, cfg: TrainConfig, device: torch.device, x_dim: int, y_dim: int, *, rank: int = 0,
+                 world_size: int = 1) -> None:
         self.cfg, self.device = cfg, device
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)  # rank 0: the single-process stream
         if isinstance(source, TaskFamily):
             if (source.x_dim, source.y_dim) != (x_dim, y_dim):
                 raise ValueError(
@@ -123,7 +125,10 @@ class TaskStream:
                     f"task pool has x_dim={x.shape[-1]}, y_dim={y.shape[-1]}; the model expects "
                     f"x_dim={x_dim}, y_dim={y_dim}"
                 )
-            self.family, self.pool = None, (x.to(device), y.to(device), mask.to(device))
+            if world_size > len(x):
+                raise ValueError(f"task pool: {len(x)} tasks cannot be sharded over {world_size} processes")
+            shard = slice(rank, None, world_size)  # disjoint shards: rank r trains on tasks r, r + W, ...
+            self.family, self.pool = None, (x[shard].to(device), y[shard].to(device), mask[shard].to(device))
         else:
             raise TypeError(f"source must be a TaskFamily or a TaskBatch; got {type(source).__name__}")
 
@@ -159,7 +164,8 @@ def _lr_factor(progress: float, final: float) -> float:
 
 
 def meta_train(model, guide, source, config: TrainConfig, *, device: torch.device,
-               conjugate: bool = False, checkpoint=None, resume: dict | None = None, on_checkpoint=None) -> History:
+               conjugate: bool = False, checkpoint=None, resume: dict | None = None, on_checkpoint=None,
+               distributed: DistributedContext | None = None) -> History:
     """Maximise the meta-training objective; returns the :class:`History`.
 
     Args:
@@ -174,16 +180,26 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
             optimiser, history and every random-number state are written there atomically.
         resume: a checkpoint (as loaded by :func:`load_checkpoint`) to continue from. With a
             step budget (``max_time=None``) on CPU the resumed run ends bit-for-bit where an
-            uninterrupted one would; with ``max_time`` the schedule follows the recorded time.
+            uninterrupted one would; with ``max_time`` the schedule follows the recorded time. A
+            distributed resume restores the weights and optimiser on every rank and starts fresh
+            per-rank random streams (statistically equivalent, not bit-exact).
         on_checkpoint: called as ``on_checkpoint(step, history)`` after each checkpoint.
+        distributed: a :class:`~bayesmeta.inference.distributed.DistributedContext`: this rank
+            trains on its own tasks and gradients are summed over ranks every step (see
+            :mod:`bayesmeta.inference.distributed`); only rank 0 checkpoints and shows progress.
 
     Raises:
         FloatingPointError: the loss became non-finite (parameters keep their last finite values).
     """
     cfg = config
-    torch.manual_seed(cfg.seed)
-    stream = TaskStream(source, cfg, device, model.x_dim, model.y_dim)
+    rank, world = (0, 1) if distributed is None else (distributed.rank, distributed.world_size)
+    torch.manual_seed(cfg.seed + 1_000_003 * rank)
+    stream = TaskStream(source, cfg, device, model.x_dim, model.y_dim, rank=rank, world_size=world)
     params = list(model.parameters()) + ([] if guide is None else list(guide.parameters()))
+    if distributed is not None:
+        check_same_config(distributed, {k: v for k, v in asdict(cfg).items() if k != "progress"}, device)
+        broadcast_parameters(params)
+    main = rank == 0
     optim = OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr)
     if conjugate:
         loss_fn = _conjugate_loss(model)
@@ -193,9 +209,13 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
     subsets = guide is not None and stream.pool is not None and cfg.encoder_subsets
     history, start, first = History(), time.perf_counter(), 1
     if resume is not None:
-        first, start = _restore(resume, model, guide, optim, stream) + 1, start - resume["elapsed"]
+        first, start = _restore(resume, model, guide, optim, stream, rng=distributed is None) + 1, start - resume["elapsed"]
+        if distributed is not None:  # the checkpoint holds rank 0's random streams only: fresh ones per rank
+            torch.manual_seed(cfg.seed + 1_000_003 * rank + 7919 * first)
+            stream.gen.manual_seed(cfg.seed + 1_000_003 * rank + 7919 * first)
         history = History(**resume["history"])
-    bar = tqdm(total=cfg.steps, initial=first - 1, disable=not cfg.progress, desc="meta-training", leave=False)
+    bar = tqdm(total=cfg.steps, initial=first - 1, disable=not (cfg.progress and main), desc="meta-training",
+               leave=False)
     step = first - 1
     save = lambda: _checkpoint(checkpoint, step, model, guide, optim, stream, history,  # noqa: E731
                                time.perf_counter() - start, cfg, on_checkpoint)
@@ -208,11 +228,15 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
             x, y, mask, num_tasks = stream.next()
             optim.zero_grad(set_to_none=True)
             loss = loss_fn(x, y, mask, num_tasks=num_tasks)
-            if not torch.isfinite(loss):
+            if distributed is None and not torch.isfinite(loss):
                 raise FloatingPointError(f"meta-training: non-finite loss {float(loss)} at step {step}")
             loss.backward()
             if subsets:
                 _add_guide_grads(loss_fn(x, y, stream.random_subset(mask), num_tasks=num_tasks), guide_params)
+            if distributed is not None:  # every rank sees the same summed loss: all raise together
+                loss = all_reduce_(params, loss) / world
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"meta-training: non-finite loss {float(loss)} at step {step}")
             if cfg.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
             optim.step()
@@ -224,7 +248,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
                 history.time.append(time.perf_counter() - start)
                 history.lr.append(optim.param_groups[0]["lr"])
                 bar.set_postfix(loss=f"{per_task:.3f}")
-            if checkpoint is not None and step % cfg.checkpoint_every == 0:
+            if checkpoint is not None and main and step % cfg.checkpoint_every == 0:
                 save()
             if cfg.max_time is not None and time.perf_counter() - start >= cfg.max_time:
                 break
@@ -235,7 +259,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
         history.loss.append(float(loss.detach()) / (num_tasks or x.shape[0]))
         history.time.append(time.perf_counter() - start)
         history.lr.append(optim.param_groups[0]["lr"])
-    if checkpoint is not None and step % cfg.checkpoint_every != 0:
+    if checkpoint is not None and main and step % cfg.checkpoint_every != 0:
         save()
     return history
 
@@ -270,16 +294,17 @@ def load_checkpoint(path, *, map_location="cpu") -> dict:
     return state
 
 
-def _restore(state: dict, model, guide, optim, stream) -> int:
+def _restore(state: dict, model, guide, optim, stream, *, rng: bool = True) -> int:
     model.load_state_dict(state["model"])
     if guide is not None:
         guide.load_state_dict(state["guide"])
     optim.load_state_dict(state["optimizer"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    stream.gen.set_state(rng["stream"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    if rng:
+        states = state["rng"]
+        torch.set_rng_state(states["torch"])
+        stream.gen.set_state(states["stream"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
     return int(state["step"])
 
 

@@ -1,0 +1,109 @@
+"""Two gloo processes: K distributed steps equal K single-process steps on the union of their batches."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import bayesmeta as bm
+
+
+def _pool():
+    return bm.tasks.HierarchicalLinear(dim=1, noise_std=0.5).sample(16, shots=6, generator=torch.Generator().manual_seed(0))
+
+
+def _learner():
+    torch.manual_seed(0)
+    return bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), conjugate=True)
+
+
+def _flat(learner):
+    return torch.cat([p.detach().reshape(-1) for p in learner.model.parameters()])
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        learner = _learner()
+        torch.manual_seed(1234 + rank)  # different initial weights on purpose: rank 0's are broadcast
+        for p in learner.model.parameters():
+            p.data.add_(0 if rank == 0 else torch.randn_like(p))
+        learner.fit(_pool(), steps=15, tasks_per_step=8, lr=0.05, progress=False, distributed=True,
+                    checkpoint=os.path.join(out_dir, "ckpt.pt"), checkpoint_every=5)
+        torch.save(_flat(learner), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _mismatched_worker(rank, world, port):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        _learner().fit(_pool(), steps=2, lr=0.05 if rank == 0 else 0.01, progress=False, distributed=True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _maml_worker(rank, world, port, out_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(rank)  # different initialisations: rank 0's are broadcast
+        maml = bm.baselines.MetaSGD(x_dim=1, y_dim=1, hidden=(8,))
+        maml.fit(bm.tasks.Sinusoid(), steps=4, tasks_per_step=5, progress=False, distributed=True)
+        torch.save(torch.cat([p.detach().reshape(-1) for p in maml.meta_parameters()]),
+                   os.path.join(out_dir, f"maml{rank}.pt"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_equal_one_process_on_the_union(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(r0, r1)  # parameters identical on every rank
+    single = _learner().fit(_pool(), steps=15, tasks_per_step=16, lr=0.05, progress=False)
+    assert torch.allclose(r0, _flat(single), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(r0, _flat(_learner()), atol=1e-3)  # training moved the parameters
+    state = bm.inference.trainer.load_checkpoint(tmp_path / "ckpt.pt")  # rank 0's checkpoint loads in one process
+    model = bm.models.HierarchicalLinearRegression(x_dim=1)
+    model.load_state_dict(state["model"])
+    assert torch.allclose(torch.cat([p.detach().reshape(-1) for p in model.parameters()]), r0)
+
+
+def test_maml_family_trains_in_lockstep(tmp_path):
+    mp.spawn(_maml_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert torch.equal(torch.load(tmp_path / "maml0.pt"), torch.load(tmp_path / "maml1.pt"))
+
+
+def test_mismatched_configs_fail_on_every_rank():
+    with pytest.raises(mp.ProcessRaisedException, match=r"rank\(s\) \[1\] were started with a different configuration"):
+        mp.spawn(_mismatched_worker, args=(2, _free_port()), nprocs=2, join=True)
+
+
+def test_no_process_group_environment_is_a_clear_error(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(ValueError, match="launch with `torchrun"):
+        _learner().fit(_pool(), steps=1, progress=False, distributed=True)
+
+
+def test_world_size_one_trains_in_process_with_a_warning(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    with pytest.warns(UserWarning, match="WORLD_SIZE=1"):
+        learner = _learner().fit(_pool(), steps=3, progress=False, distributed=True)
+    assert learner.history.step[-1] == 3
