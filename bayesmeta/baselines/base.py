@@ -177,15 +177,19 @@ class GradientMetaLearner:
         return list(self.net.parameters())
 
     def average_over_ranks(self, loss: torch.Tensor) -> torch.Tensor:
-        """Distributed training: average gradients and loss over ranks (the loss is a mean over tasks)."""
+        """Distributed training: average gradients and loss over ranks (the loss is a mean over tasks).
+
+        The ranks' "time is up" flags travel in the same message, so all stop after the same step.
+        """
         ctx = getattr(self, "_distributed", None)
         if ctx is None:
             return loss
         params = self.meta_parameters()
-        total = all_reduce_(params, loss)
+        reduced = all_reduce_(params, loss, float(self._time_up))
         for p in params:
             p.grad.div_(ctx.world_size)
-        return total / ctx.world_size
+        self._time_up = bool(reduced[1] > 0)
+        return reduced[0] / ctx.world_size
 
     # ------------------------------------------------------------------ the Learner protocol
     def to(self, device) -> GradientMetaLearner:
@@ -237,7 +241,8 @@ class GradientMetaLearner:
                                             * (1 + math.cos(math.pi * min(frac, 1.0))))
                 x, y, mask, _ = stream.next()
                 support, query = split_support_query(mask, cfg.max_shots, stream.gen, cfg.min_shots)
-                loss = self.meta_step(optim, x, y, support, query, cfg.clip_norm)
+                self._time_up = cfg.max_time is not None and time.perf_counter() - start >= cfg.max_time
+                loss = self.meta_step(optim, x, y, support, query, cfg.clip_norm)  # may sync _time_up over ranks
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     if not torch.isfinite(loss):
@@ -247,7 +252,7 @@ class GradientMetaLearner:
                     history.time.append(time.perf_counter() - start)
                     history.lr.append(optim.param_groups[0]["lr"])
                     bar.set_postfix(loss=f"{float(loss):.3f}")
-                if cfg.max_time is not None and time.perf_counter() - start >= cfg.max_time:
+                if self._time_up:
                     break
         finally:
             bar.close()

@@ -82,14 +82,20 @@ def broadcast_parameters(params: list[torch.Tensor]) -> None:
         torch.nn.utils.vector_to_parameters(flat, params)
 
 
-def all_reduce_(params: list[torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
-    """Sum gradients (in place) and the loss over ranks in one flattened ``all_reduce``; returns the summed loss."""
+def all_reduce_(params: list[torch.Tensor], *scalars) -> torch.Tensor:
+    """Sum gradients (in place) and some scalars over ranks in one flattened ``all_reduce``.
+
+    ``scalars`` ride along in the same message (e.g. the loss, and a "my time is up" flag so that
+    every rank stops after the same step); returns their sums, ``[len(scalars)]``.
+    """
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1)])
+    extra = torch.stack([torch.as_tensor(v, dtype=grads[0].dtype, device=grads[0].device).detach().reshape(())
+                         for v in scalars])
+    flat = torch.cat([g.reshape(-1) for g in grads] + [extra])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     start = 0
     for p, g in zip(params, grads, strict=True):
         n = g.numel()
         p.grad = flat[start : start + n].view_as(p).clone()
         start += n
-    return flat[-1]
+    return flat[start:]

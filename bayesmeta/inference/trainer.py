@@ -233,8 +233,10 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
             loss.backward()
             if subsets:
                 _add_guide_grads(loss_fn(x, y, stream.random_subset(mask), num_tasks=num_tasks), guide_params)
-            if distributed is not None:  # every rank sees the same summed loss: all raise together
-                loss = all_reduce_(params, loss) / world
+            time_up = cfg.max_time is not None and time.perf_counter() - start >= cfg.max_time
+            if distributed is not None:  # the same summed loss and stop decision on every rank
+                reduced = all_reduce_(params, loss, float(time_up))
+                loss, time_up = reduced[0] / world, bool(reduced[1] > 0)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"meta-training: non-finite loss {float(loss)} at step {step}")
             if cfg.clip_norm is not None:
@@ -250,7 +252,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
                 bar.set_postfix(loss=f"{per_task:.3f}")
             if checkpoint is not None and main and step % cfg.checkpoint_every == 0:
                 save()
-            if cfg.max_time is not None and time.perf_counter() - start >= cfg.max_time:
+            if time_up:
                 break
     finally:
         bar.close()

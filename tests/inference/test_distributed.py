@@ -63,6 +63,18 @@ def _maml_worker(rank, world, port, out_dir):
             dist.destroy_process_group()
 
 
+def _timed_worker(rank, world, port, out_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        learner = _learner().fit(_pool(), steps=10**6, max_time=1.0, tasks_per_step=8, progress=False,
+                                 distributed=True)
+        torch.save(learner.history.step[-1], os.path.join(out_dir, f"steps{rank}.pt"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,6 +97,12 @@ def test_two_ranks_equal_one_process_on_the_union(tmp_path):
 def test_maml_family_trains_in_lockstep(tmp_path):
     mp.spawn(_maml_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     assert torch.equal(torch.load(tmp_path / "maml0.pt"), torch.load(tmp_path / "maml1.pt"))
+
+
+def test_time_budget_stops_every_rank_after_the_same_step(tmp_path):
+    # each rank reads its own clock; the stop flag rides in the gradient all-reduce
+    mp.spawn(_timed_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert torch.load(tmp_path / "steps0.pt") == torch.load(tmp_path / "steps1.pt") > 1
 
 
 def test_mismatched_configs_fail_on_every_rank():
