@@ -61,3 +61,14 @@ def test_bench_compare_tiny_run(tmp_path, capsys):
     assert (tmp_path / "comparison_linear.png").exists() and (tmp_path / "eval_linear.csv").exists()
     out = capsys.readouterr().out
     assert "| bayes | 5 |" in out and "gap to oracle" in out
+
+
+def test_bench_throughput_tiny_run(tmp_path, capsys):
+    rc = main(["bench", "throughput", "--learners", "maml", "--batch-sizes", "8", "256", "--seconds", "0.5",
+               "--processes", "1", "--predict-batches", "1", "2", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [r["tasks_per_step"] for r in res["batch"]] == [8, 256]
+    assert all(r["tasks_per_second"] > 0 and r["peak_memory_mib"] > 10 for r in res["batch"])
+    assert res["maml_speedup_256_vs_8"] > 0 and len(res["prediction"]) == 4
+    assert "| maml | 256 |" in capsys.readouterr().out

@@ -2,8 +2,9 @@
 
 from .compare import COMPARE_FAMILIES, COMPARE_METHODS, run_compare
 from .sinusoid import SINUSOID_VARIANTS, evaluate_on_family, run_sinusoid
+from .throughput import run_throughput
 
-BENCHMARKS = {"sinusoid": run_sinusoid, "compare": run_compare}
+BENCHMARKS = {"sinusoid": run_sinusoid, "compare": run_compare, "throughput": run_throughput}
 
 __all__ = ["BENCHMARKS", "COMPARE_FAMILIES", "COMPARE_METHODS", "SINUSOID_VARIANTS", "evaluate_on_family",
-           "run_compare", "run_sinusoid"]
+           "run_compare", "run_sinusoid", "run_throughput"]

@@ -48,6 +48,8 @@ BENCH_EPILOG = """examples:
   bayesmeta bench sinusoid --variants iwae-diagonal --max-time 120 --num-tasks 200
   bayesmeta bench compare                           # Bayes vs MAML family vs ensemble, 300 s each
   bayesmeta bench compare --families sinusoid --methods bayes maml --budget 60 --num-tasks 200
+  bayesmeta bench throughput                        # tasks/s and memory vs batch size and processes
+  bayesmeta bench throughput --seconds 5 --batch-sizes 8 256 --learners amortized
 """
 
 
@@ -106,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="write the report here instead of into RUN_DIR")
     b = sub.add_parser("bench", help="run a reproducible benchmark (prints a table, writes JSON)",
                        epilog=BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("name", choices=["sinusoid", "compare"])
+    b.add_argument("name", choices=["sinusoid", "compare", "throughput"])
     b.add_argument("--variants", nargs="+", default=None, help="sinusoid: subset of variants (default: all)")
     b.add_argument("--max-time", type=float, default=540.0, help="sinusoid: training seconds per variant (default: 540)")
     b.add_argument("--families", nargs="+", default=["sinusoid", "linear"], help="compare: task families")
@@ -116,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="compare: seconds per learning-rate trial of each baseline (default: 45)")
     b.add_argument("--classic-budget", type=float, default=150.0,
                    help="compare: seconds for the noise-free MAML check (0: skip; default: 150)")
+    b.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 128, 256, 512],
+                   help="throughput: tasks per step")
+    b.add_argument("--learners", nargs="+", default=["amortized", "maml"], help="throughput: learners")
+    b.add_argument("--seconds", type=float, default=15.0, help="throughput: seconds per setting (default: 15)")
+    b.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="throughput: process counts (CPU)")
+    b.add_argument("--predict-batches", type=int, nargs="+", default=[1, 10, 100],
+                   help="throughput: numbers of tasks adapted and predicted at once")
     b.add_argument("--num-tasks", type=int, default=1000)
     b.add_argument("--out", default=None, help="output directory (default: bench_out/NAME)")
     b.add_argument("--seed", type=int, default=0)
@@ -222,6 +231,15 @@ def run_bench(args) -> dict:
         if "maml_classic" in result:
             print(f"noise-free MAML sinusoid (K=10): {result['maml_classic']}")
         print(f"MAML step, vectorised vs per-task loop: {result['vectorisation']}")
+    elif args.name == "throughput":
+        result = BENCHMARKS["throughput"](tasks_per_step=args.batch_sizes, learners=args.learners, seconds=args.seconds,
+                                          processes=args.processes, predict_batches=args.predict_batches,
+                                          device=args.device, threads=args.threads,
+                                          out_dir=out_dir)
+        print(result["table"])
+        for k, v in result.items():
+            if k.endswith("_speedup_256_vs_8"):
+                print(f"{k}: {v:.1f}x")
     else:
         result = BENCHMARKS["sinusoid"](variants=args.variants, max_time=args.max_time, num_tasks=args.num_tasks,
                                         out_dir=out_dir, seed=args.seed, progress=not args.no_progress,
