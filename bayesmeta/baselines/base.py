@@ -128,6 +128,7 @@ class GradientMetaLearner:
         self.inner_steps, self.inner_lr = inner_steps, float(inner_lr)
         self.adapt_steps = inner_steps if adapt_steps is None else adapt_steps
         self.history, self.device = History(), torch.device("cpu")
+        self._distributed, self._time_up = None, False
 
     # ------------------------------------------------------------------ inner loop
     def params(self) -> dict[str, torch.Tensor]:
@@ -188,7 +189,7 @@ class GradientMetaLearner:
         reduced = all_reduce_(params, loss, float(self._time_up))
         for p in params:
             p.grad.div_(ctx.world_size)
-        self._time_up = bool(reduced[1] > 0)
+        self._stop_votes = reduced[1]  # read (a host sync) only at log steps, the same step on every rank
         return reduced[0] / ctx.world_size
 
     # ------------------------------------------------------------------ the Learner protocol
@@ -242,8 +243,11 @@ class GradientMetaLearner:
                 x, y, mask, _ = stream.next()
                 support, query = split_support_query(mask, cfg.max_shots, stream.gen, cfg.min_shots)
                 self._time_up = cfg.max_time is not None and time.perf_counter() - start >= cfg.max_time
-                loss = self.meta_step(optim, x, y, support, query, cfg.clip_norm)  # may sync _time_up over ranks
+                loss = self.meta_step(optim, x, y, support, query, cfg.clip_norm)
                 bar.update(1)
+                time_up = self._time_up
+                if self._distributed is not None:
+                    time_up = (step % cfg.log_every == 0 or step == cfg.steps) and float(self._stop_votes) > 0
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"meta-training {type(self).__name__}: non-finite loss at step {step}")
@@ -252,7 +256,7 @@ class GradientMetaLearner:
                     history.time.append(time.perf_counter() - start)
                     history.lr.append(optim.param_groups[0]["lr"])
                     bar.set_postfix(loss=f"{float(loss):.3f}")
-                if self._time_up:
+                if time_up:
                     break
         finally:
             bar.close()

@@ -189,7 +189,9 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
             :mod:`bayesmeta.inference.distributed`); only rank 0 checkpoints and shows progress.
 
     Raises:
-        FloatingPointError: the loss became non-finite (parameters keep their last finite values).
+        FloatingPointError: the loss became non-finite. Checked without a per-step host sync: at
+            every log and checkpoint step, so a checkpoint never holds parameters updated after a
+            non-finite loss.
     """
     cfg = config
     rank, world = (0, 1) if distributed is None else (distributed.rank, distributed.world_size)
@@ -216,7 +218,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
         history = History(**resume["history"])
     bar = tqdm(total=cfg.steps, initial=first - 1, disable=not (cfg.progress and main), desc="meta-training",
                leave=False)
-    step = first - 1
+    step, bad_steps = first - 1, torch.zeros((), dtype=torch.int64, device=device)
     save = lambda: _checkpoint(checkpoint, step, model, guide, optim, stream, history,  # noqa: E731
                                time.perf_counter() - start, cfg, on_checkpoint)
     try:
@@ -227,22 +229,30 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
                 group["lr"] = cfg.lr * _lr_factor(frac, cfg.final_lr_fraction)
             x, y, mask, num_tasks = stream.next()
             optim.zero_grad(set_to_none=True)
-            loss = loss_fn(x, y, mask, num_tasks=num_tasks)
-            if distributed is None and not torch.isfinite(loss):
-                raise FloatingPointError(f"meta-training: non-finite loss {float(loss)} at step {step}")
+            try:
+                loss = loss_fn(x, y, mask, num_tasks=num_tasks)
+            except (RuntimeError, ValueError):  # e.g. a Cholesky of parameters a non-finite step spoiled
+                _raise_if_bad(bad_steps, step - 1)
+                raise
             loss.backward()
             if subsets:
                 _add_guide_grads(loss_fn(x, y, stream.random_subset(mask), num_tasks=num_tasks), guide_params)
             time_up = cfg.max_time is not None and time.perf_counter() - start >= cfg.max_time
-            if distributed is not None:  # the same summed loss and stop decision on every rank
+            if distributed is not None:  # one message: gradients, loss and every rank's "time is up"
                 reduced = all_reduce_(params, loss, float(time_up))
-                loss, time_up = reduced[0] / world, bool(reduced[1] > 0)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"meta-training: non-finite loss {float(loss)} at step {step}")
+                loss, stop_votes = reduced[0] / world, reduced[1]
+            bad_steps += ~torch.isfinite(loss.detach())  # counted on the device: no host sync here
             if cfg.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
             optim.step()
             bar.update(1)
+            saving = checkpoint is not None and main and step % cfg.checkpoint_every == 0
+            if step % cfg.log_every == 0 or step == cfg.steps or saving:  # the only host syncs
+                _raise_if_bad(bad_steps, step)
+                if distributed is not None:
+                    time_up = bool(stop_votes > 0)  # the same answer on every rank
+            elif distributed is not None:
+                time_up = False
             if step % cfg.log_every == 0 or step == cfg.steps:
                 per_task = float(loss.detach()) / (num_tasks or x.shape[0])
                 history.step.append(step)
@@ -250,12 +260,14 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
                 history.time.append(time.perf_counter() - start)
                 history.lr.append(optim.param_groups[0]["lr"])
                 bar.set_postfix(loss=f"{per_task:.3f}")
-            if checkpoint is not None and main and step % cfg.checkpoint_every == 0:
+            if saving:
                 save()
             if time_up:
                 break
     finally:
         bar.close()
+    if step >= first:
+        _raise_if_bad(bad_steps, step)
     if step >= first and (not history.step or history.step[-1] != step):
         history.step.append(step)
         history.loss.append(float(loss.detach()) / (num_tasks or x.shape[0]))
@@ -264,6 +276,13 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
     if checkpoint is not None and main and step % cfg.checkpoint_every != 0:
         save()
     return history
+
+
+def _raise_if_bad(bad_steps: torch.Tensor, step: int) -> None:
+    n = int(bad_steps)
+    if n:
+        raise FloatingPointError(f"meta-training: the loss was non-finite in {n} step(s) up to step {step}; "
+                                 "the last checkpoint (if any) holds finite parameters")
 
 
 CHECKPOINT_FORMAT = "bayesmeta.checkpoint/1"
