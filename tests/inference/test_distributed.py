@@ -1,5 +1,6 @@
 """Two gloo processes: K distributed steps equal K single-process steps on the union of their batches."""
 
+import contextlib
 import os
 import socket
 
@@ -24,10 +25,20 @@ def _flat(learner):
     return torch.cat([p.detach().reshape(-1) for p in learner.model.parameters()])
 
 
-def _worker(rank, world, port, out_dir):
+@contextlib.contextmanager
+def _rank(rank, world, port):
+    """This process as rank ``rank`` of ``world`` (torchrun's environment); leaves the group afterwards."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _worker(rank, world, port, out_dir):
+    with _rank(rank, world, port):
         learner = _learner()
         torch.manual_seed(1234 + rank)  # different initial weights on purpose: rank 0's are broadcast
         for p in learner.model.parameters():
@@ -35,44 +46,27 @@ def _worker(rank, world, port, out_dir):
         learner.fit(_pool(), steps=15, tasks_per_step=8, lr=0.05, progress=False, distributed=True,
                     checkpoint=os.path.join(out_dir, "ckpt.pt"), checkpoint_every=5)
         torch.save(_flat(learner), os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _mismatched_worker(rank, world, port):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    try:
+    with _rank(rank, world, port):
         _learner().fit(_pool(), steps=2, lr=0.05 if rank == 0 else 0.01, progress=False, distributed=True)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _maml_worker(rank, world, port, out_dir):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
+    with _rank(rank, world, port):
         torch.manual_seed(rank)  # different initialisations: rank 0's are broadcast
         maml = bm.baselines.MetaSGD(x_dim=1, y_dim=1, hidden=(8,))
         maml.fit(bm.tasks.Sinusoid(), steps=4, tasks_per_step=5, progress=False, distributed=True)
         torch.save(torch.cat([p.detach().reshape(-1) for p in maml.meta_parameters()]),
                    os.path.join(out_dir, f"maml{rank}.pt"))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _timed_worker(rank, world, port, out_dir):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
+    with _rank(rank, world, port):
         learner = _learner().fit(_pool(), steps=10**6, max_time=1.0, tasks_per_step=8, progress=False,
                                  distributed=True)
         torch.save(learner.history.step[-1], os.path.join(out_dir, f"steps{rank}.pt"))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _free_port():
