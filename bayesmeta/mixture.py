@@ -108,7 +108,7 @@ class GaussianMixture:
                 f"observations must have shape {tuple(self.shape)} (tasks, points, outputs); "
                 f"got {tuple(y.shape)}"
             )
-        return y.to(self.loc.dtype)
+        return y.to(self.loc)  # dtype and device of the components
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """Log of the mixture density of each point, ``[T, N]`` (outputs summed)."""

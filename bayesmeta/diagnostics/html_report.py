@@ -70,9 +70,20 @@ def _table(records: list[dict], columns=None, digits: int = 3) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _has_history(h) -> bool:
+    """A learner's history, its dict, or ``{name: history}`` (ensembles) with at least one logged step."""
+    if h is None:
+        return False
+    if hasattr(h, "as_dict"):
+        return bool(h.step)
+    if "step" in h:
+        return bool(h["step"])
+    return bool(h) and all(_has_history(v) for v in h.values())
+
+
 def _figures(evaluation, history, posterior, sbc) -> dict:
     figs = {}
-    if history is not None and len(history.as_dict()["step"] if hasattr(history, "as_dict") else history["step"]):
+    if _has_history(history):
         figs["training"] = plot_elbo_trace(history)
     if evaluation is not None and any("calibration_curve" in r for r in evaluation.summary):
         figs["calibration"] = plot_calibration_curve(evaluation)

@@ -61,14 +61,15 @@ def check_observations(predictive, y, mask=None) -> tuple[torch.Tensor, torch.Te
             observed values, or a predictive whose components hold NaN/inf (naming the task).
     """
     shape = tuple(predictive.shape)
-    y = torch.as_tensor(y)
+    loc = getattr(predictive, "loc", None)
+    y = torch.as_tensor(y) if loc is None else torch.as_tensor(y).to(loc.device)
     if y.dim() == 2 and shape[-1] == 1:
         y = y.unsqueeze(-1)
     if tuple(y.shape) != shape:
         raise ValueError(f"y: shape {tuple(y.shape)} does not match the predictive's [T, N, E] = {shape}")
     if mask is None:
         mask = torch.ones(shape[:2], dtype=torch.bool, device=y.device)
-    mask = torch.as_tensor(mask)
+    mask = torch.as_tensor(mask).to(y.device)
     if tuple(mask.shape) != shape[:2] or mask.dtype != torch.bool:
         raise ValueError(f"mask: expected a bool tensor of shape {shape[:2]}; got {mask.dtype} {tuple(mask.shape)}")
     bad_y = (~torch.isfinite(y)).any(-1) & mask  # [T, N]

@@ -122,3 +122,11 @@ def test_load_run_collects_what_a_run_holds(run, tmp_path):
     assert page.count("data:image/png;base64,") == 6  # training, calibration, pit, comparison, sbc + bands
     with pytest.raises(FileNotFoundError, match="nothing to report"):
         dg.load_run(tmp_path / "plots")
+
+
+def test_report_of_an_ensemble_draws_every_member_trace(tmp_path):
+    ens = bm.baselines.Ensemble(lambda: bm.baselines.FOMAML(x_dim=1, hidden=(4,)), n=2)
+    ens.fit(bm.tasks.Sinusoid(), steps=3, progress=False)
+    bm.report(tmp_path, learner=ens)
+    assert (tmp_path / "plots" / "training.png").exists()
+    assert _lines(dg.plot_elbo_trace(ens.history).axes[0]) == 4
