@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sys
 import warnings
@@ -229,18 +230,18 @@ def _read_query(path: Path, cfg: FitConfig) -> tuple[list, torch.Tensor]:
         if missing:
             raise ValueError(f"{path}: missing x column(s) {missing}; the file has {header}")
         has_task = cfg.data.task in header
-        rows = [r for r in reader if r and any(c.strip() for c in r)]
+        rows = [(i, r) for i, r in enumerate(reader, start=2) if r and any(c.strip() for c in r)]
     if not rows:
         raise ValueError(f"{path}: no data rows")
     xs, tasks = [], []
-    for i, r in enumerate(rows, start=2):
+    for i, r in rows:
         vals = []
         for c in cfg.data.x:
             try:
                 vals.append(float(r[header.index(c)]))
             except (ValueError, IndexError):
                 raise ValueError(f"{path}: row {i}, column {c!r}: not a number") from None
-        if not all(map(lambda v: v == v and abs(v) != float("inf"), vals)):
+        if not all(math.isfinite(v) for v in vals):
             raise ValueError(f"{path}: row {i}: non-finite x value")
         xs.append(vals)
         tasks.append(r[header.index(cfg.data.task)].strip() if has_task else "new")
