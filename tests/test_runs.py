@@ -179,3 +179,21 @@ def test_evaluate_reports_small_tasks_and_refuses_when_none_fit(data, tmp_path, 
     assert f"shots={k}: " in err and "skipped" in err
     assert main(["evaluate", str(run), "--data", str(small), "--shots", "50"]) == 2
     assert "no task has more than 50 rows" in capsys.readouterr().err
+
+
+def test_predict_bad_files_name_file_and_row(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _fit(data, run) == 0
+    sup, query = tmp_path / "s.csv", tmp_path / "q.csv"
+    sup.write_text("time,response\n0.5,3.0\n")
+    query.write_text("time\n1.0\n\nfoo\n")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), "--support", str(sup), "--query", str(query), "--out", str(out)]) == 2
+    assert f"{query}: row 4, column 'time': not a number" in capsys.readouterr().err
+    query.write_text("days\n1.0\n")
+    assert main(["predict", str(run), "--support", str(sup), "--query", str(query), "--out", str(out)]) == 2
+    assert "missing x column(s) ['time']" in capsys.readouterr().err
+    sup.write_text("time\n0.5\n")
+    assert main(["predict", str(run), "--support", str(sup), "--query", str(query), "--out", str(out)]) == 2
+    assert "missing y column(s) ['response']" in capsys.readouterr().err
+    assert not out.exists()
