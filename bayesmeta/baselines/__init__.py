@@ -9,7 +9,11 @@ from .ensemble import Ensemble
 from .maml import FOMAML, MAML, MetaSGD, Reptile
 from .network import GaussianMLP
 
+BASELINES = {"maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "reptile": Reptile}
+"""The gradient-based baselines by name (CLI ``--baseline``, ``bench compare``)."""
+
 __all__ = [
+    "BASELINES",
     "FOMAML",
     "MAML",
     "AdaptedTasks",

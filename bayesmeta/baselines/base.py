@@ -6,7 +6,6 @@ the task's masked loss, ``functional_call`` on the shared network): no Python lo
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -15,7 +14,7 @@ from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
 from ..inference.distributed import all_reduce_, broadcast_parameters, check_same_config, init_from_env
-from ..inference.trainer import OPTIMIZERS, History, TaskStream, resolve_device
+from ..inference.trainer import OPTIMIZERS, History, TaskStream, resolve_device, set_lr
 from ..predictive import Predictive
 from ..tasks.batch import TaskBatch, check_support
 from .network import GaussianMLP
@@ -235,11 +234,7 @@ class GradientMetaLearner:
         bar = tqdm(total=cfg.steps, disable=not show, desc=f"meta-training {type(self).__name__}", leave=False)
         try:
             for step in range(1, cfg.steps + 1):
-                elapsed = time.perf_counter() - start
-                frac = step / cfg.steps if cfg.max_time is None else max(step / cfg.steps, elapsed / cfg.max_time)
-                for group in optim.param_groups:
-                    group["lr"] = cfg.lr * (cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5
-                                            * (1 + math.cos(math.pi * min(frac, 1.0))))
+                set_lr(optim, cfg, step, time.perf_counter() - start)
                 x, y, mask, _ = stream.next()
                 support, query = split_support_query(mask, cfg.max_shots, stream.gen, cfg.min_shots)
                 self._time_up = cfg.max_time is not None and time.perf_counter() - start >= cfg.max_time

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..baselines import FOMAML, MAML, Ensemble, MetaSGD, Reptile
+from ..baselines import BASELINES, MAML, Ensemble
 from ..diagnostics import plot_calibration_curve, plot_method_comparison
 from ..evaluation import Evaluation, evaluate
 from ..io import atomic_write_text
@@ -28,7 +28,6 @@ from ..tasks import HierarchicalLinear, Sinusoid
 __all__ = ["COMPARE_FAMILIES", "COMPARE_METHODS", "run_compare", "maml_classic", "vectorisation_speed"]
 
 COMPARE_FAMILIES = {"sinusoid": lambda: Sinusoid(noise_std=0.1), "linear": lambda: HierarchicalLinear(dim=1)}
-BASELINES = {"maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "reptile": Reptile}
 COMPARE_METHODS = ("bayes", *BASELINES, "ensemble")
 # (inner_lr, outer lr): the published setting first (MAML: 0.01 / 1e-3; Reptile here: 0.02 / 1e-3)
 SWEEP = {"maml": [(0.01, 1e-3), (0.001, 1e-3), (0.001, 3e-3)],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..baselines import BASELINES
 from ..diagnostics import plot_prediction_bands
 
 __all__ = ["main", "run_demo", "run_report"]
@@ -89,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--data", required=True, help="test CSV with the run's task, x and y columns")
     e.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10])
-    e.add_argument("--baseline", nargs="+", choices=["maml", "fomaml", "metasgd", "reptile"],
+    e.add_argument("--baseline", nargs="+", choices=sorted(BASELINES),
                    help="also train and score these baselines on the run's training tasks")
     e.add_argument("--baseline-steps", type=int, default=2000)
     e.add_argument("--seed", type=int, default=0, help="seed of the K-shot splits and Monte-Carlo draws")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..baselines import BASELINES
 from ..config import FitConfig, apply_overrides, config_from_dict, load_config, to_toml
 from ..evaluation import Evaluation, evaluate
 from ..io import atomic_write_text
@@ -192,7 +193,7 @@ def cmd_evaluate(args) -> Evaluation:
     for name in args.baseline or ():
         split = json.loads((run / "split.json").read_text())
         data = TaskDataset.from_csv(d.path, task=d.task, x=list(d.x), y=list(d.y)).subset(split["train"])
-        base = _make_baseline(name, data.x_dim, data.y_dim)
+        base = BASELINES[name](x_dim=data.x_dim, y_dim=data.y_dim)
         _say(f"training baseline {name} for {args.baseline_steps} steps on the run's training tasks ...")
         base.fit(data.to_batch(std), args.baseline_steps, seed=cfg.train.seed, progress=not args.no_progress)
         methods.append((name, standardised_predictor(base, std)))
@@ -206,16 +207,6 @@ def cmd_evaluate(args) -> Evaluation:
     ev.to_csv(run / "eval.csv")
     _say(f"wrote {run}/eval.json and {run}/eval.csv")
     return ev
-
-
-def _make_baseline(name: str, x_dim: int, y_dim: int):
-    from .. import baselines
-
-    classes = {"maml": baselines.MAML, "fomaml": baselines.FOMAML, "metasgd": baselines.MetaSGD,
-               "reptile": baselines.Reptile}
-    if name not in classes:
-        raise ValueError(f"--baseline: unknown baseline {name!r}; choose from {sorted(classes)}")
-    return classes[name](x_dim=x_dim, y_dim=y_dim)
 
 
 def _read_query(path: Path, cfg: FitConfig) -> tuple[list, torch.Tensor]:

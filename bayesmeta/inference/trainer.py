@@ -159,8 +159,17 @@ class TaskStream:
         return mask & (rank < keep)
 
 
-def _lr_factor(progress: float, final: float) -> float:
-    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+def set_lr(optim, cfg, step: int, elapsed: float) -> None:
+    """Cosine decay from ``cfg.lr`` to ``cfg.lr * cfg.final_lr_fraction`` over ``steps`` or ``max_time``.
+
+    Progress is the larger of the step fraction and (with ``max_time``) the time fraction. Any config
+    with ``lr``, ``final_lr_fraction``, ``steps`` and ``max_time`` works (the baselines share it).
+    """
+    frac = step / cfg.steps if cfg.max_time is None else max(step / cfg.steps, elapsed / cfg.max_time)
+    final = cfg.final_lr_fraction
+    factor = final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+    for group in optim.param_groups:
+        group["lr"] = cfg.lr * factor
 
 
 def meta_train(model, guide, source, config: TrainConfig, *, device: torch.device,
@@ -223,10 +232,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
                                time.perf_counter() - start, cfg, on_checkpoint)
     try:
         for step in range(first, cfg.steps + 1):
-            elapsed = time.perf_counter() - start
-            frac = step / cfg.steps if cfg.max_time is None else max(step / cfg.steps, elapsed / cfg.max_time)
-            for group in optim.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(frac, cfg.final_lr_fraction)
+            set_lr(optim, cfg, step, time.perf_counter() - start)
             x, y, mask, num_tasks = stream.next()
             optim.zero_grad(set_to_none=True)
             try:
