@@ -7,11 +7,15 @@ shown); save it with ``fig.savefig(path)``.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
-from matplotlib.figure import Figure
 
 from ..evaluation.results import Evaluation
+from .plots import _figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_calibration_curve", "plot_method_comparison", "plot_pit_histogram", "plot_sbc_ranks"]
 
@@ -42,7 +46,7 @@ def plot_calibration_curve(evaluation: Evaluation, *, methods=None, shots=None, 
     rows = [r for r in _rows(evaluation, methods, shots) if "calibration_curve" in r]
     if not rows:
         raise ValueError("the evaluation has no coverage results (metrics without 'coverage')")
-    fig = Figure(figsize=(4.5, 4.2))
+    fig = _figure(figsize=(4.5, 4.2))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="ideal")
     for i, r in enumerate(rows):
@@ -66,7 +70,7 @@ def plot_pit_histogram(evaluation: Evaluation, *, methods=None, shots=None, leve
         raise ValueError("the evaluation has no PIT values (metrics without 'coverage')")
     ncols = min(3, len(rows))
     nrows = math.ceil(len(rows) / ncols)
-    fig = Figure(figsize=(4 * ncols, 3 * nrows))
+    fig = _figure(figsize=(4 * ncols, 3 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax, r in zip(axes.flat, rows, strict=False):
         counts = r["pit_counts"]
@@ -93,7 +97,7 @@ def plot_sbc_ranks(result, *, max_coordinates: int = 12, level: float = 0.99) ->
     show = list(range(min(p, max_coordinates)))
     ncols = min(4, len(show))
     nrows = math.ceil(len(show) / ncols)
-    fig = Figure(figsize=(3.2 * ncols, 2.6 * nrows))
+    fig = _figure(figsize=(3.2 * ncols, 2.6 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     bins, values = result.bins, result.num_posterior_samples + 1
     bin_of = torch.arange(values) * bins // values
@@ -119,7 +123,7 @@ def plot_method_comparison(evaluation: Evaluation, *, methods=None, level: float
     rows = _rows(evaluation, methods)
     key = "gap" if all("gap" in r for r in rows) else "nll"
     cov_key = f"coverage_{100 * level:g}"
-    fig = Figure(figsize=(12, 3.6))
+    fig = _figure(figsize=(12, 3.6))
     axes = fig.subplots(1, 3)
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["shots"])
@@ -142,3 +146,4 @@ def plot_method_comparison(evaluation: Evaluation, *, methods=None, level: float
 
 def _nan0(v) -> float:
     return 0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else v
+

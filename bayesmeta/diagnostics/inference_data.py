@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import arviz as az
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
+from .._compat import arviz
 from ..predictive import Posterior, systematic_resample
 from ..tasks.batch import TaskBatch
+
+if TYPE_CHECKING:
+    import arviz as az
 
 __all__ = ["to_inference_data"]
 
@@ -91,7 +96,7 @@ def to_inference_data(posterior: Posterior, predictive=None, tasks: TaskBatch | 
     if query is not None:
         groups, obs_coords = _add_query_groups(posterior, predictive, draws, query, groups, num_samples, dims, seed)
         coords.update(obs_coords)
-    idata = az.from_dict(**groups, coords=coords, dims=dims)
+    idata = arviz().from_dict(**groups, coords=coords, dims=dims)
     if query is not None:
         task_of, point_of = query[2].to("cpu").nonzero(as_tuple=True)
         for g in ("observed_data", "constant_data", "posterior_predictive", "log_likelihood"):

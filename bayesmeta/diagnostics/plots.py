@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_elbo_trace", "plot_prediction_bands", "plot_shrinkage"]
 
@@ -33,7 +36,7 @@ def plot_prediction_bands(predictive, x_grid, x_support, y_support, mask_support
     if mask_support is None:
         mask_support = torch.ones(x_support.shape[:2], dtype=torch.bool)
     nrows = math.ceil(len(tasks) / ncols)
-    fig = Figure(figsize=(4 * ncols, 3 * nrows))  # no pyplot: no global state, any backend
+    fig = _figure(figsize=(4 * ncols, 3 * nrows))  # no pyplot: no global state, any backend
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax, t in zip(axes.flat, tasks, strict=False):
         order = xg[t].argsort()
@@ -78,7 +81,7 @@ def plot_elbo_trace(history, *, smooth: int = 20, title: str | None = None) -> F
     early losses do not flatten the part worth reading.
     """
     runs = history if isinstance(history, dict) and "step" not in history else {"": history}
-    fig = Figure(figsize=(6, 3.6))
+    fig = _figure(figsize=(6, 3.6))
     ax = fig.subplots()
     lows, highs = [], []
     for i, (name, h) in enumerate(runs.items()):
@@ -121,7 +124,7 @@ def plot_shrinkage(posterior, *, num_samples: int = 500, method: str | None = No
     show = list(range(min(model.param_dim, max_coordinates)))
     ncols = min(4, len(show))
     nrows = math.ceil(len(show) / ncols)
-    fig = Figure(figsize=(3.4 * ncols, 2.8 * nrows))
+    fig = _figure(figsize=(3.4 * ncols, 2.8 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     xs = torch.arange(len(order))
     for ax, c in zip(axes.flat, show, strict=False):
@@ -138,3 +141,8 @@ def plot_shrinkage(posterior, *, num_samples: int = 500, method: str | None = No
     fig.tight_layout()
     return fig
 
+
+def _figure(**kwargs) -> Figure:
+    from matplotlib.figure import Figure  # lazy: `import bayesmeta` stays light
+
+    return Figure(**kwargs)

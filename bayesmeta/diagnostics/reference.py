@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import arviz as az
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from .._compat import arviz
 from ..inference.nuts import run_nuts
 from ..models.base import HierarchicalModel
+
+if TYPE_CHECKING:
+    import arviz as az
 
 __all__ = ["compare_posteriors", "reference_diagnostics", "reference_posterior"]
 
@@ -32,11 +37,13 @@ def reference_posterior(model, x, y, mask=None, *, num_samples: int = 1000, num_
     runs = run_nuts(model, x, y, mask, num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains,
                     seed=seed, progress=progress, **nuts_options)
     if not isinstance(model, HierarchicalModel):
+        az = arviz()
         return az.concat([az.from_pyro(m, log_likelihood=False) for m in runs], dim="chain")
     t = x.shape[0]
     ids = np.arange(t) if task_ids is None else np.asarray(task_ids)
     dims = {name: ["task", f"{name}_point"] + [f"{name}_dim_{i}" for i in range(len(shape))]
             for name, shape in model.task_sites.items()}
+    az = arviz()
     parts = [az.from_pyro(m, log_likelihood=False, coords={"task": ids}, dims=dims) for m in runs]
     idata = az.concat(parts, dim="chain")
     idata.posterior = idata.posterior.squeeze([f"{n}_point" for n in model.task_sites], drop=True)
@@ -45,6 +52,7 @@ def reference_posterior(model, x, y, mask=None, *, num_samples: int = 1000, num_
 
 def reference_diagnostics(idata: az.InferenceData) -> dict:
     """Convergence of a NUTS run: worst R-hat, smallest bulk / tail ESS, divergences, per site."""
+    az = arviz()
     rhat, ess_bulk = az.rhat(idata), az.ess(idata, method="bulk")
     ess_tail = az.ess(idata, method="tail")
     sites = {name: {"max_rhat": float(rhat[name].max()), "min_ess_bulk": float(ess_bulk[name].min()),

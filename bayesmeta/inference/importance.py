@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import arviz as az
 import numpy as np
 import torch
+
+from .._compat import arviz
 
 __all__ = ["defensive_importance", "effective_sample_size", "pareto_k", "chunked"]
 
@@ -89,5 +90,5 @@ def pareto_k(log_w: torch.Tensor) -> torch.Tensor:
     """
     lw = log_w.detach().T.double().cpu().numpy()  # [T, n]
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # ArviZ's tail fit on huge weights
-        _, k = az.psislw(lw)
+        _, k = arviz().psislw(lw)
     return torch.as_tensor(np.asarray(k), dtype=log_w.dtype, device=log_w.device)
