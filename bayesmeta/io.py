@@ -1,31 +1,64 @@
-"""Atomic file writing (no half-written files, ever)."""
+"""Atomic file writing (no half-written files, ever) and file errors that name the file and the cause.
+
+Every writer serialises to bytes in memory first, then writes a temporary file in the target's
+directory, ``fsync`` s it and renames it over the target (``os.replace``, atomic on POSIX). A
+failure at any point (a full disk, a read-only directory) removes the temporary file and raises an
+``OSError`` of the same kind whose message names the target file and the cause, e.g.
+``runs/a/model.pt: cannot write (no space left on device)``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "file_error", "read_json"]
 
 
-def _atomic(path, write) -> Path:
+def file_error(err: OSError, path, action: str) -> OSError:
+    """An ``OSError`` of the same type and ``errno`` as ``err`` saying ``"{path}: cannot {action} ({cause})"``.
+
+    The cause is the operating system's own words in lower case ("no space left on device",
+    "permission denied", "read-only file system"), never a library's follow-up error.
+    """
+    cause = (err.strerror or str(err) or type(err).__name__).lower()
+    message = f"{path}: cannot {action} ({cause})"
+    return OSError(err.errno, message) if err.errno else OSError(message)  # errno picks the subclass
+
+
+def _write_file(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` and ``fsync`` it (a short write is retried, an error raised)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
+def _atomic(path, data: bytes) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file gets the usual mode
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise file_error(err, path, "write") from err
+    try:
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file gets the usual mode
+            _write_file(fd, data)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as err:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise file_error(err, path, "write") from err
         raise
     return path
 
@@ -37,15 +70,44 @@ def _umask() -> int:
 
 
 def atomic_torch_save(obj, path) -> Path:
-    """``torch.save`` to a temporary file in the same directory, ``fsync``, then ``os.replace``."""
-    return _atomic(path, lambda f: torch.save(obj, f))
+    """``torch.save`` to memory, then to a temporary file in the same directory, ``fsync``, ``os.replace``.
+
+    Serialising to memory first means a write error surfaces as itself (e.g. "no space left on
+    device") instead of torch's follow-up error about the stream position.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return _atomic(path, buf.getvalue())
 
 
 def atomic_write_text(text: str, path) -> Path:
-    """Write text atomically (same protocol as :func:`atomic_torch_save`)."""
-    return _atomic(path, lambda f: f.write(text.encode()))
+    """Write text atomically as UTF-8 (same protocol as :func:`atomic_torch_save`)."""
+    return _atomic(path, text.encode())
 
 
 def atomic_write_bytes(data: bytes, path) -> Path:
     """Write bytes atomically (same protocol as :func:`atomic_torch_save`)."""
-    return _atomic(path, lambda f: f.write(data))
+    return _atomic(path, bytes(data))
+
+
+def read_json(path, what: str = "JSON file"):
+    """Read a JSON file; a missing, unreadable or malformed file is an error naming it.
+
+    Raises:
+        FileNotFoundError: no such file (the message says what was expected there).
+        OSError: the file cannot be read.
+        ValueError: not valid JSON.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file (the {what})") from None
+    except OSError as err:
+        raise file_error(err, path, "read") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file (the {what}): {err.reason}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (the {what}): {err.msg} at line {err.lineno}") from None
