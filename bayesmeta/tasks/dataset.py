@@ -16,19 +16,45 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import file_error
 from .batch import TaskBatch
 
-__all__ = ["Standardization", "TaskDataset"]
+__all__ = ["FLOAT32_MAX", "SAFE_ABS", "Standardization", "TaskDataset"]
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # ~3.4e38: the models compute in float32
+SAFE_ABS = math.sqrt(FLOAT32_MAX)  # ~1.8e19: beyond this a (standardised) value's square overflows float32
+
+
+def _affine(v: torch.Tensor, shift, scale) -> torch.Tensor:
+    """``(v - shift) / scale`` per column, computed in float64 (except on MPS) and returned in ``v``'s dtype."""
+    wide = torch.float32 if v.device.type == "mps" else torch.float64
+    t = lambda vals: torch.tensor(vals, dtype=wide, device=v.device)  # noqa: E731
+    return ((v.to(wide) - t(shift)) / t(scale)).to(v.dtype)
 
 
 @dataclass(frozen=True)
 class Standardization:
-    """Per-column affine maps ``(v - mean) / std`` for inputs and outputs (fitted on training tasks)."""
+    """Per-column affine maps ``(v - mean) / std`` for inputs and outputs (fitted on training tasks).
+
+    The maps are computed in float64 and returned in the input's dtype. Every mean must be finite
+    and every std finite and positive (checked on construction).
+    """
 
     x_mean: tuple[float, ...]
     x_std: tuple[float, ...]
     y_mean: tuple[float, ...]
     y_std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("x", "y"):
+            mean, sd = getattr(self, f"{name}_mean"), getattr(self, f"{name}_std")
+            if len(mean) != len(sd):
+                raise ValueError(f"standardisation: {name}_mean has {len(mean)} entries, {name}_std {len(sd)}")
+            if not all(math.isfinite(m) for m in mean):
+                raise ValueError(f"standardisation: {name}_mean must be finite; got {list(mean)}")
+            if not all(math.isfinite(s) and s > 0 for s in sd):
+                raise ValueError(f"standardisation: {name}_std must be finite and > 0; got {list(sd)}")
 
     @classmethod
     def identity(cls, x_dim: int, y_dim: int) -> Standardization:
@@ -38,16 +64,16 @@ class Standardization:
         return torch.tensor(values, dtype=like.dtype, device=like.device)
 
     def x(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self._t(self.x_mean, x)) / self._t(self.x_std, x)
+        return _affine(x, self.x_mean, self.x_std)
 
     def y(self, y: torch.Tensor) -> torch.Tensor:
-        return (y - self._t(self.y_mean, y)) / self._t(self.y_std, y)
+        return _affine(y, self.y_mean, self.y_std)
 
     def y_inverse(self, y: torch.Tensor) -> torch.Tensor:
         return y * self._t(self.y_std, y) + self._t(self.y_mean, y)
 
     def batch(self, b: TaskBatch) -> TaskBatch:
-        """Standardise every x and y of a batch (padding is transformed too, and stays masked)."""
+        """Standardise every x and y of a batch (padding stays masked and zero-filled)."""
         return replace(b, x_support=self.x(b.x_support), y_support=self.y(b.y_support),
                        x_query=None if b.x_query is None else self.x(b.x_query),
                        y_query=None if b.y_query is None else self.y(b.y_query))
@@ -85,21 +111,66 @@ def _check_columns(header: list[str], wanted: dict[str, list[str]], source: str)
     return out
 
 
+def _range_error(source: str, row, column: str, value: float, shown: str | None = None) -> str | None:
+    """Why a raw value cannot be used (non-finite, or beyond the float32 range), or ``None``.
+
+    ``shown`` is how the value is quoted (default: its ``repr``; the file's own text for a CSV).
+    """
+    where, shown = f"{source}: row {row}, column {column!r}", shown or repr(value)
+    if not math.isfinite(value):
+        return f"{where}: non-finite value {shown}"
+    if abs(value) > FLOAT32_MAX:
+        return (f"{where}: value {shown} is out of range (|value| > {FLOAT32_MAX:.3g}, the float32 range "
+                f"the models compute in)")
+    return None
+
+
 def _parse_float(text: str, source: str, row: int, column: str) -> float:
     try:
         v = float(text)
     except ValueError:
         raise ValueError(f"{source}: row {row}, column {column!r}: not a number: {text!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{source}: row {row}, column {column!r}: non-finite value {text!r}")
+    problem = _range_error(source, row, column, v, repr(text.strip()))
+    if problem:
+        raise ValueError(problem)
     return v
+
+
+def _first_bad(values: np.ndarray, bad: np.ndarray, rows: np.ndarray, names: list[str]) -> tuple:
+    """``(row number, column name, value)`` of the first flagged entry of ``values [n, F]`` in row order."""
+    i, j = (int(v[0]) for v in np.nonzero(bad))
+    return rows[i].item(), names[j], float(values[i, j])
+
+
+def _read_rows(reader, wanted: dict[str, list[str]], source: str, single_task: str) -> tuple:
+    """``(task ids, x rows, y rows, file row numbers)`` of a CSV reader (errors name the row and column)."""
+    header = next(reader, None)
+    if header is None or not any(h.strip() for h in header):
+        raise ValueError(f"{source}: empty file (no header row)")
+    header = [h.strip() for h in header]
+    cols = _check_columns(header, wanted, source)
+    ids, xs, ys, rows = [], [], [], []
+    for row_no, row in enumerate(reader, start=2):  # row 1 is the header
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"{source}: row {row_no} has {len(row)} fields; the header has {len(header)}")
+        ids.append(single_task if "task" not in cols else row[cols["task"][0]].strip())
+        xs.append([_parse_float(row[j], source, row_no, header[j]) for j in cols["x"]])
+        ys.append([_parse_float(row[j], source, row_no, header[j]) for j in cols["y"]])
+        rows.append(row_no)
+    if not ids:
+        raise ValueError(f"{source}: no data rows")
+    return ids, xs, ys, rows
 
 
 class TaskDataset:
     """Rows of a grouped table, grouped into tasks.
 
     Build with :meth:`from_csv`, :meth:`from_frame` or :meth:`from_arrays`. ``task_ids`` keeps the
-    order of first appearance; ``x[i]`` is ``[n_i, D]`` and ``y[i]`` ``[n_i, E]`` (float64 numpy).
+    order of first appearance; ``x[i]`` is ``[n_i, D]`` and ``y[i]`` ``[n_i, E]`` (float64 numpy);
+    ``rows[i]`` holds the rows' numbers in the source (a CSV's own row numbers, the header being
+    row 1), which error messages name.
 
     Example:
         >>> ds = TaskDataset.from_arrays(["a", "a", "b", "b"], [[0.], [1.], [0.], [2.]], [[1.], [2.], [0.], [4.]])
@@ -108,9 +179,13 @@ class TaskDataset:
     """
 
     def __init__(self, task_ids: list, x: list[np.ndarray], y: list[np.ndarray], *, x_names: list[str],
-                 y_names: list[str], source: str = "data") -> None:
+                 y_names: list[str], source: str = "data", rows: list[np.ndarray] | None = None) -> None:
         self.task_ids, self.x, self.y = list(task_ids), list(x), list(y)
         self.x_names, self.y_names, self.source = list(x_names), list(y_names), source
+        if rows is None:  # row numbers in the source, for error messages (default: 0-based positions)
+            starts = np.cumsum([0] + [len(v) for v in self.x])
+            rows = [np.arange(a, b) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+        self.rows = list(rows)
 
     def __len__(self) -> int:
         return len(self.task_ids)
@@ -133,8 +208,14 @@ class TaskDataset:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_arrays(cls, task_ids, x, y, *, x_names=None, y_names=None, source: str = "arrays") -> TaskDataset:
-        """Group rows by ``task_ids`` (``[n]``); ``x [n, D]`` (or ``[n]``), ``y [n, E]`` (or ``[n]``)."""
+    def from_arrays(cls, task_ids, x, y, *, x_names=None, y_names=None, source: str = "arrays",
+                    row_numbers=None) -> TaskDataset:
+        """Group rows by ``task_ids`` (``[n]``); ``x [n, D]`` (or ``[n]``), ``y [n, E]`` (or ``[n]``).
+
+        ``row_numbers`` (``[n]``, default ``0..n-1``) are the rows' numbers in the source, used in
+        error messages. Every value must be finite and within the float32 range (``|v| <=``
+        :data:`FLOAT32_MAX`); an error names the row, the column and the value.
+        """
         ids = list(task_ids)
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
@@ -144,50 +225,50 @@ class TaskDataset:
             raise ValueError(f"{source}: task_ids ({len(ids)}), x {x.shape} and y {y.shape} must have one row each")
         if len(ids) == 0:
             raise ValueError(f"{source}: no rows")
-        for name, v in (("x", x), ("y", y)):
-            bad = ~np.isfinite(v).all(1)
+        rows = np.arange(len(ids)) if row_numbers is None else np.asarray(row_numbers)
+        x_names = list(x_names or [f"x{j}" for j in range(x.shape[1])])
+        y_names = list(y_names or [f"y{j}" for j in range(y.shape[1])])
+        for v, names in ((x, x_names), (y, y_names)):
+            with np.errstate(invalid="ignore"):
+                bad = ~(np.abs(v) <= FLOAT32_MAX)  # NaN, inf and out-of-range values
             if bad.any():
-                raise ValueError(f"{source}: row {int(np.argmax(bad))}: non-finite value in {name}")
+                raise ValueError(_range_error(source, *_first_bad(v, bad, rows, names)))
         groups: dict = {}
         for i, t in enumerate(ids):
             groups.setdefault(t, []).append(i)
-        x_names = x_names or [f"x{j}" for j in range(x.shape[1])]
-        y_names = y_names or [f"y{j}" for j in range(y.shape[1])]
-        ds = cls(list(groups), [x[r] for r in groups.values()], [y[r] for r in groups.values()],
-                 x_names=list(x_names), y_names=list(y_names), source=source)
-        return ds
+        return cls(list(groups), [x[r] for r in groups.values()], [y[r] for r in groups.values()],
+                   x_names=x_names, y_names=y_names, source=source, rows=[rows[r] for r in groups.values()])
 
     @classmethod
     def from_csv(cls, path, *, task: str | None, x: list[str] | str, y: list[str] | str,
                  single_task: str = "new") -> TaskDataset:
         """Read a CSV with a header row (no pandas needed). Errors name the file, row and column.
 
-        ``task=None`` reads every row as one task named ``single_task``.
+        The file is read as UTF-8; a byte-order mark (as Excel writes) is ignored. ``task=None``
+        reads every row as one task named ``single_task``. Row numbers in errors are the file's own
+        (the header is row 1).
+
+        Raises:
+            FileNotFoundError: no such file. IsADirectoryError: ``path`` is a directory.
+            OSError: the file cannot be read. ValueError: a problem with the content.
         """
         path = Path(path)
         x, y = [x] if isinstance(x, str) else list(x), [y] if isinstance(y, str) else list(y)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a directory, not a CSV file")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
-        with path.open(newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or not any(h.strip() for h in header):
-                raise ValueError(f"{path}: empty file (no header row)")
-            header = [h.strip() for h in header]
-            wanted = {"x": x, "y": y} if task is None else {"task": [task], "x": x, "y": y}
-            cols = _check_columns(header, wanted, str(path))
-            ids, xs, ys = [], [], []
-            for row_no, row in enumerate(reader, start=2):  # row 1 is the header
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if len(row) != len(header):
-                    raise ValueError(f"{path}: row {row_no} has {len(row)} fields; the header has {len(header)}")
-                ids.append(single_task if task is None else row[cols["task"][0]].strip())
-                xs.append([_parse_float(row[j], str(path), row_no, header[j]) for j in cols["x"]])
-                ys.append([_parse_float(row[j], str(path), row_no, header[j]) for j in cols["y"]])
-        if not ids:
-            raise ValueError(f"{path}: no data rows")
-        return cls.from_arrays(ids, xs, ys, x_names=x, y_names=y, source=str(path))
+        wanted = {"x": x, "y": y} if task is None else {"task": [task], "x": x, "y": y}
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as f:
+                ids, xs, ys, rows = _read_rows(csv.reader(f), wanted, str(path), single_task)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+        except csv.Error as err:
+            raise ValueError(f"{path}: not a readable CSV file ({err})") from None
+        except OSError as err:
+            raise file_error(err, path, "read") from err
+        return cls.from_arrays(ids, xs, ys, x_names=x, y_names=y, source=str(path), row_numbers=rows)
 
     @classmethod
     def from_frame(cls, df, *, task: str, x: list[str] | str, y: list[str] | str) -> TaskDataset:
@@ -213,7 +294,8 @@ class TaskDataset:
             raise ValueError(f"{self.source}: unknown task id(s) {missing[:10]}")
         sel = [index[t] for t in ids]
         return TaskDataset([self.task_ids[i] for i in sel], [self.x[i] for i in sel], [self.y[i] for i in sel],
-                           x_names=self.x_names, y_names=self.y_names, source=self.source)
+                           x_names=self.x_names, y_names=self.y_names, source=self.source,
+                           rows=[self.rows[i] for i in sel])
 
     def split(self, fractions=(0.8, 0.1, 0.1), *, seed: int = 0) -> tuple[TaskDataset, ...]:
         """Split *tasks* (not rows) at random into parts of the given fractions (e.g. train/val/test)."""
@@ -224,7 +306,11 @@ class TaskDataset:
         return tuple(self.subset([self.task_ids[i] for i in order[lo:hi]]) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True))
 
     def fit_standardization(self) -> Standardization:
-        """Mean and standard deviation of every column over all rows (a constant column gets std 1)."""
+        """Mean and standard deviation of every column over all rows (a constant column gets std 1).
+
+        Computed in float64: values within the float32 range (checked on construction) cannot
+        overflow it. Check the result with :meth:`check_standardized`.
+        """
         x, y = np.concatenate(self.x), np.concatenate(self.y)
 
         def sd(v):
@@ -233,12 +319,41 @@ class TaskDataset:
 
         return Standardization(tuple(x.mean(0)), tuple(sd(x)), tuple(y.mean(0)), tuple(sd(y)))
 
+    def check_standardized(self, standardization: Standardization, *, what: str = "") -> None:
+        """Raise if a value is unusable after ``standardization``: non-finite, or beyond :data:`SAFE_ABS`.
+
+        Beyond ``SAFE_ABS`` (~1.8e19) a value's square overflows float32, so the models' Gaussian
+        log-densities would be infinite. The error names the source, its row number and the column.
+        ``what`` (e.g. ``"with the run's standardisation"``) is added to the message.
+        """
+        for part, names, mean, sd in (("x", self.x_names, standardization.x_mean, standardization.x_std),
+                                      ("y", self.y_names, standardization.y_mean, standardization.y_std)):
+            values = getattr(self, part)
+            if len(mean) != len(names):
+                raise ValueError(f"{self.source}: {len(names)} {part} column(s) but the standardisation has "
+                                 f"{len(mean)}")
+            for task, v in enumerate(values):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    z = (v - np.asarray(mean)) / np.asarray(sd)  # [n_i, F], float64
+                    bad = ~(np.abs(z) <= SAFE_ABS)
+                if bad.any():
+                    row, col, value = _first_bad(v, bad, self.rows[task], names)
+                    j = names.index(col)
+                    raise ValueError(
+                        f"{self.source}: row {row}, column {col!r}: value {value!r} is {z[bad][0]:.3g} after "
+                        f"standardisation{' ' + what if what else ''} (mean {mean[j]:.6g}, sd {sd[j]:.6g}); "
+                        f"beyond ±{SAFE_ABS:.2g} its square overflows float32")
+
     # ------------------------------------------------------------------ to TaskBatch
     def to_batch(self, standardization: Standardization | None = None, *, dtype=torch.float32) -> TaskBatch:
-        """Every task's points as a support set (a training pool); optionally standardised."""
-        b = TaskBatch.from_arrays([torch.as_tensor(v, dtype=dtype) for v in self.x],
-                                  [torch.as_tensor(v, dtype=dtype) for v in self.y])
-        return b if standardization is None else standardization.batch(b)
+        """Every task's points as a support set (a training pool); optionally standardised (in float64)."""
+        s = standardization or Standardization.identity(self.x_dim, self.y_dim)
+
+        def std(v, mean, sd):
+            return torch.as_tensor((v - np.asarray(mean)) / np.asarray(sd), dtype=dtype)
+
+        return TaskBatch.from_arrays([std(v, s.x_mean, s.x_std) for v in self.x],
+                                     [std(v, s.y_mean, s.y_std) for v in self.y])
 
     def sample_batch(self, num_tasks: int, shots: int, num_query: int, generator: torch.Generator,
                      *, dtype=torch.float32) -> TaskBatch:

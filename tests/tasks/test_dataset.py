@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bayesmeta.tasks import TaskDataset
+from bayesmeta.tasks import Standardization, TaskDataset
 
 
 def _ds(sizes=(3, 5, 2, 8)):
@@ -82,4 +82,65 @@ def test_csv_row_numbers_in_errors(tmp_path):
         TaskDataset.from_csv(tmp_path / "missing.csv", task="s", x="t", y="r")
     p.write_text("s,t,r\n")
     with pytest.raises(ValueError, match="no data rows"):
+        TaskDataset.from_csv(p, task="s", x="t", y="r")
+
+
+@pytest.mark.parametrize(("body", "match"), [
+    ("a,1,2\na,2,1e300\n", r"row 3, column 'r': value '1e300' is out of range \(\|value\| > 3.4e\+38"),
+    ("a,1,2\n\na,-4e38,1\n", r"row 4, column 't': value '-4e38' is out of range"),  # blank rows count
+    ("a,1,2\na,2,-inf\n", r"row 3, column 'r': non-finite value '-inf'"),
+])
+def test_csv_values_out_of_range_name_file_row_and_column(tmp_path, body, match):
+    p = tmp_path / "inf_1e300.csv"  # the value's text must not be confused with the file's name
+    p.write_text("s,t,r\n" + body)
+    with pytest.raises(ValueError, match=match) as err:
+        TaskDataset.from_csv(p, task="s", x="t", y="r")
+    assert str(err.value).startswith(f"{p}: ")
+
+
+def test_arrays_out_of_range_name_row_and_column():
+    with pytest.raises(ValueError, match=r"arrays: row 2, column 'c': value 1e\+300 is out of range"):
+        TaskDataset.from_arrays(["a", "a", "b"], [[0.0], [1.0], [2.0]], [1.0, 2.0, 1e300], y_names=["c"])
+    with pytest.raises(ValueError, match=r"arrays: row 1, column 'x0': non-finite value nan"):
+        TaskDataset.from_arrays(["a", "b"], [0.0, float("nan")], [1.0, 2.0])
+
+
+def test_standardised_values_that_overflow_name_the_file_row(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("s,t,r\na,1,2\nb,2,3\n\nb,3,1e25\n")
+    ds = TaskDataset.from_csv(p, task="s", x="t", y="r")
+    std = ds.fit_standardization()
+    assert all(np.isfinite(v).all() for v in (std.x_std, std.y_std, std.y_mean))
+    ds.check_standardized(std)  # fitted on this data: never overflows
+    with pytest.raises(ValueError, match=r"d.csv: row 5, column 'r': value 1e\+25 is 1e\+25 after standardisation "
+                                         r"\(mean 0, sd 1\); beyond ±1.8e\+19 its square overflows float32"):
+        ds.check_standardized(Standardization.identity(1, 1))
+    tight = Standardization((0.0,), (1e-30,), (0.0,), (1.0,))
+    with pytest.raises(ValueError, match=r"row 3, column 't': value 2.0 is 2e\+30 after standardisation with x"):
+        ds.subset(["b"]).check_standardized(tight, what="with x")
+
+
+def test_standardisation_record_must_be_finite_and_positive():
+    with pytest.raises(ValueError, match=r"y_std must be finite and > 0; got \[0.0\]"):
+        Standardization((0.0,), (1.0,), (0.0,), (0.0,))
+    with pytest.raises(ValueError, match=r"not a standardisation record: .*x_mean must be finite"):
+        Standardization.from_dict({"x_mean": [float("nan")], "x_std": [1], "y_mean": [0], "y_std": [1]})
+
+
+def test_to_batch_standardises_in_float64():
+    base = 1.7e9  # seconds since 1970: float32 cannot tell 1.7e9 from 1.7e9 + 50
+    ds = TaskDataset.from_arrays(["a", "a", "b", "b"], [base, base + 50, base + 100, base + 150], [0.0, 1, 2, 3])
+    b = ds.to_batch(ds.fit_standardization())
+    assert torch.allclose(b.x_support[:, :, 0], torch.tensor([[-1.3416, -0.4472], [0.4472, 1.3416]]), atol=1e-4)
+
+
+def test_csv_byte_order_mark_directory_and_binary(tmp_path):
+    p = tmp_path / "excel.csv"
+    p.write_bytes(b"\xef\xbb\xbfs,t,r\r\na,1,2\r\nb,2,3\r\n")  # as Excel writes "CSV UTF-8"
+    ds = TaskDataset.from_csv(p, task="s", x="t", y="r")
+    assert ds.task_ids == ["a", "b"] and ds.rows[1].tolist() == [3]
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path}: is a directory, not a CSV file"):
+        TaskDataset.from_csv(tmp_path, task="s", x="t", y="r")
+    p.write_bytes(b"s,t,r\n\xff\xfe,1,2\n")
+    with pytest.raises(ValueError, match=f"{p}: not a UTF-8 text file"):
         TaskDataset.from_csv(p, task="s", x="t", y="r")
