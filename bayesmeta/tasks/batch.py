@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-__all__ = ["TaskBatch", "as_float_tensor", "check_support"]
+__all__ = ["TaskBatch", "as_float_tensor", "check_support", "zero_padding"]
 
 _FIELDS = ("x_support", "y_support", "mask_support", "x_query", "y_query", "mask_query")
 
@@ -52,6 +52,20 @@ def _pad(arrays: Sequence, name: str, dim_name: str) -> tuple[torch.Tensor, torc
     return out, mask
 
 
+def zero_padding(v, mask):
+    """``v [T, S, F]`` with masked-out positions (``mask [T, S]`` false) set to zero.
+
+    Padding values are never used, but a NaN there would still poison masked log-densities
+    (``0 * nan``): they are zero-filled wherever a batch is built or validated. Inputs of another
+    shape, type or device are returned unchanged (validation reports them).
+    """
+    ok = (isinstance(v, torch.Tensor) and isinstance(mask, torch.Tensor) and v.dim() == 3
+          and mask.shape == v.shape[:2] and mask.device == v.device)
+    if not ok:
+        return v
+    return v.masked_fill(~mask.bool()[..., None], 0)  # [T, S, F]
+
+
 def check_support(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -63,6 +77,8 @@ def check_support(
     prefix: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate and normalise one padded set: returns ``x [T,S,D]``, ``y [T,S,E]``, ``mask [T,S]``.
+
+    Observed values must be finite; masked-out (padding) values are ignored and come back as zeros.
 
     Raises:
         ValueError: wrong shapes, non-finite observed values, too few points in a task.
@@ -99,6 +115,7 @@ def check_support(
         if bad.any():
             task, point = (int(i) for i in bad.nonzero()[0])
             raise ValueError(f"{prefix}{name} has a non-finite value in task {task}, point {point}")
+    x, y = zero_padding(x, mask), zero_padding(y, mask)
     counts = mask.sum(-1)
     if (counts < min_points).any():
         task = int((counts < min_points).nonzero()[0, 0])
@@ -115,7 +132,8 @@ class TaskBatch:
 
     Fields are ``x_support [T,S,D]``, ``y_support [T,S,E]``, ``mask_support [T,S]`` (bool) and the
     same for the query set (optional). ``params`` holds per-task generating parameters when known
-    (synthetic families), each ``[T, ...]``.
+    (synthetic families), each ``[T, ...]``. Values at masked-out (padding) positions are set to
+    zero on construction and by :meth:`validate`, so a NaN there can never reach a model.
 
     Example:
         >>> b = TaskBatch.from_arrays(x_support=[[0.0, 1.0], [2.0]], y_support=[[1.0, 2.0], [3.0]])
@@ -130,6 +148,16 @@ class TaskBatch:
     y_query: torch.Tensor | None = None
     mask_query: torch.Tensor | None = None
     params: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._zero_padding()
+
+    def _zero_padding(self) -> None:
+        self.x_support = zero_padding(self.x_support, self.mask_support)
+        self.y_support = zero_padding(self.y_support, self.mask_support)
+        if self.mask_query is not None:
+            self.x_query = zero_padding(self.x_query, self.mask_query)
+            self.y_query = zero_padding(self.y_query, self.mask_query)
 
     @classmethod
     def from_arrays(cls, x_support, y_support, x_query=None, y_query=None) -> TaskBatch:
@@ -225,7 +253,11 @@ class TaskBatch:
                        mask_support=torch.ones_like(order, dtype=torch.bool)), keep
 
     def validate(self, *, min_support: int = 0, min_query: int = 0) -> TaskBatch:
-        """Check shapes, dtypes and finiteness; errors name the field and the task."""
+        """Check shapes, dtypes and finiteness; errors name the field and the task.
+
+        Observed values must be finite; padding is (again) zero-filled, in case it was written to
+        after construction. Returns ``self``.
+        """
         check_support(*self.support, min_points=min_support, prefix="support ")
         if self.has_query:
             if self.x_query.shape[0] != len(self):
@@ -236,6 +268,7 @@ class TaskBatch:
                 *self.query, x_dim=self.x_dim, y_dim=self.y_dim, min_points=min_query,
                 prefix="query ",
             )
+        self._zero_padding()
         return self
 
     def __repr__(self) -> str:

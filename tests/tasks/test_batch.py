@@ -53,7 +53,27 @@ def test_validate_min_points_names_task():
         b.validate(min_support=2)
 
 
-def test_nan_in_padding_is_ignored():
-    b = bm.TaskBatch.from_arrays(x_support=[[0.0, 1.0], [2.0]], y_support=[[1.0, 2.0], [3.0]])
-    b.y_support[1, 1] = float("nan")  # a padded slot
-    b.validate()
+def test_padding_is_zero_filled_on_construction_and_validation():
+    nan = float("nan")
+    mask = torch.tensor([[True, True], [True, False]])
+    x = torch.tensor([[[0.0], [1.0]], [[2.0], [nan]]])
+    b = bm.TaskBatch(x, torch.tensor([[[1.0], [2.0]], [[3.0], [nan]]]), mask)
+    assert b.x_support[1, 1, 0].item() == 0.0 and b.y_support[1, 1, 0].item() == 0.0
+    assert torch.isnan(x[1, 1, 0])  # the caller's tensor is not modified
+    b.y_support[1, 1] = nan  # written after construction
+    assert b.validate() is b and b.y_support[1, 1, 0].item() == 0.0
+    assert torch.isfinite(b[1].y_support).all() and torch.isfinite(b.to("cpu").x_support).all()
+    b.y_support[1, 0] = nan  # an observed point
+    with pytest.raises(ValueError, match="support y has a non-finite value in task 1, point 0"):
+        b.validate()
+
+
+def test_nan_padding_never_reaches_the_model():
+    """Raw tensors with NaN at masked-out points: adapt and predict as if the padding were zero."""
+    learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), conjugate=True)
+    x = torch.tensor([[[0.5], [1.0], [float("nan")]]])
+    y = torch.tensor([[[1.0], [2.0], [float("inf")]]])
+    mask = torch.tensor([[True, True, False]])
+    pred = learner.adapt(x, y, mask).predict(torch.tensor([[[0.0], [2.0]]]))
+    ref = learner.adapt(x.nan_to_num(0.0), y.nan_to_num(0.0, 0.0), mask).predict(torch.tensor([[[0.0], [2.0]]]))
+    assert torch.isfinite(pred.mean).all() and torch.equal(pred.mean, ref.mean)
