@@ -166,24 +166,49 @@ class BayesLearner:
 
     @classmethod
     def load(cls, path, *, device="cpu") -> BayesLearner:
-        """Rebuild a learner saved with :meth:`save` on ``device``."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        """Rebuild a learner saved with :meth:`save` on ``device``.
+
+        Raises:
+            FileNotFoundError, IsADirectoryError, OSError: the file cannot be read (names it).
+            ValueError: not a saved BayesLearner, or a corrupt or truncated file (names the
+                path; the original error is chained).
+        """
+        from .io import file_error
+
+        path = Path(path)
+        damaged = lambda err: ValueError(  # noqa: E731
+            f"{path}: not a saved BayesLearner, or a corrupt or truncated file ({type(err).__name__} while loading it)")
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a directory, not a saved BayesLearner")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file") from None
+        except OSError as err:
+            raise file_error(err, path, "read") from err
+        except Exception as err:  # torch.load fails in many ways on damaged files (never pass weights_only=False)
+            raise damaged(err) from err
         if not isinstance(state, dict) or state.get("format") != _FORMAT:
             raise ValueError(f"{path}: not a saved BayesLearner (format {_FORMAT})")
-        module, _, qualname = state["model_class"].partition(":")
-        model_cls = importlib.import_module(module)
-        for part in qualname.split("."):
-            model_cls = getattr(model_cls, part)
-        if not (isinstance(model_cls, type) and issubclass(model_cls, HierarchicalModel)):
-            raise ValueError(f"{path}: {state['model_class']} is not a HierarchicalModel")
-        model = model_cls(**state["model_config"])
-        model.load_state_dict(state["model_state"])
-        guide = "diagonal"
-        if state["guide_config"] is not None:
-            cfg = dict(state["guide_config"])
-            guide = AmortizedGuide(model, cfg.pop("family"), **cfg)
-            guide.load_state_dict(state["guide_state"])
-        learner = cls(model, guide=guide, conjugate=state["conjugate"], objective=state["objective"],
-                      num_particles=state["num_particles"])
-        learner.history = History(**state["history"])
+        try:
+            module, _, qualname = state["model_class"].partition(":")
+            model_cls = importlib.import_module(module)
+            for part in qualname.split("."):
+                model_cls = getattr(model_cls, part)
+            if not (isinstance(model_cls, type) and issubclass(model_cls, HierarchicalModel)):
+                raise ValueError(f"{path}: {state['model_class']} is not a HierarchicalModel")
+            model = model_cls(**state["model_config"])
+            model.load_state_dict(state["model_state"])
+            guide = "diagonal"
+            if state["guide_config"] is not None:
+                cfg = dict(state["guide_config"])
+                guide = AmortizedGuide(model, cfg.pop("family"), **cfg)
+                guide.load_state_dict(state["guide_state"])
+            learner = cls(model, guide=guide, conjugate=state["conjugate"], objective=state["objective"],
+                          num_particles=state["num_particles"])
+            learner.history = History(**state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, ImportError) as err:
+            if isinstance(err, ValueError) and str(path) in str(err):
+                raise
+            raise damaged(err) from err
         return learner.to(device)
