@@ -6,8 +6,11 @@ the task's masked loss, ``functional_call`` on the shared network): no Python lo
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from numbers import Integral, Real
 
 import torch
 from torch.func import functional_call, grad, vmap
@@ -69,6 +72,13 @@ class BaselineConfig:
                 raise ValueError(f"{name} must be {allowed}; got {getattr(self, name)!r}")
 
 
+def _positive_int(name: str, value, *, allowed: str = "an int >= 1", whole=None) -> int:
+    """``value`` as an int if it is an integer >= 1 (not a bool); else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be {allowed}; got {value if whole is None else whole!r}")
+    return int(value)
+
+
 def split_support_query(mask: torch.Tensor, max_shots: int, gen: torch.Generator, min_shots: int = 1):
     """Random support / query split of each task's observed points: ``min_shots..max_shots`` support points.
 
@@ -112,17 +122,23 @@ class AdaptedTasks:
 class GradientMetaLearner:
     """Base class: a :class:`GaussianMLP` whose initialisation is meta-learned.
 
-    Subclasses define :meth:`meta_loss` (or :meth:`meta_step`) on a batch of tasks.
+    Subclasses define :meth:`meta_loss` (or :meth:`meta_step`) on a batch of tasks. ``x_dim``,
+    ``y_dim``, the ``hidden`` widths, ``inner_steps`` and ``adapt_steps`` must be ints >= 1 and
+    ``inner_lr`` a finite number > 0 (a ``ValueError`` names the argument and its value).
     """
 
     def __init__(self, x_dim: int, y_dim: int = 1, *, hidden=(40, 40), inner_steps: int = 1, inner_lr: float = 0.01,
                  noise: str = "global", adapt_steps: int | None = None) -> None:
-        if not isinstance(inner_steps, int) or inner_steps < 1:
-            raise ValueError(f"inner_steps must be an int >= 1; got {inner_steps!r}")
-        if not inner_lr > 0:
-            raise ValueError(f"inner_lr must be > 0; got {inner_lr!r}")
-        if adapt_steps is not None and (not isinstance(adapt_steps, int) or adapt_steps < 1):
-            raise ValueError(f"adapt_steps must be None or an int >= 1; got {adapt_steps!r}")
+        x_dim, y_dim = _positive_int("x_dim", x_dim), _positive_int("y_dim", y_dim)
+        inner_steps = _positive_int("inner_steps", inner_steps)
+        if adapt_steps is not None:
+            adapt_steps = _positive_int("adapt_steps", adapt_steps, allowed="None or an int >= 1")
+        if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+            raise ValueError(f"hidden must be a sequence of ints >= 1 (layer widths); got {hidden!r}")
+        hidden = tuple(_positive_int("hidden", h, allowed="a sequence of ints >= 1 (layer widths)", whole=hidden)
+                       for h in hidden)
+        if isinstance(inner_lr, bool) or not isinstance(inner_lr, Real) or not 0 < inner_lr < math.inf:
+            raise ValueError(f"inner_lr must be > 0 (a finite number); got {inner_lr!r}")
         self.net = GaussianMLP(x_dim, y_dim, hidden, noise=noise)
         self.inner_steps, self.inner_lr = inner_steps, float(inner_lr)
         self.adapt_steps = inner_steps if adapt_steps is None else adapt_steps

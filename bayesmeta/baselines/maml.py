@@ -37,6 +37,10 @@ class MAML(GradientMetaLearner):
             beyond those it was meta-trained with can diverge.
         adapt_steps: steps at test time (default: ``inner_steps``).
 
+    Raises:
+        ValueError: an argument of the wrong type or range (e.g. ``x_dim=0``, ``hidden=(40, 0)``,
+            ``inner_lr=nan``); the message names the argument and its value.
+
     Example:
         >>> import bayesmeta as bm
         >>> maml = bm.baselines.MAML(x_dim=1, y_dim=1)
