@@ -21,10 +21,59 @@ from .metrics import (
 )
 from .results import PIT_BINS, Evaluation, summarise
 
-__all__ = ["evaluate", "METRICS", "COVERAGE_LEVELS"]
+__all__ = ["evaluate", "METRICS", "COVERAGE_LEVELS", "MAX_FAMILY_SHOTS"]
 
 METRICS = ("nll", "mse", "crps", "coverage")
 COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
+MAX_FAMILY_SHOTS = 100
+"""The most shots per task :func:`evaluate` draws from a task family.
+
+Importance-sampled predictions (the default of approximate posteriors) evaluate the likelihood of
+every support point under 1000 draws per task, and up to 16000 when the effective sample size is
+low, which it becomes as the posterior narrows: on CPU, 4 sinusoid tasks took about 4 s at 50
+shots and about 25 s at 200. Few-shot evaluation needs far fewer; pass a TaskBatch for more.
+"""
+_POINTS_PER_CHUNK = 1000  # support points adapted at once: many-shot tasks go in smaller chunks
+
+
+def _check_shots(shots) -> tuple[int, ...]:
+    """Shot counts: a non-empty collection of ints >= 0 (no bools, no duplicates)."""
+    if isinstance(shots, int) and not isinstance(shots, bool):
+        shots = (shots,)
+    try:
+        shots = tuple(shots)
+    except TypeError:
+        raise TypeError(f"shots must be a sequence of ints; got {type(shots).__name__}") from None
+    if not shots:
+        raise ValueError("shots must name at least one shot count")
+    bad = [k for k in shots if not isinstance(k, int) or isinstance(k, bool) or k < 0]
+    if bad:
+        raise ValueError(f"shots must be ints >= 0; got {bad}")
+    if len(set(shots)) != len(shots):
+        raise ValueError(f"shots has duplicates: {list(shots)}")
+    return shots
+
+
+def _dict_sets(tasks: dict, shots) -> dict:
+    """``{k: TaskBatch}``: tasks need exactly ``k`` observed support points (fewer: skipped; more: an error)."""
+    keys = _check_shots(list(tasks))
+    if shots is not None and sorted(_check_shots(shots)) != sorted(keys):
+        raise ValueError(f"shots {list(shots)} do not match the keys of the tasks dict {list(tasks)}")
+    out = {}
+    for k in keys:
+        b = tasks[k]
+        if not isinstance(b, TaskBatch):
+            raise TypeError(f"tasks[{k!r}] must be a TaskBatch; got {type(b).__name__}")
+        counts = b.mask_support.sum(-1).cpu()  # [T] observed support points
+        over = (counts > k).nonzero()[:, 0].tolist()
+        if over:
+            raise ValueError(f"tasks[{k}]: task {over[0]} has {int(counts[over[0]])} observed support points, more "
+                             f"than its key {k} ({len(over)} such task(s)); give each task exactly {k}, or pass one "
+                             f"TaskBatch (evaluate then takes each task's first k points)")
+        keep = counts == k
+        out[k] = (b[keep.nonzero()[:, 0]] if not keep.all() else b, keep.nonzero()[:, 0],
+                  (~keep).nonzero()[:, 0].tolist())
+    return out
 
 
 def _test_sets(tasks, shots, *, num_tasks: int, num_query: int, seed: int):
@@ -32,18 +81,13 @@ def _test_sets(tasks, shots, *, num_tasks: int, num_query: int, seed: int):
     if isinstance(tasks, dict | list | tuple) and len(tasks) == 0 or isinstance(tasks, TaskBatch) and len(tasks) == 0:
         raise ValueError("tasks: no tasks to evaluate (empty)")
     if isinstance(tasks, dict):
-        if shots is not None and sorted(shots) != sorted(tasks):
-            raise ValueError(f"shots {list(shots)} do not match the keys of the tasks dict {list(tasks)}")
-        out = {}
-        for k, b in tasks.items():
-            if not isinstance(b, TaskBatch):
-                raise TypeError(f"tasks[{k!r}] must be a TaskBatch; got {type(b).__name__}")
-            out[k] = (b, torch.arange(len(b)), [])
-        return out
-    shots = (1, 5, 10) if shots is None else tuple(shots)
-    if not shots:
-        raise ValueError("shots must name at least one shot count")
+        return _dict_sets(tasks, shots)
+    shots = (1, 5, 10) if shots is None else _check_shots(shots)
     if isinstance(tasks, TaskBatch):
+        largest = int(tasks.mask_support.sum(-1).max())
+        if max(shots) > largest:
+            raise ValueError(f"shots={max(shots)}: no task has that many support points (the largest has "
+                             f"{largest})")
         out = {}
         for k in shots:
             b, kept = tasks.first_shots(k)
@@ -51,6 +95,10 @@ def _test_sets(tasks, shots, *, num_tasks: int, num_query: int, seed: int):
             out[k] = (b, kept, skipped)
         return out
     if hasattr(tasks, "sample"):
+        if max(shots) > MAX_FAMILY_SHOTS:
+            raise ValueError(f"shots={max(shots)}: at most {MAX_FAMILY_SHOTS} shots per task of a family (the "
+                             f"cost of importance-sampled predictions grows with the shots); to score more, pass "
+                             f"a TaskBatch, e.g. family.sample(num_tasks, shots=k, num_query=q)")
         return {k: (tasks.sample(num_tasks, shots=k, num_query=num_query,
                                  generator=torch.Generator().manual_seed(seed * 1000 + k)),
                     torch.arange(num_tasks), []) for k in shots}
@@ -111,21 +159,24 @@ def _score_chunk(pred, b: TaskBatch, metrics, curve_levels, crps_samples) -> dic
 
 def _run_shots(predict, batch, oracle, *, metrics, curve_levels, crps_samples, chunk, device, progress, desc):
     parts, t_adapt, t_pred = [], 0.0, 0.0
-    for i in tqdm(range(0, len(batch), chunk), desc=desc, disable=not progress, leave=False):
-        b = batch[i : i + chunk].to(device)
-        _sync(device)
-        t0 = time.perf_counter()
-        _, make = predict(b)
-        _sync(device)
-        t1 = time.perf_counter()
-        pred = make()
-        _sync(device)
-        t_adapt, t_pred = t_adapt + t1 - t0, t_pred + time.perf_counter() - t1
-        part = _score_chunk(pred, b, metrics, curve_levels, crps_samples)
-        if oracle is not None and "nll" in metrics:
-            o = oracle.oracle_predict(*b.support[:2], b.x_query, b.mask_support)
-            part["oracle_nll"] = task_nll(o, b.y_query, b.mask_query).double().cpu()
-        parts.append(part)
+    chunk = max(1, min(chunk, _POINTS_PER_CHUNK // max(1, batch.x_support.shape[1])))  # the bar moves
+    with tqdm(total=len(batch), desc=desc, unit="task", disable=not progress, leave=False) as bar:
+        for i in range(0, len(batch), chunk):
+            b = batch[i : i + chunk].to(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            _, make = predict(b)
+            _sync(device)
+            t1 = time.perf_counter()
+            pred = make()
+            _sync(device)
+            t_adapt, t_pred = t_adapt + t1 - t0, t_pred + time.perf_counter() - t1
+            part = _score_chunk(pred, b, metrics, curve_levels, crps_samples)
+            if oracle is not None and "nll" in metrics:
+                o = oracle.oracle_predict(*b.support[:2], b.x_query, b.mask_support)
+                part["oracle_nll"] = task_nll(o, b.y_query, b.mask_query).double().cpu()
+            parts.append(part)
+            bar.update(len(b))
     res = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
     return res, t_adapt, t_pred
 
@@ -143,8 +194,11 @@ def evaluate(learner, tasks, shots=None, *, name: str | None = None, metrics=Non
         tasks: a task family (``num_tasks`` fixed test tasks with ``num_query`` query points are
             drawn per shot count from ``seed``), a :class:`TaskBatch` (each task keeps its first
             ``k`` observed support points; tasks with fewer are skipped and reported), or a dict
-            ``{shots: TaskBatch}``.
-        shots: shot counts (default ``(1, 5, 10)``; the dict's keys for a dict).
+            ``{shots: TaskBatch}`` (a task with fewer observed support points than its key is
+            skipped and reported; one with more is an error).
+        shots: shot counts, ints >= 0 (default ``(1, 5, 10)``; the dict's keys for a dict). At
+            most :data:`MAX_FAMILY_SHOTS` for a family; at most the largest support set for a
+            batch.
         name: the method's name in the tables (default: the learner's class name).
         metrics: subset of ``("nll", "mse", "crps", "coverage")`` (default: all). ``coverage``
             includes PIT values and the calibration error over 19 levels.
@@ -153,9 +207,10 @@ def evaluate(learner, tasks, shots=None, *, name: str | None = None, metrics=Non
             oracle's NLL and the gap; default: ``tasks`` itself when it has one; ``False``: none.
         predict_options: keyword arguments of ``posterior.predict`` (e.g. ``method="guide"``).
         crps_samples: predictive draws per point for the CRPS.
-        chunk: tasks adapted and scored at once.
+        chunk: at most this many tasks adapted and scored at once (fewer for many-shot tasks, at
+            most 1000 support points per chunk, so that the progress bar moves).
         device: where to adapt and predict (default: the learner's ``device`` or CPU).
-        progress: a progress bar per shot count.
+        progress: a progress bar per shot count (in tasks).
 
     Returns:
         An :class:`Evaluation` (``rows``, ``summary``, ``table()``, ``to_json``, ``to_csv``).
