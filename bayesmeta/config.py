@@ -12,11 +12,13 @@ An unknown section or key, or a bad value, is an error that names the key and wh
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .inference.objectives import OBJECTIVES
+from .io import file_error
 
 __all__ = ["DataConfig", "FitConfig", "ModelConfig", "TrainSection", "MODEL_KINDS", "apply_overrides",
            "config_from_dict", "load_config", "to_toml"]
@@ -88,6 +90,8 @@ class TrainSection:
     checkpoint_every: int = 500
 
     def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", self.device):
+            _fail("train.device", "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'", self.device)
         for key, ok, allowed in (("steps", self.steps >= 1, ">= 1"), ("max_time", self.max_time >= 0, ">= 0 (0: none)"),
                                  ("tasks_per_step", self.tasks_per_step >= 1, ">= 1"), ("lr", self.lr > 0, "> 0"),
                                  ("checkpoint_every", self.checkpoint_every >= 1, ">= 1")):
@@ -157,10 +161,16 @@ def config_from_dict(data: dict, base: FitConfig | None = None) -> FitConfig:
 def load_config(path, base: FitConfig | None = None) -> FitConfig:
     """Read a TOML config file (errors name the file)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a config file")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such config file") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise file_error(err, path, "read") from err
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: not valid TOML ({err})") from None
     try:
