@@ -36,6 +36,7 @@ EVALUATE_EPILOG = """examples:
 """
 PREDICT_EPILOG = """examples:
   bayesmeta predict runs/sleep --support new_subject.csv --query grid.csv --out preds.csv
+  bayesmeta predict runs/sleep --support new_subject.csv --query grid.csv --out preds.csv --force  # replace it
 support.csv: the x and y columns of the run (and its task column for several new tasks);
 query.csv: the x columns (and the task column). A query task without support rows gets the
 prior predictive. Output: task, x, then per y column mean, sd, lower/upper of each --levels.
@@ -100,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir")
     pr.add_argument("--support", required=True, help="CSV of the new tasks' observed rows")
     pr.add_argument("--query", required=True, help="CSV of the inputs to predict at")
-    pr.add_argument("--out", required=True, help="output CSV")
+    pr.add_argument("--out", required=True, help="output CSV (an existing file is replaced only with --force)")
+    pr.add_argument("--force", action="store_true", help="replace --out if it exists")
     pr.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.9], help="central interval levels")
     pr.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("report", help="write plots and report.html for a run directory", epilog=REPORT_EPILOG,
@@ -252,7 +254,19 @@ def run_bench(args) -> dict:
     return result
 
 
+def _one_line(err: BaseException) -> str:
+    """An error as one line: an OS error as ``file: cause``, anything else as its message."""
+    if isinstance(err, OSError) and err.strerror:
+        msg = err.strerror if err.filename is None else f"{err.filename}: {err.strerror.lower()}"
+    else:
+        msg = str(err) or type(err).__name__
+    return " ".join(line.strip() for line in msg.splitlines() if line.strip())
+
+
 def main(argv=None) -> int:
+    """Run the command line; an error in the input or the environment is one line on stderr and exit code 2."""
+    from .rundir import RunInUseError
+
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
@@ -261,11 +275,18 @@ def main(argv=None) -> int:
             run_bench(args)
         elif args.command == "report":
             run_report(args)
-        elif args.command in ("fit", "evaluate", "predict"):
+        elif args.command in ("fit", "evaluate"):
             from . import runs
 
-            {"fit": runs.cmd_fit, "evaluate": runs.cmd_evaluate, "predict": runs.cmd_predict}[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"bayesmeta {args.command}: error: {err}", file=sys.stderr)
+            {"fit": runs.cmd_fit, "evaluate": runs.cmd_evaluate}[args.command](args)
+        elif args.command == "predict":
+            from .predict import cmd_predict
+
+            cmd_predict(args)
+    except KeyboardInterrupt:
+        print(f"bayesmeta {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, FloatingPointError, RunInUseError) as err:
+        print(f"bayesmeta {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     return 0

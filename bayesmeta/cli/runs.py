@@ -11,19 +11,20 @@ A run directory holds::
     run.json               what was trained, for how long
     eval.json, eval.csv    from ``bayesmeta evaluate``
     plots/, report.html    from ``bayesmeta report``
+    run.lock               while a fit runs: the pid of the process that holds the run
 
-Nothing is overwritten unless asked: an existing run needs ``--resume`` or ``--force``.
+Nothing is overwritten unless asked: an existing run needs ``--resume`` or ``--force``. Every input
+is checked before a run directory is created, and a fit that fails removes what it created.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import os
 import sys
+import tempfile
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -31,14 +32,17 @@ import torch
 from ..baselines import BASELINES
 from ..config import FitConfig, apply_overrides, config_from_dict, load_config, to_toml
 from ..evaluation import Evaluation, evaluate
-from ..io import atomic_write_text
+from ..inference.trainer import load_checkpoint, resolve_device
+from ..io import atomic_write_text, file_error, read_json
 from ..learners import BayesLearner
 from ..models import BayesianHeadRegression, HierarchicalLinearRegression, LatentCodeRegression
 from ..tasks import Standardization, TaskDataset
+from .rundir import LOCK_NAME, RunLock, Undo
 
-__all__ = ["cmd_evaluate", "cmd_fit", "cmd_predict", "load_run_config"]
+__all__ = ["cmd_evaluate", "cmd_fit", "load_run_config", "run_data_path", "standardised_predictor"]
 
 CHECKPOINT = "checkpoints/last.pt"
+FIT_FILES = ("config.toml", "standardisation.json", "split.json", "metrics.jsonl", "model.pt", "run.json", CHECKPOINT)
 
 
 def _say(msg: str) -> None:
@@ -71,20 +75,78 @@ def _resolve_fit_config(args) -> FitConfig:
 
 
 def load_run_config(run: Path) -> FitConfig:
+    if run.exists() and not run.is_dir():
+        raise NotADirectoryError(f"{run}: not a run directory (a file)")
     if not (run / "config.toml").is_file():
         raise FileNotFoundError(f"{run}: not a run directory (no config.toml)")
     return load_config(run / "config.toml")
 
 
-def _prepare_out(out: Path, *, resume: bool, force: bool) -> None:
-    if resume:
-        if not (out / CHECKPOINT).is_file():
-            raise FileNotFoundError(f"{out}: --resume but there is no checkpoint ({CHECKPOINT})")
-        return
-    if out.exists() and any(out.iterdir()) and not force:
+def run_data_path(cfg: FitConfig, run: Path) -> Path:
+    """The training CSV of a run: ``data.path`` of its config.toml (absolute since this version).
+
+    A relative path (written by an older version, relative to where that fit ran) is looked up
+    from the current directory, then from the run directory's parent.
+    """
+    path = Path(cfg.data.path)
+    if path.is_absolute():
+        if not path.exists():
+            raise FileNotFoundError(f"{run / 'config.toml'}: data.path {str(path)!r}: no such file")
+        return path
+    tried = [Path.cwd() / path, run.resolve().parent / path]
+    for candidate in tried:
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{run / 'config.toml'}: data.path {str(path)!r} is relative and found neither from the "
+                            f"current directory nor from the run directory's parent ({', '.join(map(str, tried))}); "
+                            f"make it absolute in the config")
+
+
+def _check_new_out(out: Path, *, force: bool, ignore: tuple[str, ...] = ()) -> None:
+    """Refuse an existing run or a non-empty directory as ``--out`` (unless ``force``); writes nothing."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: --out is a file, not a directory")
+    if out.is_dir() and not force and any(p.name not in ignore for p in out.iterdir()):
         what = "an existing run" if (out / "config.toml").exists() else "a non-empty directory"
         raise ValueError(f"{out} is {what}; use --resume to continue it or --force to overwrite its files")
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def _check_checkpoint(out: Path) -> None:
+    """The checkpoint ``--resume`` continues from must exist and load (a clear error otherwise)."""
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{out}: --resume but there is no checkpoint ({CHECKPOINT})")
+    try:
+        load_checkpoint(path)
+    except OSError as err:
+        raise file_error(err, path, "read") from err
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise _corrupt(path, err) from err
+    except Exception as err:  # torch.load fails in many ways on damaged files
+        raise _corrupt(path, err) from err
+
+
+def _corrupt(path: Path, err: Exception) -> ValueError:
+    return ValueError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}); it cannot be resumed "
+                      f"(start the run over with --force)")
+
+
+def read_standardisation(run: Path) -> Standardization:
+    path = run / "standardisation.json"
+    try:
+        return Standardization.from_dict(read_json(path, "run's standardisation"))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}" if str(path) not in str(err) else str(err)) from None
+
+
+def _read_split(run: Path) -> list:
+    path = run / "split.json"
+    split = read_json(path, "run's task split")
+    if not isinstance(split, dict) or not isinstance(split.get("train"), list):
+        raise ValueError(f"{path}: not a task split (no 'train' list)")
+    return split["train"]
 
 
 def _write_metrics(out: Path, history) -> None:
@@ -100,68 +162,143 @@ def _launch() -> tuple[bool, bool]:
     return world > 1, int(os.environ.get("RANK", "0")) == 0
 
 
-def cmd_fit(args) -> Path:
-    """Fit a learner on a grouped CSV and write the run directory.
+@dataclass
+class _FitPlan:
+    """Everything a fit needs, checked before anything is written."""
 
-    Under ``torchrun`` (``WORLD_SIZE > 1``) every rank trains on its own shard of the training
-    groups and only rank 0 writes the run directory.
-    """
-    out = Path(args.out)
-    distributed, main = _launch()
-    if args.resume:
-        if args.config or args.set or any(v is not None for v in (args.data, args.task, args.x, args.y, args.model)):
-            raise ValueError("--resume continues the run as configured in its config.toml; drop the other "
-                             "data/model/config options (--steps and --max-time may change)")
-        cfg = load_run_config(out)
-        cfg = apply_overrides(cfg, [f"train.steps={args.steps}"] if args.steps else [])
-        cfg = apply_overrides(cfg, [f"train.max_time={args.max_time}"] if args.max_time else [])
-    else:
-        cfg = _resolve_fit_config(args)
-    if main:
-        _prepare_out(out, resume=args.resume, force=args.force)
+    cfg: FitConfig
+    data_path: Path
+    train: TaskDataset
+    std: Standardization
+    validation: list
+    learner: BayesLearner
+
+
+def _fit_config(args, out: Path) -> FitConfig:
+    if not args.resume:
+        return _resolve_fit_config(args)
+    if args.config or args.set or any(v is not None for v in (args.data, args.task, args.x, args.y, args.model)):
+        raise ValueError("--resume continues the run as configured in its config.toml; drop the other "
+                         "data/model/config options (--steps and --max-time may change)")
+    cfg = load_run_config(out)
+    cfg = apply_overrides(cfg, [f"train.steps={args.steps}"] if args.steps else [])
+    return apply_overrides(cfg, [f"train.max_time={args.max_time}"] if args.max_time else [])
+
+
+def _plan_fit(args, out: Path) -> _FitPlan:
+    """Read and check config, output directory, data, standardisation, device and checkpoint; write nothing."""
+    cfg = _fit_config(args, out)
+    if not args.resume:
+        _check_new_out(out, force=args.force)
     d = cfg.data
-    data = TaskDataset.from_csv(d.path, task=d.task, x=list(d.x), y=list(d.y))
+    path = run_data_path(cfg, out) if args.resume else Path(d.path)
+    data = TaskDataset.from_csv(path, task=d.task, x=list(d.x), y=list(d.y))
     if len(data) < 2:
-        raise ValueError(f"{d.path}: only {len(data)} task ({d.task}={data.task_ids}); meta-learning needs at least 2")
+        raise ValueError(f"{path}: only {len(data)} task ({d.task}={data.task_ids}); meta-learning needs at least 2")
     if args.resume:
-        split = json.loads((out / "split.json").read_text())
-        train, std = data.subset(split["train"]), Standardization.from_dict(json.loads((out / "standardisation.json").read_text()))
+        train, val, std = data.subset(_read_split(out)), None, read_standardisation(out)
+        _check_checkpoint(out)
     else:
         train, val = data.split((1 - d.val_fraction, d.val_fraction), seed=d.split_seed) if d.val_fraction else (data, None)
         if len(train) < 2:
-            raise ValueError(f"{d.path}: {len(train)} training task(s) after the validation split; need at least 2")
+            raise ValueError(f"{path}: {len(train)} training task(s) after the validation split; need at least 2")
         std = train.fit_standardization() if d.standardize else Standardization.identity(data.x_dim, data.y_dim)
-        if main:
-            atomic_write_text(to_toml(cfg), out / "config.toml")
-            atomic_write_text(json.dumps(std.to_dict(), indent=1), out / "standardisation.json")
-            atomic_write_text(json.dumps({"train": train.task_ids, "validation": [] if val is None else val.task_ids},
-                                         indent=1, default=str), out / "split.json")
-    t = cfg.train
-    torch.manual_seed(t.seed)  # the initial weights too: the same config gives the same run
+        cfg = replace(cfg, data=replace(d, path=str(path.resolve())))  # --resume works from any directory
+    train.check_standardized(std)
+    resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)  # the initial weights too: the same config gives the same run
     learner = build_learner(cfg.model, data.x_dim, data.y_dim)
+    return _FitPlan(cfg, path, train, std, [] if val is None else val.task_ids, learner)
+
+
+def _train(plan: _FitPlan, args, out: Path, *, distributed: bool, main: bool) -> None:
+    t = plan.cfg.train
     if main:
-        _say(f"fitting {cfg.model.kind} model on {len(train)} tasks ({sum(train.sizes)} rows) from {d.path} ...")
-    learner.fit(train.to_batch(std), t.steps, max_time=t.max_time or None, tasks_per_step=t.tasks_per_step,
-                lr=t.lr, seed=t.seed, device=t.device, progress=not args.no_progress,
-                checkpoint=out / CHECKPOINT, resume=args.resume, checkpoint_every=t.checkpoint_every,
-                on_checkpoint=lambda step, history: _write_metrics(out, history), distributed=distributed)
-    if not main:
-        return out
+        _say(f"fitting {plan.cfg.model.kind} model on {len(plan.train)} tasks ({sum(plan.train.sizes)} rows) "
+             f"from {plan.data_path} ...")
+    plan.learner.fit(plan.train.to_batch(plan.std), t.steps, max_time=t.max_time or None,
+                     tasks_per_step=t.tasks_per_step, lr=t.lr, seed=t.seed, device=t.device,
+                     progress=not args.no_progress, checkpoint=out / CHECKPOINT, resume=args.resume,
+                     checkpoint_every=t.checkpoint_every, distributed=distributed,
+                     on_checkpoint=lambda step, history: _write_metrics(out, history))
+
+
+def _write_run(plan: _FitPlan, out: Path) -> None:
+    atomic_write_text(to_toml(plan.cfg), out / "config.toml")
+    atomic_write_text(json.dumps(plan.std.to_dict(), indent=1), out / "standardisation.json")
+    atomic_write_text(json.dumps({"train": plan.train.task_ids, "validation": plan.validation}, indent=1,
+                                 default=str), out / "split.json")
+
+
+def _write_results(plan: _FitPlan, out: Path) -> None:
+    learner, h = plan.learner, plan.learner.history
     learner.save(out / "model.pt")
-    _write_metrics(out, learner.history)
-    h = learner.history
-    info = {"data": d.path, "tasks_train": len(train), "rows_train": sum(train.sizes), "model": cfg.model.kind,
-            "train_steps": h.step[-1], "train_seconds": round(h.time[-1], 1), "final_loss": round(h.loss[-1], 4)}
+    _write_metrics(out, h)
+    info = {"data": str(plan.data_path.resolve()), "tasks_train": len(plan.train), "rows_train": sum(plan.train.sizes),
+            "model": plan.cfg.model.kind, "train_steps": h.step[-1], "train_seconds": round(h.time[-1], 1),
+            "final_loss": round(h.loss[-1], 4)}
     atomic_write_text(json.dumps(info, indent=1), out / "run.json")
     _say(f"wrote {out}/ (model.pt, config.toml, metrics.jsonl, checkpoints/); {h.step[-1]} steps in {h.time[-1]:.0f} s")
+
+
+def cmd_fit(args) -> Path:
+    """Fit a learner on a grouped CSV and write the run directory.
+
+    Everything (config, data, device, output directory, checkpoint) is checked before anything is
+    written. The run directory is locked while the fit runs (``run.lock``). If a new fit fails,
+    every file and directory it created is removed and every file it replaced is restored
+    (interrupted with Ctrl-C after a checkpoint, the run is kept for ``--resume``). Under
+    ``torchrun`` (``WORLD_SIZE > 1``) every rank trains on its own shard of the training groups
+    and only rank 0 writes the run directory.
+    """
+    out = Path(args.out)
+    distributed, main = _launch()
+    plan = _plan_fit(args, out)
+    if not main:
+        _train(plan, args, out, distributed=distributed, main=False)
+        return out
+    undo = None if args.resume else Undo(out)
+    lock = RunLock(out, warn=_say)
+    failed = True
+    try:
+        if not args.resume:
+            _make_dir(out)
+        lock.acquire()
+        if not args.resume:
+            _check_new_out(out, force=args.force, ignore=(LOCK_NAME,))  # again, now that the run is ours
+            undo.snapshot(FIT_FILES, dirs=["checkpoints"])
+            _write_run(plan, out)
+        _train(plan, args, out, distributed=distributed, main=True)
+        _write_results(plan, out)
+        failed = False
+    except KeyboardInterrupt:
+        if undo is not None and undo.changed(CHECKPOINT) and (out / CHECKPOINT).is_file():
+            _say(f"interrupted: {out} keeps its last checkpoint; continue with `bayesmeta fit --out {out} --resume`")
+            failed = False  # keep the run
+        raise
+    finally:
+        if undo is not None and failed:
+            undo.restore_files()  # under the lock: nobody else's files
+        elif undo is not None:
+            undo.discard()
+        lock.release()
+        if undo is not None and failed:
+            undo.remove_new_dirs()
     return out
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise file_error(err, path, "create the directory") from err
 
 
 def _load_fitted(run: Path):
     cfg = load_run_config(run)
     if not (run / "model.pt").is_file():
         raise FileNotFoundError(f"{run}: no model.pt (did `bayesmeta fit` finish? `--resume` continues it)")
-    std = Standardization.from_dict(json.loads((run / "standardisation.json").read_text()))
+    std = read_standardisation(run)
     return cfg, BayesLearner.load(run / "model.pt"), std
 
 
@@ -176,26 +313,63 @@ def standardised_predictor(learner, std: Standardization, **predict_options):
     return predict
 
 
-def cmd_evaluate(args) -> Evaluation:
-    """Score a fitted run (and optional baselines) on a test CSV at several shot counts."""
-    run = Path(args.run_dir)
-    cfg, learner, std = _load_fitted(run)
-    d = cfg.data
-    test = TaskDataset.from_csv(args.data, task=d.task, x=list(d.x), y=list(d.y))
+def check_writable(directory: Path) -> None:
+    """Fail early (naming the directory and the cause) if files cannot be created in ``directory``."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".bayesmeta-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise file_error(err, directory, "write into the directory") from err
+
+
+def write_together(directory: Path, writers: dict) -> None:
+    """Call ``writers[name](directory / name)`` for each name; if one fails, every file is put back."""
+    undo = Undo(directory).snapshot(writers)
+    try:
+        for name, write in writers.items():
+            write(directory / name)
+    except BaseException:
+        undo.restore_files()
+        raise
+    undo.discard()
+
+
+def _kshot_sets(test: TaskDataset, shots, seed: int) -> tuple[dict, dict]:
+    if any(k < 0 for k in shots) or len(set(shots)) != len(shots):
+        raise ValueError(f"--shots must be distinct ints >= 0; got {list(shots)}")
     sets, ids = {}, {}
-    for k in args.shots:
-        batch, kept, skipped = test.kshot(k, seed=args.seed)
+    for k in shots:
+        batch, kept, skipped = test.kshot(k, seed=seed)
         if skipped:
             _say(f"shots={k}: {len(skipped)} task(s) with at most {k} rows skipped: {skipped[:20]}"
                  f"{' ...' if len(skipped) > 20 else ''}")
         sets[k], ids[k] = batch, kept
+    return sets, ids
+
+
+def cmd_evaluate(args) -> Evaluation:
+    """Score a fitted run (and optional baselines) on a test CSV at several shot counts.
+
+    Data, shots and the run directory's writability are checked before anything is computed;
+    ``eval.json`` and ``eval.csv`` are written together (both or neither).
+    """
+    run = Path(args.run_dir)
+    cfg, learner, std = _load_fitted(run)
+    d = cfg.data
+    test = TaskDataset.from_csv(args.data, task=d.task, x=list(d.x), y=list(d.y))
+    test.check_standardized(std, what="with the run's standardisation")
+    sets, ids = _kshot_sets(test, args.shots, args.seed)
+    base_data = None
+    if args.baseline:
+        base_data = TaskDataset.from_csv(run_data_path(cfg, run), task=d.task, x=list(d.x), y=list(d.y))
+        base_data = base_data.subset(_read_split(run))
+    check_writable(run)
     methods = [("bayes", standardised_predictor(learner, std))]
     for name in args.baseline or ():
-        split = json.loads((run / "split.json").read_text())
-        data = TaskDataset.from_csv(d.path, task=d.task, x=list(d.x), y=list(d.y)).subset(split["train"])
-        base = BASELINES[name](x_dim=data.x_dim, y_dim=data.y_dim)
+        base = BASELINES[name](x_dim=base_data.x_dim, y_dim=base_data.y_dim)
         _say(f"training baseline {name} for {args.baseline_steps} steps on the run's training tasks ...")
-        base.fit(data.to_batch(std), args.baseline_steps, seed=cfg.train.seed, progress=not args.no_progress)
+        base.fit(base_data.to_batch(std), args.baseline_steps, seed=cfg.train.seed, progress=not args.no_progress)
         methods.append((name, standardised_predictor(base, std)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # skipped tasks were reported above
@@ -203,106 +377,6 @@ def cmd_evaluate(args) -> Evaluation:
     for row in ev.rows:  # positions in the K-shot batch -> the data's task ids
         row["task"] = ids[row["shots"]][row["task"]]
     print(ev.table())
-    ev.to_json(run / "eval.json")
-    ev.to_csv(run / "eval.csv")
+    write_together(run, {"eval.json": ev.to_json, "eval.csv": ev.to_csv})
     _say(f"wrote {run}/eval.json and {run}/eval.csv")
     return ev
-
-
-def _read_query(path: Path, cfg: FitConfig) -> tuple[list, torch.Tensor]:
-    """Query rows: the x columns and, if present, the task column (else one task)."""
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: empty file (no header row)")
-        header = [h.strip() for h in header]
-        missing = [c for c in cfg.data.x if c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing x column(s) {missing}; the file has {header}")
-        has_task = cfg.data.task in header
-        rows = [(i, r) for i, r in enumerate(reader, start=2) if r and any(c.strip() for c in r)]
-    if not rows:
-        raise ValueError(f"{path}: no data rows")
-    xs, tasks = [], []
-    for i, r in rows:
-        vals = []
-        for c in cfg.data.x:
-            try:
-                vals.append(float(r[header.index(c)]))
-            except (ValueError, IndexError):
-                raise ValueError(f"{path}: row {i}, column {c!r}: not a number") from None
-        if not all(math.isfinite(v) for v in vals):
-            raise ValueError(f"{path}: row {i}: non-finite x value")
-        xs.append(vals)
-        tasks.append(r[header.index(cfg.data.task)].strip() if has_task else "new")
-    return tasks, torch.tensor(xs, dtype=torch.float32)
-
-
-def cmd_predict(args) -> Path:
-    """Predict for new tasks from their support rows: mean, sd and central intervals per query row."""
-    run = Path(args.run_dir)
-    cfg, learner, std = _load_fitted(run)
-    d = cfg.data
-    support_tasks, support = _read_support(Path(args.support), cfg)
-    q_tasks, xq = _read_query(Path(args.query), cfg)
-    order = list(dict.fromkeys(support_tasks + q_tasks))
-    batch = _support_batch(support, order)
-    rows_of = {t: [i for i, qt in enumerate(q_tasks) if qt == t] for t in order}
-    width = max(len(r) for r in rows_of.values()) or 1
-    x_query = torch.zeros(len(order), width, support.x_dim)
-    for ti, t in enumerate(order):
-        if rows_of[t]:
-            x_query[ti, : len(rows_of[t])] = xq[rows_of[t]]
-    pred = standardised_predictor(learner, std, seed=args.seed)(*batch, x_query)
-    mean, sd = pred.mean, pred.std
-    bands = {lv: pred.interval(lv) for lv in args.levels}
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    cols = [d.task, *d.x]
-    for yn in d.y:
-        cols += [f"{yn}_mean", f"{yn}_sd"] + [f"{yn}_{s}{int(round(100 * lv))}" for lv in args.levels for s in ("lower", "upper")]
-    w.writerow(cols)
-    for ti, t in enumerate(order):
-        for j, qi in enumerate(rows_of[t]):
-            row = [t, *(f"{v:.6g}" for v in xq[qi].tolist())]
-            for e in range(len(d.y)):
-                row += [f"{float(mean[ti, j, e]):.6g}", f"{float(sd[ti, j, e]):.6g}"]
-                for lv in args.levels:
-                    lo, hi = bands[lv]
-                    row += [f"{float(lo[ti, j, e]):.6g}", f"{float(hi[ti, j, e]):.6g}"]
-            w.writerow(row)
-    path = atomic_write_text(buf.getvalue(), Path(args.out))
-    no_support = [t for t in order if t not in support.task_ids]
-    if no_support:
-        _say(f"task(s) {no_support[:10]} have no support rows: their predictions are the prior predictive")
-    _say(f"wrote {path} ({len(q_tasks)} rows)")
-    return path
-
-
-def _read_support(path: Path, cfg: FitConfig):
-    """Support rows of new tasks: with the task column, several tasks; without it, one task "new"."""
-    d = cfg.data
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    with path.open(newline="") as f:
-        header = [h.strip() for h in (next(csv.reader(f), None) or [])]
-    ds = TaskDataset.from_csv(path, task=d.task if d.task in header else None, x=list(d.x), y=list(d.y))
-    return ds.task_ids, ds
-
-
-def _support_batch(support: TaskDataset, order: list):
-    """``x, y, mask`` ``[T, S, *]`` for the tasks in ``order`` (tasks without rows get an empty set)."""
-    t = len(order)
-    s = max([support.sizes[support.task_ids.index(k)] for k in order if k in support.task_ids] or [1])
-    x = torch.zeros(t, s, support.x_dim)
-    y = torch.zeros(t, s, support.y_dim)
-    m = torch.zeros(t, s, dtype=torch.bool)
-    for i, k in enumerate(order):
-        if k in support.task_ids:
-            j = support.task_ids.index(k)
-            n = support.sizes[j]
-            x[i, :n] = torch.as_tensor(support.x[j], dtype=torch.float32)
-            y[i, :n] = torch.as_tensor(support.y[j], dtype=torch.float32)
-            m[i, :n] = True
-    return x, y, m
