@@ -9,9 +9,17 @@ from pathlib import Path
 import torch
 
 from .inference.distributed import init_from_env
+from .inference.exact import fit_type2_ml
 from .inference.guides import AmortizedGuide
 from .inference.refine import refine_local
-from .inference.trainer import History, TrainConfig, load_checkpoint, meta_train, resolve_device
+from .inference.trainer import (
+    History,
+    TrainConfig,
+    load_checkpoint,
+    meta_train,
+    resolve_device,
+    save_checkpoint,
+)
 from .io import atomic_torch_save
 from .models.base import HierarchicalModel
 from .predictive import Posterior
@@ -83,7 +91,12 @@ class BayesLearner:
             resume: bool = False, on_checkpoint=None, distributed: bool = False, **options) -> BayesLearner:
         """Meta-train on a task family (endless) or a ``TaskBatch`` pool.
 
-        Stops after ``steps`` or ``max_time`` seconds, whichever comes first. Further options
+        Stops after ``steps`` or ``max_time`` seconds, whichever comes first. With
+        ``conjugate=True``, a model with fixed features (``HierarchicalLinearRegression``) and a
+        ``TaskBatch`` pool, the fit is exact type-II maximum likelihood instead: full-batch L-BFGS
+        from the data's own scale (:func:`~bayesmeta.inference.fit_type2_ml`; ``steps`` bounds
+        its iterations, a :class:`~bayesmeta.inference.ConvergenceWarning` says when it did not
+        converge), so data in natural units need no standardising. Further options
         are fields of :class:`~bayesmeta.inference.TrainConfig` (``max_points``, ``clip_norm``,
         ``optimizer``, ``final_lr_fraction``, ``checkpoint_every``, ...). Returns ``self``; the
         trace is ``self.history``.
@@ -110,13 +123,24 @@ class BayesLearner:
                 raise ValueError("resume=True needs checkpoint= (the path to continue from)")
             state = load_checkpoint(checkpoint, map_location=self.device)
             _check_resumable(state["config"], asdict(cfg))
-        ctx = init_from_env(self.device) if distributed else None
         self.model.train()
-        self.history = meta_train(self.model, self.guide, source, cfg, device=self.device,
-                                  conjugate=self.conjugate, checkpoint=checkpoint, resume=state,
-                                  on_checkpoint=on_checkpoint, distributed=ctx)
+        if self._fits_exactly(source, distributed):
+            self.history = fit_type2_ml(self.model, source, max_iter=steps)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, len(self.history.step), self.model, None, None, self.history, cfg,
+                                on_checkpoint=on_checkpoint)
+        else:
+            ctx = init_from_env(self.device) if distributed else None
+            self.history = meta_train(self.model, self.guide, source, cfg, device=self.device,
+                                      conjugate=self.conjugate, checkpoint=checkpoint, resume=state,
+                                      on_checkpoint=on_checkpoint, distributed=ctx)
         self.train_config = asdict(cfg)
         return self
+
+    def _fits_exactly(self, source, distributed: bool) -> bool:
+        """Conjugate model with fixed features on a finite pool: full-batch type-II ML (L-BFGS)."""
+        return (self.conjugate and isinstance(source, TaskBatch) and not distributed
+                and getattr(self.model, "fixed_features", False))
 
     # ------------------------------------------------------------------ adaptation
     def adapt(self, x_support, y_support=None, mask_support=None, *, refine_steps: int = 0,

@@ -27,7 +27,9 @@ from ..tasks.family import TaskFamily
 from .distributed import DistributedContext, all_reduce_, broadcast_parameters, check_same_config
 from .objectives import OBJECTIVES, make_objective
 
-__all__ = ["TrainConfig", "History", "TaskStream", "load_checkpoint", "meta_train", "resolve_device"]
+__all__ = [
+    "TrainConfig", "History", "TaskStream", "load_checkpoint", "meta_train", "resolve_device", "save_checkpoint",
+]
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -302,9 +304,22 @@ def _rng_states(stream) -> dict:
 
 
 def _checkpoint(path, step, model, guide, optim, stream, history, elapsed, cfg, on_checkpoint) -> None:
-    state = {"format": CHECKPOINT_FORMAT, "step": step, "elapsed": elapsed, "config": asdict(cfg),
-             "model": model.state_dict(), "guide": None if guide is None else guide.state_dict(),
-             "optimizer": optim.state_dict(), "history": history.as_dict(), "rng": _rng_states(stream)}
+    save_checkpoint(path, step, model, guide, optim, history, cfg, elapsed=elapsed, stream=stream,
+                    on_checkpoint=on_checkpoint)
+
+
+def save_checkpoint(path, step: int, model, guide, optim, history: History, cfg: TrainConfig, *,
+                    elapsed: float | None = None, stream: TaskStream | None = None, on_checkpoint=None) -> None:
+    """Write a training checkpoint atomically (model, guide, optimiser, history, random states).
+
+    ``optim`` and ``stream`` may be ``None`` (a fit without them, e.g. exact type-II ML).
+    """
+    rng = _rng_states(stream) if stream is not None else {"torch": torch.get_rng_state()}
+    state = {"format": CHECKPOINT_FORMAT, "step": step,
+             "elapsed": elapsed if elapsed is not None else (history.time[-1] if history.time else 0.0),
+             "config": asdict(cfg), "model": model.state_dict(),
+             "guide": None if guide is None else guide.state_dict(),
+             "optimizer": None if optim is None else optim.state_dict(), "history": history.as_dict(), "rng": rng}
     atomic_torch_save(state, path)
     if on_checkpoint is not None:
         on_checkpoint(step, history)

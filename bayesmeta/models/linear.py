@@ -46,6 +46,53 @@ class LinearGaussianModel(HierarchicalModel):
         raise NotImplementedError
 
     @property
+    def fixed_features(self) -> bool:
+        """True when every learned parameter is a prior parameter (the features are fixed), so
+        type-II ML is a small deterministic problem (:func:`bayesmeta.inference.fit_type2_ml`)."""
+        prior = {id(p) for p in self.prior.parameters()}
+        return all(id(p) in prior for p in self.parameters())
+
+    @torch.no_grad()
+    def init_from_data(self, x, y, mask) -> None:
+        """Set prior and noise from the data's own scale (before type-II ML on a pool).
+
+        Prior mean: pooled least squares; prior covariance: the spread of per-task least-squares
+        fits (lightly ridged; the pooled fit's scale where tasks are too small); noise: the
+        per-task fits' residuals (the pooled fit's where no task has spare points).
+        """
+        phi, y, mask = self._prep(x, y, mask)
+        m = mask.to(phi.dtype)[..., None]  # [T, N, 1]
+        phi_m, y_m = phi * m, y * m  # [T, N, F], [T, N, 1]
+        f = phi.shape[-1]
+        eye = torch.eye(f, dtype=phi.dtype, device=phi.device)
+        gram = phi_m.transpose(-1, -2) @ phi_m  # [T, F, F]
+        rhs = phi_m.transpose(-1, -2) @ y_m  # [T, F, 1]
+        ridge = 1e-6 * gram.sum(0).diagonal().mean() / max(1, phi.shape[0])
+        pooled = torch.linalg.solve(gram.sum(0) + ridge * eye, rhs.sum(0))  # [F, 1]
+        per_task = torch.linalg.solve(gram + ridge * eye, rhs)  # [T, F, 1]
+        n = mask.sum(-1).to(phi.dtype)  # [T]
+        dof = (n - f).clamp_min(0)
+        resid = ((y_m - phi_m @ per_task) ** 2).sum((-1, -2))  # [T]
+        if dof.sum() > 0:
+            noise_var = (resid * (dof > 0)).sum() / dof.sum()
+        else:
+            noise_var = ((y_m - phi_m @ pooled) ** 2).sum() / n.sum().clamp_min(1)
+        w = per_task[..., 0][n >= f]  # tasks whose own fit is determined
+        cov = torch.cov(w.T).reshape(f, f) if w.shape[0] >= 2 else torch.diag(pooled[:, 0] ** 2 + 1.0)
+        scale = cov.diagonal().mean().clamp_min(1e-12)
+        tril = torch.linalg.cholesky(cov + 1e-3 * scale * eye)
+        self._set_prior(pooled[:, 0], tril, noise_var.clamp_min(1e-12).sqrt())
+
+    def _set_prior(self, loc: torch.Tensor, tril: torch.Tensor, noise_std: torch.Tensor) -> None:
+        p = self.prior
+        p["loc"].copy_(loc)
+        p["tril_offdiag"].copy_(torch.tril(tril, -1))
+        diag = (tril.diagonal() - 1e-6).clamp_min(1e-6)
+        p["tril_rawdiag"].copy_(diag + torch.log(-torch.expm1(-diag)))  # softplus inverse, stable
+        noise = (noise_std - 1e-6).clamp_min(1e-6)
+        p["raw_noise"].copy_(noise + torch.log(-torch.expm1(-noise)))
+
+    @property
     def prior_scale_tril(self) -> torch.Tensor:
         """Cholesky factor ``L`` ``[F, F]`` of the prior covariance."""
         p = self.prior
