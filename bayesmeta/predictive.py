@@ -7,13 +7,15 @@ import contextlib
 import torch
 
 from .inference.importance import defensive_importance, effective_sample_size, pareto_k
-from .mixture import GaussianMixture, heaviest
+from .mixture import GaussianMixture, heaviest, pad_components, systematic_resample
 
 __all__ = ["Posterior", "Predictive", "PREDICT_METHODS", "systematic_resample"]
 
 PREDICT_METHODS = ("importance", "guide", "exact")
 DEFAULT_SAMPLES = {"importance": 1000, "guide": 200}
-_CHUNK_ELEMENTS = 2**25  # decoder rows per chunk when evaluating many samples
+_CHUNK_ELEMENTS = 2**25  # decoder rows x 64 per chunk when evaluating many samples
+_DRAW_ELEMENTS = 2**24  # draws x tasks x (parameters + support points) held at once
+_BLOCK_ELEMENTS = 2**18  # components x query points per likelihood call (decoder activations)
 
 
 class Predictive(GaussianMixture):
@@ -21,31 +23,22 @@ class Predictive(GaussianMixture):
 
     ``mean``, ``std``, ``interval(level)``, ``log_prob(y)`` (log of the Monte-Carlo mixture
     density per point, ``[T, N]``), ``cdf(y)`` and ``sample()`` come from
-    :class:`~bayesmeta.mixture.GaussianMixture`. With ``method="importance"`` the components are
-    weighted posterior draws, and ``ess``, ``pareto_k`` and ``num_draws`` (per task ``[T]``) say
-    how far to trust the weights: PSIS ``k > 0.7`` means the estimate is unreliable.
+    :class:`~bayesmeta.mixture.GaussianMixture` (block-wise over tasks: bounded memory). With
+    ``method="importance"`` the components are weighted posterior draws, and ``ess``,
+    ``pareto_k`` and ``num_draws`` (per task ``[T]``) say how far to trust the weights: PSIS
+    ``k > 0.7`` means the estimate is unreliable.
     """
+
+    method: str = "guide"
+    ess: torch.Tensor | None = None
+    pareto_k: torch.Tensor | None = None
+    num_draws: torch.Tensor | None = None
 
     def __init__(self, loc, scale, log_weights=None, *, method: str = "guide", ess=None, pareto_k=None,
                  num_draws=None) -> None:
         super().__init__(loc, scale, log_weights)
         self.method = method
         self.ess, self.pareto_k, self.num_draws = ess, pareto_k, num_draws
-
-    def _replace(self, loc, scale, log_weights) -> Predictive:
-        return Predictive(loc, scale, log_weights, method=self.method, ess=self.ess, pareto_k=self.pareto_k,
-                          num_draws=self.num_draws)
-
-
-def systematic_resample(log_w: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices ``[n, T]`` of ``n`` equally weighted draws per task (systematic resampling).
-
-    ``log_w`` is ``[m, T]`` (unnormalised). Unbiased, with lower variance than multinomial.
-    """
-    cw = torch.softmax(log_w, 0).T.cumsum(-1).contiguous()  # [T, m]
-    u = (torch.arange(n, device=log_w.device, dtype=cw.dtype) + torch.rand(
-        log_w.shape[1], 1, device=log_w.device, dtype=cw.dtype)) / n  # [T, n]
-    return torch.searchsorted(cw, u * cw[:, -1:]).clamp_max(log_w.shape[0] - 1).T  # [n, T]
 
 
 def _gather_draws(theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -65,15 +58,6 @@ def _reduce(theta: torch.Tensor, log_w: torch.Tensor, cap: int) -> tuple[torch.T
         idx = systematic_resample(log_w, cap)
         kept_w = torch.zeros(idx.shape, dtype=log_w.dtype, device=log_w.device)
     return _gather_draws(theta, idx), kept_w
-
-
-def _pad_components(theta: torch.Tensor, log_w: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to ``m`` components with zero-weight draws (copies of the first, log weight -inf)."""
-    extra = m - theta.shape[0]
-    if extra <= 0:
-        return theta, log_w
-    theta = torch.cat([theta, theta[:1].expand(extra, -1, -1)], 0)
-    return theta, torch.cat([log_w, log_w.new_full((extra, log_w.shape[1]), -torch.inf)], 0)
 
 
 def _check_num_samples(n) -> int:
@@ -97,14 +81,18 @@ class Posterior:
     """Posterior over the task parameters of ``T`` tasks given their support sets.
 
     Built by :meth:`bayesmeta.BayesLearner.adapt`. Holds either the amortized guide's local
-    parameters (approximate posterior, optionally refined) or an exact Gaussian posterior.
+    parameters (approximate posterior, optionally refined) or an exact Gaussian posterior. With a
+    learner trained on standardised data (``standardization``), the support is held and task
+    parameters are drawn on the model's standardised scale; :meth:`predict` takes query inputs
+    and returns predictives in natural units.
     """
 
-    def __init__(self, model, x, y, mask, *, guide=None, local=None, exact=None) -> None:
+    def __init__(self, model, x, y, mask, *, guide=None, local=None, exact=None, standardization=None) -> None:
         if (exact is None) == (guide is None or local is None):
             raise ValueError("Posterior needs either guide and local parameters, or an exact posterior")
         self.model, self.guide, self.local, self.exact = model, guide, local, exact
         self.x_support, self.y_support, self.mask_support = x, y, mask
+        self.standardization = standardization  # support held on the model's (standardised) scale
 
     @property
     def num_tasks(self) -> int:
@@ -138,13 +126,13 @@ class Posterior:
         """
         method = self._method(method)
         n = _check_num_samples(num_samples)
+        if method == "exact" and self.exact is None:
+            raise ValueError("method='exact' needs an exact posterior (BayesLearner(..., conjugate=True))")
         with _seeded(seed, self.device):
-            if method != "importance":
-                if method == "exact" and self.exact is None:
-                    raise ValueError("method='exact' needs an exact posterior (BayesLearner(..., conjugate=True))")
-                return self.model.split(self.distribution().sample((n,)))  # [n, T, P]
-            theta, log_w, *_ = self._importance_draws(n, min_ess=min_ess, max_draws=16 * n, cap=n)
-            return self.model.split(_gather_draws(theta, systematic_resample(log_w, n)))
+            theta, log_w, *_ = self._draws(method, n, min_ess=min_ess, max_draws=16 * n)
+            if log_w is not None:
+                theta = _gather_draws(theta, systematic_resample(log_w, n))
+        return self.model.split(theta)  # [n, T, *event] per site
 
     def _method(self, method: str | None) -> str:
         if method is None:
@@ -164,7 +152,7 @@ class Posterior:
             )
         if not torch.isfinite(x).all():
             raise ValueError("x has non-finite values")
-        return x
+        return x if self.standardization is None else self.standardization.x(x)
 
     @torch.no_grad()
     def predict(self, x, num_samples: int | None = None, *, method: str | None = None,
@@ -183,19 +171,56 @@ class Posterior:
                 At most ``num_samples`` draws per task are then pushed through the likelihood
                 on ``x`` (systematic resampling when more carry weight), which bounds the cost.
         """
+        pred = self._predict(self._query(x), num_samples, method=method, seed=seed, min_ess=min_ess,
+                             max_draws=max_draws)
+        return pred if self.standardization is None else self.standardization.predictive(pred)
+
+    def _predict(self, x, num_samples, *, method, seed, min_ess, max_draws) -> Predictive:
+        """:meth:`predict` on the model's scale (``x`` already checked and standardised)."""
         method = self._method(method)
-        x = self._query(x)
         if method == "exact":
             return self._predict_exact(x)
         n = _check_num_samples(DEFAULT_SAMPLES[method] if num_samples is None else num_samples)
         with _seeded(seed, self.device):
-            if method == "guide":
-                loc, scale = self._components(x, self.distribution().sample((n,)))
-                return Predictive(loc, scale, None, method=method)
-            draws = self._importance_draws(n, min_ess=min_ess, max_draws=max_draws or 16 * n, cap=n)
-        theta, log_w, ess, k, used = draws
-        loc, scale = self._components(x, theta)
-        return Predictive(loc, scale, log_w, method=method, ess=ess, pareto_k=k, num_draws=used)
+            theta, log_w, ess, k, used = self._draws(method, n, min_ess=min_ess, max_draws=max_draws or 16 * n)
+        return Predictive.from_parameters(
+            theta, log_w, self._likelihood_components(x), shape=(*x.shape[:2], self.model.y_dim), dtype=x.dtype,
+            block_elements=_BLOCK_ELEMENTS, method=method, ess=ess, pareto_k=k, num_draws=used)
+
+    def _task_chunks(self, draws_per_task: int) -> list[torch.Tensor]:
+        """Task indices in groups small enough that draws x tasks x (P + S) stays bounded."""
+        per_task = draws_per_task * (self.model.param_dim + self.x_support.shape[1] + 1)
+        size = max(1, _DRAW_ELEMENTS // per_task)
+        idx = torch.arange(self.num_tasks, device=self.device)
+        return list(idx.split(size))
+
+    def _draws(self, method: str, n: int, *, min_ess: float, max_draws: int):
+        """Posterior draws ``theta [m, T, P]`` task group by task group (bounded memory).
+
+        Returns ``theta``, log weights ``[m, T]`` (``None`` for unweighted draws; padding has
+        weight zero), and per task the ESS, Pareto-k and draws used (``None`` unless importance).
+        """
+        if method != "importance":
+            groups = self._task_chunks(n)
+            parts = [(self if len(groups) == 1 else self._subset(g)).distribution().sample((n,)) for g in groups]
+            return torch.cat(parts, 1), None, None, None, None
+        groups = self._task_chunks(max_draws)
+        parts = [(self if len(groups) == 1 else self._subset(g))._importance_draws(
+            n, min_ess=min_ess, max_draws=max_draws, cap=n) for g in groups]
+        m = max(p[0].shape[0] for p in parts)
+        padded = [pad_components(p[0], p[1], m) for p in parts]
+        theta, log_w = torch.cat([p[0] for p in padded], 1), torch.cat([p[1] for p in padded], 1)
+        return (theta, log_w, *(torch.cat([p[i] for p in parts]) for i in (2, 3, 4)))
+
+    def _likelihood_components(self, x: torch.Tensor):
+        """``(params [n_b, T_b, P], tasks) -> (loc, scale)`` of the model's likelihood on ``x``."""
+        model = self.model
+
+        def components(params: torch.Tensor, tasks: slice):
+            with torch.no_grad():
+                lik = model.likelihood(x[tasks], model.split(params))  # batch [n_b, T_b, N, E]
+            return lik.loc, lik.scale
+        return components
 
     def _importance_draws(self, n: int, *, min_ess: float, max_draws: int, cap: int):
         """Importance draws for every task, re-drawn 4x larger for tasks whose ESS < ``min_ess``.
@@ -210,8 +235,8 @@ class Posterior:
         low = (ess < min_ess).nonzero()[:, 0]
         if len(low) and 4 * n <= max_draws:
             sub = self._subset(low)._importance_draws(4 * n, min_ess=min_ess, max_draws=max_draws, cap=cap)
-            theta, log_w = _pad_components(theta, log_w, sub[0].shape[0])
-            sub_theta, sub_log_w = _pad_components(sub[0], sub[1], theta.shape[0])
+            theta, log_w = pad_components(theta, log_w, sub[0].shape[0])
+            sub_theta, sub_log_w = pad_components(sub[0], sub[1], theta.shape[0])
             theta[:, low], log_w[:, low] = sub_theta, sub_log_w
             ess[low], k[low], used[low] = sub[2], sub[3], sub[4]
         return theta, log_w, ess, k, used
@@ -220,9 +245,9 @@ class Posterior:
         x, y, m = self.x_support[idx], self.y_support[idx], self.mask_support[idx]
         if self.exact is not None:
             exact = type(self.exact)(self.exact.loc[idx], scale_tril=self.exact.scale_tril[idx])
-            return Posterior(self.model, x, y, m, exact=exact)
+            return Posterior(self.model, x, y, m, exact=exact, standardization=self.standardization)
         local = {key: v[idx] for key, v in self.local.items()}
-        return Posterior(self.model, x, y, m, guide=self.guide, local=local)
+        return Posterior(self.model, x, y, m, guide=self.guide, local=local, standardization=self.standardization)
 
     def importance_samples(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``theta [n, T, P]`` and log weights ``[n, T]`` targeting the model's exact posterior."""
@@ -236,15 +261,6 @@ class Posterior:
             num_samples,
             chunk=chunk,
         )
-
-    def _components(self, x, theta):
-        chunk = max(1, _CHUNK_ELEMENTS // max(1, x.shape[0] * x.shape[1] * 64))
-        locs, scales = [], []
-        for i in range(0, theta.shape[0], chunk):
-            lik = self.model.likelihood(x, self.model.split(theta[i : i + chunk]))
-            locs.append(lik.loc)
-            scales.append(lik.scale.expand_as(lik.loc))
-        return torch.cat(locs), torch.cat(scales)
 
     def _predict_exact(self, x) -> Predictive:
         if self.exact is None or not hasattr(self.model, "exact_predict"):

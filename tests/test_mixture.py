@@ -69,3 +69,58 @@ def test_bad_shapes_and_levels():
         mix.interval(1.5)
     with pytest.raises(ValueError, match="loc must have shape"):
         GaussianMixture(torch.zeros(3, 4), 1.0)
+
+
+# ---------------------------------------------------------------------- block-wise and lazy mixtures
+def _lazy_and_dense(block_elements, cache_elements):
+    g = torch.Generator().manual_seed(3)
+    n, t, q = 7, 11, 5
+    params = torch.randn(n, t, 2, generator=g, dtype=torch.float64)
+    logw = 2 * torch.randn(n, t, generator=g, dtype=torch.float64)
+    logw[5:, :4] = -math.inf  # padding for the first tasks, as when task groups are stacked
+    x = torch.randn(t, q, 1, generator=g, dtype=torch.float64)
+
+    def components(p, tasks):
+        loc = p[..., 0, None, None] * torch.sin(x[tasks] - p[..., 1, None, None])  # [n_b, T_b, Q, 1]
+        return loc, 0.2 + p[..., 0, None, None].abs()
+    dense = GaussianMixture(*components(params, slice(0, t)), logw)
+    lazy = GaussianMixture.from_parameters(params, logw, components, shape=(t, q, 1),
+                                           block_elements=block_elements, cache_elements=cache_elements)
+    return dense, lazy, torch.randn(t, q, 1, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("block_elements,cache_elements", [(1, 0), (40, 100), (10**9, 10**9)])
+def test_lazy_blockwise_mixture_equals_dense(block_elements, cache_elements):
+    dense, lazy, y = _lazy_and_dense(block_elements, cache_elements)
+    if block_elements == 1:
+        assert len(lazy._blocks) == 11  # one task per block
+    for a, b in [(dense.log_prob(y), lazy.log_prob(y)), (dense.cdf(y), lazy.cdf(y)), (dense.mean, lazy.mean),
+                 (dense.variance, lazy.variance), (dense.quantile(0.2), lazy.quantile(0.2)),
+                 (dense.nonfinite_tasks(), lazy.nonfinite_tasks())]:
+        assert torch.allclose(a, b, atol=1e-10)
+    assert torch.allclose(dense.log_weights.exp().sum(0), lazy.log_weights.exp().sum(0))
+    shifted = lazy.affine(torch.tensor([2.0], dtype=torch.float64), 1.0).affine(0.5, -3.0)  # y -> y - 2.5
+    assert torch.allclose(shifted.log_prob(y - 2.5), lazy.log_prob(y), atol=1e-10)
+    real = torch.isfinite(dense.log_weights)  # [n, T]; padding (zero weight) may sit elsewhere per block
+    assert torch.allclose(shifted.loc[real], dense.loc[real] - 2.5, atol=1e-10)
+    pruned = lazy.prune(1 - 1e-9)
+    assert torch.allclose(pruned.log_prob(y), dense.log_prob(y), atol=1e-7)
+    s = lazy.sample(20_000, generator=torch.Generator().manual_seed(0))  # [s, T, Q, 1]
+    z = (s.mean(0) - dense.mean) / (dense.std / math.sqrt(20_000))
+    assert z.abs().max() < 5  # 55 means, each within 5 standard errors
+    loc, scale = lazy.resample_components(4000)
+    assert torch.allclose(loc.mean(0), dense.mean, atol=6 * float(dense.std.max()) / math.sqrt(4000))
+
+
+def test_many_blocks_keep_memory_flat():
+    # 1000 tasks, one per block: the result is written into one output, no per-block leftovers.
+    fam_params = torch.rand(300, 1000, 2, dtype=torch.float64)
+    x = torch.rand(1000, 50, 1, dtype=torch.float64)
+
+    def components(p, tasks):
+        return p[..., 0, None, None] * torch.sin(x[tasks] - p[..., 1, None, None]), torch.tensor(0.1)
+    mix = GaussianMixture.from_parameters(fam_params, None, components, shape=(1000, 50, 1),
+                                          block_elements=1, cache_elements=0)
+    assert len(mix._blocks) == 1000
+    assert mix.sample(3).shape == (3, 1000, 50, 1)
+    assert mix.log_prob(torch.zeros(1000, 50, 1)).shape == (1000, 50)

@@ -8,13 +8,15 @@ import numpy as np
 import torch
 
 from .._compat import arviz
-from ..predictive import Posterior, systematic_resample
+from ..predictive import Posterior
 from ..tasks.batch import TaskBatch
 
 if TYPE_CHECKING:
     import arviz as az
 
 __all__ = ["to_inference_data"]
+
+_BLOCK_ELEMENTS = 2**18  # draws x query points per likelihood call (decoder activations)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -44,14 +46,6 @@ def _query_data(tasks, x_query, y_query, mask_query, num_tasks: int):
         t, j = (int(i) for i in bad.nonzero()[0])
         raise ValueError(f"y_query: non-finite value at task {t}, point {j}")
     return torch.as_tensor(x_query), y, mask
-
-
-def _components_from_predictive(predictive, n: int):
-    """``loc, scale [n, T, N, E]`` of ``n`` equally weighted components resampled from a predictive."""
-    idx = systematic_resample(predictive.log_weights, n)  # [n, T]
-    full = idx[:, :, None, None].expand(-1, -1, *predictive.shape[1:])
-    scale = torch.as_tensor(predictive.scale).expand_as(predictive.loc)
-    return torch.gather(predictive.loc, 0, full), torch.gather(scale, 0, full)
 
 
 def to_inference_data(posterior: Posterior, predictive=None, tasks: TaskBatch | None = None, *,
@@ -105,27 +99,47 @@ def to_inference_data(posterior: Posterior, predictive=None, tasks: TaskBatch | 
     return idata
 
 
+def _query_components(posterior, predictive, draws, x, n: int):
+    """``(tasks, loc, scale)`` of ``n`` equally weighted draws ``[n, T_b, N, E]``, task block by block."""
+    if predictive is not None:
+        yield from predictive.iter_resampled(n)
+        return
+    x = posterior._query(x)
+    per_block = max(1, _BLOCK_ELEMENTS // max(1, n * x.shape[1]))
+    for start in range(0, x.shape[0], per_block):
+        tasks = slice(start, min(start + per_block, x.shape[0]))
+        with torch.no_grad():
+            lik = posterior.model.likelihood(x[tasks], {k: v[:, tasks] for k, v in draws.items()})  # [n, T_b, N, E]
+        loc, scale = lik.loc, lik.scale.expand_as(lik.loc)
+        std = posterior.standardization
+        if std is not None:  # the model's scale -> natural units
+            loc, scale = std.y_inverse(loc), scale * torch.tensor(std.y_std, dtype=scale.dtype, device=scale.device)
+        yield tasks, loc, scale
+
+
 def _add_query_groups(posterior, predictive, draws, query, groups, n, dims, seed):
     x, y, mask = (v.to(posterior.device) for v in query)
-    if predictive is not None:
-        if tuple(predictive.shape) != tuple(y.shape):
-            raise ValueError(f"predictive: shape {tuple(predictive.shape)} does not match y_query {tuple(y.shape)}")
-        loc, scale = _components_from_predictive(predictive, n)
-    else:
-        lik = posterior.model.likelihood(posterior._query(x), draws)  # batch [n, T, N, E]
-        loc, scale = lik.loc, lik.scale.expand_as(lik.loc)
-    gen = None if seed is None else torch.Generator(device=loc.device).manual_seed(seed + 1)
-    y_rep = loc + scale * torch.randn(loc.shape, generator=gen, dtype=loc.dtype, device=loc.device)
-    loglik = torch.distributions.Normal(loc, scale).log_prob(y.to(loc))  # [n, T, N, E]
-    m = mask.to(loc.device)
-    e = y.shape[-1]
+    if predictive is not None and tuple(predictive.shape) != tuple(y.shape):
+        raise ValueError(f"predictive: shape {tuple(predictive.shape)} does not match y_query {tuple(y.shape)}")
+    gen = None if seed is None else torch.Generator(device=posterior.device).manual_seed(seed + 1)
+    m = mask.to(posterior.device)
+    total, e = int(m.sum()), y.shape[-1]
+    y_rep, loglik = np.empty((n, total, e)), np.empty((n, total, e))
+    start = 0
+    for tasks, loc, scale in _query_components(posterior, predictive, draws, x, n):  # bounded memory
+        mb = m[tasks]
+        stop = start + int(mb.sum())
+        noise = torch.randn(loc.shape, generator=gen, dtype=loc.dtype, device=loc.device)
+        y_rep[:, start:stop] = _np((loc + scale * noise)[:, mb])
+        loglik[:, start:stop] = _np(torch.distributions.Normal(loc, scale).log_prob(y[tasks].to(loc))[:, mb])
+        start = stop
     squeeze = (lambda a: a[..., 0]) if e == 1 else (lambda a: a)  # noqa: E731
     obs_dims = ["obs"] if e == 1 else ["obs", "y_dim"]
     groups = dict(groups)
     groups["observed_data"] = {"y": squeeze(_np(y[m]))}
     groups["constant_data"] = {"x": _np(x.to(m.device)[m])}
-    groups["posterior_predictive"] = {"y": squeeze(_np(y_rep[:, m]))[None]}
-    groups["log_likelihood"] = {"y": squeeze(_np(loglik[:, m]))[None]}
+    groups["posterior_predictive"] = {"y": squeeze(y_rep)[None]}
+    groups["log_likelihood"] = {"y": squeeze(loglik)[None]}
     dims["y"] = obs_dims
     dims["x"] = ["obs", "x_dim"]
-    return groups, {"obs": np.arange(int(m.sum()))}
+    return groups, {"obs": np.arange(total)}

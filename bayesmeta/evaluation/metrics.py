@@ -61,8 +61,8 @@ def check_observations(predictive, y, mask=None) -> tuple[torch.Tensor, torch.Te
             observed values, or a predictive whose components hold NaN/inf (naming the task).
     """
     shape = tuple(predictive.shape)
-    loc = getattr(predictive, "loc", None)
-    y = torch.as_tensor(y) if loc is None else torch.as_tensor(y).to(loc.device)
+    device = getattr(predictive, "device", None)
+    y = torch.as_tensor(y) if device is None else torch.as_tensor(y).to(device)
     if y.dim() == 2 and shape[-1] == 1:
         y = y.unsqueeze(-1)
     if tuple(y.shape) != shape:
@@ -81,11 +81,11 @@ def check_observations(predictive, y, mask=None) -> tuple[torch.Tensor, torch.Te
 
 
 def _check_finite_predictive(predictive) -> None:
-    loc = getattr(predictive, "loc", None)
-    if loc is None:
+    """Raise on a predictive whose components hold NaN/inf (anything with ``nonfinite_tasks``)."""
+    nonfinite = getattr(predictive, "nonfinite_tasks", None)
+    if nonfinite is None:
         return
-    scale = torch.as_tensor(predictive.scale).expand_as(loc)
-    bad = (~torch.isfinite(loc) | ~torch.isfinite(scale) | (scale <= 0)).flatten(2).any(-1).any(0)  # [T]
+    bad = nonfinite()  # [T], computed block by block
     if bad.any():
         raise ValueError(f"predictive: NaN, inf or non-positive scale in the samples of task {int(bad.nonzero()[0])}")
 

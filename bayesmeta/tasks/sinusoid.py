@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..mixture import GaussianMixture, heaviest
+from ..mixture import GaussianMixture, heaviest, pad_components
 from .batch import check_support
 from .family import TaskFamily
 
@@ -111,20 +111,38 @@ class Sinusoid(TaskFamily):
         """Exact Bayes posterior predictive (up to grid resolution) at ``x_query`` ``[T, N, 1]``.
 
         Integrates amplitude and phase over a ``grid x grid`` midpoint grid of the true prior;
-        components holding less than ``1 - mass`` of the posterior in total are dropped.
+        components holding less than ``1 - mass`` of the posterior in total are dropped. Works
+        on groups of tasks and keeps only each component's (amplitude, phase), so memory stays
+        bounded for any number of tasks (the mixture computes its means block by block).
         """
-        logw, amp, ph = self.oracle_log_weights(x_support, y_support, mask, grid=grid)
-        xq = torch.as_tensor(x_query).double()
+        x, y, mask = check_support(x_support, y_support, mask, x_dim=1, y_dim=1, prefix="support ")
+        xq = torch.as_tensor(x_query)
         if xq.dim() == 2:
             xq = xq.unsqueeze(-1)
-        if xq.dim() != 3 or xq.shape[0] != logw.shape[1] or xq.shape[-1] != 1:
-            raise ValueError(f"x_query must have shape [{logw.shape[1]}, N, 1]; got {tuple(xq.shape)}")
-        idx = heaviest(logw, mass)  # [m, T]
-        a, p = amp[idx], ph[idx]  # [m, T]
-        loc = a[:, :, None, None] * torch.sin(xq[None] - p[:, :, None, None])  # [m, T, N, 1]
-        out_dtype = torch.as_tensor(x_query).dtype if torch.is_tensor(x_query) else torch.float32
-        return GaussianMixture(
-            loc.to(out_dtype),
-            torch.tensor(self.noise_std, dtype=out_dtype, device=loc.device),
-            torch.gather(logw, 0, idx).to(out_dtype),
-        )
+        if xq.dim() != 3 or xq.shape[0] != x.shape[0] or xq.shape[-1] != 1:
+            raise ValueError(f"x_query must have shape [{x.shape[0]}, N, 1]; got {tuple(xq.shape)}")
+        out_dtype = xq.dtype if xq.is_floating_point() else torch.float32
+        per_group = max(1, _GRID_ELEMENTS // grid**2)
+        params, logws = [], []
+        for start in range(0, x.shape[0], per_group):
+            sl = slice(start, start + per_group)
+            logw, amp, ph = self.oracle_log_weights(x[sl], y[sl], mask[sl], grid=grid)  # [G, T_g]
+            idx = heaviest(logw, mass)  # [m, T_g]
+            params.append(torch.stack([amp[idx], ph[idx]], -1))  # [m, T_g, 2]
+            logws.append(torch.gather(logw, 0, idx))
+        m = max(p.shape[0] for p in params)
+        padded = [pad_components(p, lw, m) for p, lw in zip(params, logws, strict=True)]
+        params = torch.cat([p for p, _ in padded], 1)  # [m, T, 2]
+        logw = torch.cat([lw for _, lw in padded], 1)  # [m, T]
+        xq64, noise = xq.to(params), self.noise_std
+
+        def components(p: torch.Tensor, tasks: slice):
+            loc = p[..., 0, None, None] * torch.sin(xq64[tasks] - p[..., 1, None, None])  # [m_b, T_b, N, 1]
+            return loc, torch.tensor(noise, dtype=loc.dtype, device=loc.device)
+        # A component's mean is one sine: cheaper to recompute per use than to hold in memory.
+        return GaussianMixture.from_parameters(params, logw.to(out_dtype), components, shape=(*xq.shape[:2], 1),
+                                               dtype=out_dtype, cache_elements=0)
+
+
+_GRID_ELEMENTS = 2**24  # grid points x tasks of one group's posterior weights (128 MB in float64)
+
