@@ -24,6 +24,7 @@ from .io import atomic_torch_save
 from .models.base import HierarchicalModel
 from .predictive import Posterior
 from .tasks.batch import TaskBatch, check_support
+from .tasks.dataset import Standardization
 
 __all__ = ["BayesLearner"]
 
@@ -76,6 +77,7 @@ class BayesLearner:
         else:
             raise TypeError(f"guide must be 'diagonal', 'flow' or an AmortizedGuide; got {guide!r}")
         self.history = History()
+        self.standardization: Standardization | None = None
         self.device = next(model.parameters()).device
 
     # ------------------------------------------------------------------ training
@@ -88,7 +90,8 @@ class BayesLearner:
 
     def fit(self, source, steps: int = 2000, *, max_time: float | None = None, tasks_per_step: int = 32,
             device="cpu", seed: int = 0, lr: float = 1e-3, progress: bool = True, checkpoint=None,
-            resume: bool = False, on_checkpoint=None, distributed: bool = False, **options) -> BayesLearner:
+            resume: bool = False, on_checkpoint=None, distributed: bool = False, standardize: bool | None = None,
+            **options) -> BayesLearner:
         """Meta-train on a task family (endless) or a ``TaskBatch`` pool.
 
         Stops after ``steps`` or ``max_time`` seconds, whichever comes first. With
@@ -109,6 +112,13 @@ class BayesLearner:
             distributed: train in the ``torch.distributed`` process group of a ``torchrun``
                 launch (every rank calls ``fit`` with the same arguments; see
                 :mod:`bayesmeta.inference.distributed`). ``WORLD_SIZE=1`` trains normally.
+            standardize: train on standardised inputs and outputs (each column's mean and sd
+                over the pool's points), so data in any units train with the default learning
+                rate. ``None`` (default): on for a ``TaskBatch`` pool (your data), off for a task
+                family (synthetic families set their own scale) and for exact type-II ML (which
+                starts from the data's scale and keeps the model in natural units). ``adapt`` and
+                ``predict`` take and return natural units either way; the model's parameters
+                and ``Posterior.sample`` are on the standardised scale (``self.standardization``).
         """
         unknown = set(options) - set(TrainConfig.__dataclass_fields__)
         if unknown:
@@ -124,7 +134,23 @@ class BayesLearner:
             state = load_checkpoint(checkpoint, map_location=self.device)
             _check_resumable(state["config"], asdict(cfg))
         self.model.train()
-        if self._fits_exactly(source, distributed):
+        exact = self._fits_exactly(source, distributed)
+        if standardize is None:
+            standardize = isinstance(source, TaskBatch) and not exact and not resume
+        if standardize and not isinstance(source, TaskBatch):
+            raise ValueError("standardize=True needs a TaskBatch pool (a task family sets its own scale)")
+        if resume and state is not None:
+            saved = state.get("standardization")
+            self.standardization = None if saved is None else Standardization.from_dict(saved)
+            source = source if self.standardization is None else self.standardization.batch(source)
+        elif standardize:
+            source.validate(min_support=0)
+            self.standardization = Standardization.from_batch(source)
+            source = self.standardization.batch(source)
+        else:
+            self.standardization = None
+        extra = {"standardization": None if self.standardization is None else self.standardization.to_dict()}
+        if exact:
             self.history = fit_type2_ml(self.model, source, max_iter=steps)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, len(self.history.step), self.model, None, None, self.history, cfg,
@@ -133,7 +159,7 @@ class BayesLearner:
             ctx = init_from_env(self.device) if distributed else None
             self.history = meta_train(self.model, self.guide, source, cfg, device=self.device,
                                       conjugate=self.conjugate, checkpoint=checkpoint, resume=state,
-                                      on_checkpoint=on_checkpoint, distributed=ctx)
+                                      on_checkpoint=on_checkpoint, distributed=ctx, extra_state=extra)
         self.train_config = asdict(cfg)
         return self
 
@@ -161,14 +187,18 @@ class BayesLearner:
         x, y, mask = check_support(x_support, y_support, mask_support, x_dim=self.model.x_dim,
                                    y_dim=self.model.y_dim, prefix="support ")
         x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
+        std = self.standardization
+        if std is not None:
+            x, y = std.x(x), std.y(y)
         self.model.eval()
         with torch.no_grad():
             if self.conjugate:
-                return Posterior(self.model, x, y, mask, exact=self.model.exact_posterior(x, y, mask))
+                return Posterior(self.model, x, y, mask, exact=self.model.exact_posterior(x, y, mask),
+                                 standardization=std)
             local = self.guide.encode(x, y, mask)
         local = refine_local(self.guide, self.model, x, y, mask, local, steps=refine_steps, lr=refine_lr,
                              num_particles=self.num_particles, objective=self.objective)
-        return Posterior(self.model, x, y, mask, guide=self.guide, local=local)
+        return Posterior(self.model, x, y, mask, guide=self.guide, local=local, standardization=std)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:
@@ -185,6 +215,7 @@ class BayesLearner:
             "guide_config": None if self.guide is None else self.guide.config,
             "guide_state": None if self.guide is None else {k: v.detach().cpu() for k, v in self.guide.state_dict().items()},
             "history": self.history.as_dict(),
+            "standardization": None if self.standardization is None else self.standardization.to_dict(),
         }
         return atomic_torch_save(state, path)
 
@@ -231,6 +262,8 @@ class BayesLearner:
             learner = cls(model, guide=guide, conjugate=state["conjugate"], objective=state["objective"],
                           num_particles=state["num_particles"])
             learner.history = History(**state["history"])
+            if state.get("standardization") is not None:
+                learner.standardization = Standardization.from_dict(state["standardization"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, ImportError) as err:
             if isinstance(err, ValueError) and str(path) in str(err):
                 raise

@@ -242,12 +242,42 @@ def test_non_finite_loss_raises_and_the_last_checkpoint_stays_finite(tmp_path, m
 
     monkeypatch.setattr(trainer, "_conjugate_loss", poisoned)
     pool = bm.tasks.HierarchicalLinear(dim=1).sample(8, shots=5, generator=torch.Generator().manual_seed(0))
-    learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), conjugate=True)
+    # neural features: the stochastic training loop (fixed features would be fitted by L-BFGS)
+    learner = bm.BayesLearner(bm.models.BayesianHeadRegression(x_dim=1, num_features=4, hidden=(8,)), conjugate=True)
     with pytest.raises(FloatingPointError, match="non-finite in 1 step.s. up to step 6"):
         learner.fit(pool, steps=50, progress=False, checkpoint=tmp_path / "ckpt.pt", checkpoint_every=1)
     state = bm.inference.trainer.load_checkpoint(tmp_path / "ckpt.pt")
     assert state["step"] == 5 and all(torch.isfinite(v).all() for v in state["model"].values())
     # between checks, the step after a non-finite one fails in the Cholesky: still reported as such
     with pytest.raises(FloatingPointError, match=r"non-finite in 1 step\(s\) up to step 6"):
-        bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), conjugate=True).fit(
+        bm.BayesLearner(bm.models.BayesianHeadRegression(x_dim=1, num_features=4, hidden=(8,)), conjugate=True).fit(
             pool, steps=50, progress=False, log_every=10)
+
+
+def test_pool_in_natural_units_is_standardised_and_predicts_in_natural_units(tmp_path):
+    # Outcomes near 250 with task slopes near 10 and x in days: the default lr (1e-3) could never
+    # move an unstandardised decoder that far in a few hundred steps.
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(10.0).expand(40, 10)[..., None]  # [T, N, 1]
+    slope = 10 + 5 * torch.randn(40, 1, 1, generator=g)
+    y = 250 + 25 * torch.randn(40, 1, 1, generator=g) + slope * x + 5 * torch.randn(40, 10, 1, generator=g)
+    pool = bm.TaskBatch(x_support=x, y_support=y, mask_support=torch.ones(40, 10, dtype=torch.bool))
+    torch.manual_seed(0)
+    learner = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=2, hidden=(32, 32)))
+    learner.fit(pool, steps=300, progress=False)
+    std = learner.standardization
+    assert std is not None and abs(std.y_mean[0] - float(y.mean())) < 1e-3 and abs(std.x_mean[0] - 4.5) < 1e-6
+    pred = learner.adapt(pool[:5]).predict(x[:5], method="guide", seed=0)
+    assert float((pred.mean - y[:5]).abs().mean()) < 30  # natural units: near 250, not near 0
+    assert 150 < float(pred.mean.mean()) < 400
+    path = learner.save(tmp_path / "learner.pt")
+    again = bm.BayesLearner.load(path).adapt(pool[:5]).predict(x[:5], method="guide", seed=0)
+    assert torch.allclose(again.mean, pred.mean, atol=1e-4)
+
+
+def test_family_training_is_not_standardised():
+    learner = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=2, hidden=(8,)))
+    learner.fit(bm.tasks.Sinusoid(), steps=2, progress=False)
+    assert learner.standardization is None
+    with pytest.raises(ValueError, match="standardize=True needs a TaskBatch"):
+        learner.fit(bm.tasks.Sinusoid(), steps=2, progress=False, standardize=True)

@@ -220,7 +220,8 @@ def _train(plan: _FitPlan, args, out: Path, *, distributed: bool, main: bool) ->
                      tasks_per_step=t.tasks_per_step, lr=t.lr, seed=t.seed, device=t.device,
                      progress=not args.no_progress, checkpoint=out / CHECKPOINT, resume=args.resume,
                      checkpoint_every=t.checkpoint_every, distributed=distributed,
-                     on_checkpoint=lambda step, history: _write_metrics(out, history))
+                     on_checkpoint=lambda step, history: _write_metrics(out, history),
+                     standardize=False)  # the run standardised the data itself (standardisation.json)
 
 
 def _write_run(plan: _FitPlan, out: Path) -> None:

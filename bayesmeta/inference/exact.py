@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from ..tasks.batch import TaskBatch
-from .trainer import History
+from .trainer import History, pool_points
 
 __all__ = ["fit_type2_ml", "ConvergenceWarning"]
 
@@ -38,19 +38,29 @@ def fit_type2_ml(model, pool: TaskBatch, *, max_iter: int = 500, grad_tol: float
     Returns:
         The :class:`~bayesmeta.inference.History` (one entry per iteration; loss per task).
 
+    Raises:
+        ValueError: a task with no observed point, or dimensions the model does not have.
+        FloatingPointError: the objective became non-finite (the model is left as it was).
+
     Warns:
         ConvergenceWarning: the gradient test was not met within ``max_iter`` iterations.
     """
     if not getattr(model, "fixed_features", False):
         raise ValueError(f"fit_type2_ml needs a linear-Gaussian model with fixed features; got {type(model).__name__}")
-    pool.validate(min_support=0)
-    x, y, mask = pool.all_points()
+    x, y, mask = pool_points(pool, model.x_dim, model.y_dim)
     dtype = next(model.parameters()).dtype
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.double()
     try:
-        return _lbfgs(model, x, y, mask, max_iter=max_iter, grad_tol=grad_tol, init=init)
-    finally:
-        model.to(dtype)
+        history = _lbfgs(model, x, y, mask, max_iter=max_iter, grad_tol=grad_tol, init=init)
+    except Exception:
+        model.to(dtype).load_state_dict(before)  # a failed fit leaves the model as it was
+        raise
+    model.to(dtype)
+    if not all(torch.isfinite(v).all() for v in model.state_dict().values()):
+        model.load_state_dict(before)
+        raise FloatingPointError("type-II ML: the parameters became non-finite; the model is left as it was")
+    return history
 
 
 def _lbfgs(model, x, y, mask, *, max_iter: int, grad_tol: float, init: bool) -> History:

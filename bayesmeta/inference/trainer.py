@@ -28,7 +28,8 @@ from .distributed import DistributedContext, all_reduce_, broadcast_parameters, 
 from .objectives import OBJECTIVES, make_objective
 
 __all__ = [
-    "TrainConfig", "History", "TaskStream", "load_checkpoint", "meta_train", "resolve_device", "save_checkpoint",
+    "TrainConfig", "History", "TaskStream", "load_checkpoint", "meta_train", "pool_points", "resolve_device",
+    "save_checkpoint",
 ]
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -102,6 +103,19 @@ class History:
         return {"step": self.step, "loss": self.loss, "time": self.time, "lr": self.lr}
 
 
+def pool_points(pool: TaskBatch, x_dim: int, y_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A validated pool's points (support and query together), each task with at least one."""
+    pool.validate(min_support=0)
+    x, y, mask = pool.all_points()
+    empty = (mask.sum(-1) == 0).nonzero()
+    if len(empty):
+        raise ValueError(f"task pool: task {int(empty[0, 0])} has no observed points")
+    if x.shape[-1] != x_dim or y.shape[-1] != y_dim:
+        raise ValueError(f"task pool has x_dim={x.shape[-1]}, y_dim={y.shape[-1]}; the model expects "
+                         f"x_dim={x_dim}, y_dim={y_dim}")
+    return x, y, mask
+
+
 class TaskStream:
     """Yields ``(x, y, mask, num_tasks)`` mini-batches on ``device`` from a family or a pool."""
 
@@ -117,16 +131,7 @@ class TaskStream:
                 )
             self.family, self.pool = source, None
         elif isinstance(source, TaskBatch):
-            source.validate(min_support=0)
-            x, y, mask = source.all_points()
-            empty = (mask.sum(-1) == 0).nonzero()
-            if len(empty):
-                raise ValueError(f"task pool: task {int(empty[0, 0])} has no observed points")
-            if x.shape[-1] != x_dim or y.shape[-1] != y_dim:
-                raise ValueError(
-                    f"task pool has x_dim={x.shape[-1]}, y_dim={y.shape[-1]}; the model expects "
-                    f"x_dim={x_dim}, y_dim={y_dim}"
-                )
+            x, y, mask = pool_points(source, x_dim, y_dim)
             if world_size > len(x):
                 raise ValueError(f"task pool: {len(x)} tasks cannot be sharded over {world_size} processes")
             shard = slice(rank, None, world_size)  # disjoint shards: rank r trains on tasks r, r + W, ...
@@ -176,7 +181,7 @@ def set_lr(optim, cfg, step: int, elapsed: float) -> None:
 
 def meta_train(model, guide, source, config: TrainConfig, *, device: torch.device,
                conjugate: bool = False, checkpoint=None, resume: dict | None = None, on_checkpoint=None,
-               distributed: DistributedContext | None = None) -> History:
+               distributed: DistributedContext | None = None, extra_state: dict | None = None) -> History:
     """Maximise the meta-training objective; returns the :class:`History`.
 
     Args:
@@ -195,6 +200,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
             distributed resume restores the weights and optimiser on every rank and starts fresh
             per-rank random streams (statistically equivalent, not bit-exact).
         on_checkpoint: called as ``on_checkpoint(step, history)`` after each checkpoint.
+        extra_state: stored in every checkpoint as well (e.g. the learner's standardisation).
         distributed: a :class:`~bayesmeta.inference.distributed.DistributedContext`: this rank
             trains on its own tasks and gradients are summed over ranks every step (see
             :mod:`bayesmeta.inference.distributed`); only rank 0 checkpoints and shows progress.
@@ -230,8 +236,9 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
     bar = tqdm(total=cfg.steps, initial=first - 1, disable=not (cfg.progress and main), desc="meta-training",
                leave=False)
     step, bad_steps = first - 1, torch.zeros((), dtype=torch.int64, device=device)
-    save = lambda: _checkpoint(checkpoint, step, model, guide, optim, stream, history,  # noqa: E731
-                               time.perf_counter() - start, cfg, on_checkpoint)
+    save = lambda: save_checkpoint(checkpoint, step, model, guide, optim, history, cfg,  # noqa: E731
+                                   elapsed=time.perf_counter() - start, stream=stream, on_checkpoint=on_checkpoint,
+                                   extra=extra_state)
     try:
         for step in range(first, cfg.steps + 1):
             set_lr(optim, cfg, step, time.perf_counter() - start)
@@ -303,13 +310,9 @@ def _rng_states(stream) -> dict:
     return states
 
 
-def _checkpoint(path, step, model, guide, optim, stream, history, elapsed, cfg, on_checkpoint) -> None:
-    save_checkpoint(path, step, model, guide, optim, history, cfg, elapsed=elapsed, stream=stream,
-                    on_checkpoint=on_checkpoint)
-
-
 def save_checkpoint(path, step: int, model, guide, optim, history: History, cfg: TrainConfig, *,
-                    elapsed: float | None = None, stream: TaskStream | None = None, on_checkpoint=None) -> None:
+                    elapsed: float | None = None, stream: TaskStream | None = None, on_checkpoint=None,
+                    extra: dict | None = None) -> None:
     """Write a training checkpoint atomically (model, guide, optimiser, history, random states).
 
     ``optim`` and ``stream`` may be ``None`` (a fit without them, e.g. exact type-II ML).
@@ -319,7 +322,8 @@ def save_checkpoint(path, step: int, model, guide, optim, history: History, cfg:
              "elapsed": elapsed if elapsed is not None else (history.time[-1] if history.time else 0.0),
              "config": asdict(cfg), "model": model.state_dict(),
              "guide": None if guide is None else guide.state_dict(),
-             "optimizer": None if optim is None else optim.state_dict(), "history": history.as_dict(), "rng": rng}
+             "optimizer": None if optim is None else optim.state_dict(), "history": history.as_dict(), "rng": rng,
+             **(extra or {})}
     atomic_torch_save(state, path)
     if on_checkpoint is not None:
         on_checkpoint(step, history)

@@ -80,7 +80,26 @@ class Standardization:
 
     def predictive(self, pred):
         """A predictive on the standardised scale -> the original units (mixture loc and scale)."""
-        return pred.affine(self._t(self.y_std, pred.loc), self._t(self.y_mean, pred.loc))
+        t = lambda vals: torch.tensor(vals, dtype=pred.dtype, device=pred.device)  # noqa: E731
+        return pred.affine(t(self.y_std), t(self.y_mean))
+
+    @classmethod
+    def from_batch(cls, batch: TaskBatch) -> Standardization:
+        """Mean and std of every column over a pool's observed points (support and query), in
+        float64; a constant column gets std 1."""
+        x, y, mask = batch.all_points()
+        m = mask.reshape(-1)
+        xs, ys = x.reshape(-1, x.shape[-1])[m].double(), y.reshape(-1, y.shape[-1])[m].double()
+
+        def sd(v):
+            s = v.std(0, unbiased=False)
+            return torch.where(s > 1e-12 * (1 + v.mean(0).abs()), s, torch.ones_like(s))
+
+        return cls(tuple(xs.mean(0).tolist()), tuple(sd(xs).tolist()), tuple(ys.mean(0).tolist()), tuple(sd(ys).tolist()))
+
+    def is_identity(self, tol: float = 1e-6) -> bool:
+        return all(abs(v) < tol for v in self.x_mean + self.y_mean) and all(
+            abs(v - 1) < tol for v in self.x_std + self.y_std)
 
     def to_dict(self) -> dict:
         return {k: list(getattr(self, k)) for k in ("x_mean", "x_std", "y_mean", "y_std")}
