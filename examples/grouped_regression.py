@@ -53,7 +53,7 @@ def main(args):
     codes = [bayesmeta(fit),
              bayesmeta(["evaluate", str(run), "--data", str(out / "test.csv"), "--shots", "1", "3", "5"]),
              bayesmeta(["predict", str(run), "--support", str(out / "new_subject.csv"), "--query",
-                        str(out / "grid.csv"), "--out", str(out / "predictions.csv")]),
+                        str(out / "grid.csv"), "--out", str(out / "predictions.csv"), "--force"]),
              bayesmeta(["report", str(run)])]
     if any(codes):
         raise SystemExit(f"a bayesmeta command failed (exit codes {codes})")

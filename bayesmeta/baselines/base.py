@@ -20,6 +20,7 @@ from ..inference.distributed import all_reduce_, broadcast_parameters, check_sam
 from ..inference.trainer import OPTIMIZERS, History, TaskStream, resolve_device, set_lr
 from ..predictive import Predictive
 from ..tasks.batch import TaskBatch, check_support
+from ..tasks.dataset import Standardization
 from .network import GaussianMLP
 
 __all__ = ["BaselineConfig", "GradientMetaLearner", "AdaptedTasks"]
@@ -115,8 +116,12 @@ class AdaptedTasks:
         if x.dim() != 3 or x.shape[0] != self.num_tasks or x.shape[-1] != net.x_dim:
             raise ValueError(f"x must have shape [{self.num_tasks}, N, {net.x_dim}] or [N, {net.x_dim}]; "
                              f"got {tuple(x.shape)}")
+        std = self.learner.standardization
+        if std is not None:
+            x = std.x(x)
         mean, scale = vmap(lambda p, xi: functional_call(net, p, (xi,)))(self.params, x)  # [T, N, E]
-        return Predictive(mean[None], scale[None], None, method=type(self.learner).__name__)
+        pred = Predictive(mean[None], scale[None], None, method=type(self.learner).__name__)
+        return pred if std is None else std.predictive(pred)
 
 
 class GradientMetaLearner:
@@ -143,6 +148,7 @@ class GradientMetaLearner:
         self.inner_steps, self.inner_lr = inner_steps, float(inner_lr)
         self.adapt_steps = inner_steps if adapt_steps is None else adapt_steps
         self.history, self.device = History(), torch.device("cpu")
+        self.standardization: Standardization | None = None  # set by fit on a TaskBatch pool
         self._distributed, self._time_up = None, False
 
     # ------------------------------------------------------------------ inner loop
@@ -215,13 +221,15 @@ class GradientMetaLearner:
 
     def fit(self, source, steps: int = 2000, *, max_time: float | None = None, tasks_per_step: int = 25,
             device="cpu", seed: int = 0, lr: float = 1e-3, progress: bool = True, distributed: bool = False,
-            **options) -> GradientMetaLearner:
+            standardize: bool | None = None, **options) -> GradientMetaLearner:
         """Meta-train on a task family (endless) or a ``TaskBatch`` pool; same signature as ``BayesLearner.fit``.
 
         Stops after ``steps`` or ``max_time`` seconds, whichever comes first. Further options are
         fields of :class:`BaselineConfig`. With ``distributed=True`` (under ``torchrun``) each rank
         draws its own tasks and gradients are averaged over ranks every step. Returns ``self``; the
-        trace is ``self.history``.
+        trace is ``self.history``. ``standardize`` as in ``BayesLearner.fit``: by default a
+        ``TaskBatch`` pool is standardised (each column's mean and sd), so data in natural units
+        train at the default learning rate; ``adapt`` and ``predict`` stay in natural units.
         """
         unknown = set(options) - set(BaselineConfig.__dataclass_fields__)
         if unknown:
@@ -229,6 +237,7 @@ class GradientMetaLearner:
         cfg = BaselineConfig(steps=steps, max_time=max_time, tasks_per_step=tasks_per_step, seed=seed, lr=lr,
                              progress=progress, **options)
         self.to(device)
+        source = self._standardize(source, standardize)
         ctx = init_from_env(self.device) if distributed else None
         rank, world = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
         torch.manual_seed(cfg.seed + 1_000_003 * rank)
@@ -244,6 +253,15 @@ class GradientMetaLearner:
             self._distributed = None
         self.train_config = asdict(cfg)
         return self
+
+    def _standardize(self, source, standardize: bool | None):
+        if standardize is None:
+            standardize = isinstance(source, TaskBatch)
+        if standardize and not isinstance(source, TaskBatch):
+            raise ValueError("standardize=True needs a TaskBatch pool (a task family sets its own scale)")
+        self.standardization = (Standardization.from_batch(source.validate(min_support=0))
+                                 if standardize else None)
+        return source if self.standardization is None else self.standardization.batch(source)
 
     def _train(self, stream, optim, cfg: BaselineConfig, *, show: bool) -> History:
         history, start = History(), time.perf_counter()
@@ -304,5 +322,8 @@ class GradientMetaLearner:
         if not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an int >= 0; got {steps!r}")
         x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
+        std = self.standardization
+        if std is not None:
+            x, y = std.x(x), std.y(y)
         adapted = self.adapt_batch(x, y, mask, steps=steps, first_order=True)
         return AdaptedTasks(self, {k: v.detach() for k, v in adapted.items()}, x.shape[0])

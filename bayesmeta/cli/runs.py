@@ -120,11 +120,9 @@ def _check_checkpoint(out: Path) -> None:
         load_checkpoint(path)
     except OSError as err:
         raise file_error(err, path, "read") from err
-    except ValueError as err:
+    except ValueError as err:  # load_checkpoint names the file in every ValueError
         if str(path) in str(err):
             raise
-        raise _corrupt(path, err) from err
-    except Exception as err:  # torch.load fails in many ways on damaged files
         raise _corrupt(path, err) from err
 
 
@@ -370,7 +368,8 @@ def cmd_evaluate(args) -> Evaluation:
     for name in args.baseline or ():
         base = BASELINES[name](x_dim=base_data.x_dim, y_dim=base_data.y_dim)
         _say(f"training baseline {name} for {args.baseline_steps} steps on the run's training tasks ...")
-        base.fit(base_data.to_batch(std), args.baseline_steps, seed=cfg.train.seed, progress=not args.no_progress)
+        base.fit(base_data.to_batch(std), args.baseline_steps, seed=cfg.train.seed, progress=not args.no_progress,
+                 standardize=False)  # already on the run's standardised scale
         methods.append((name, standardised_predictor(base, std)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # skipped tasks were reported above

@@ -330,11 +330,22 @@ def save_checkpoint(path, step: int, model, guide, optim, history: History, cfg:
 
 
 def load_checkpoint(path, *, map_location="cpu") -> dict:
-    """Read a training checkpoint written by :func:`meta_train` (``weights_only`` loading)."""
+    """Read a training checkpoint written by :func:`meta_train` (``weights_only`` loading).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        OSError: the file cannot be read (permissions, I/O).
+        ValueError: not a bayesmeta checkpoint, or a corrupt or truncated one (naming ``path``).
+    """
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no checkpoint to resume from") from None
+    except OSError:
+        raise
+    except Exception as err:  # torch.load fails in many ways on damaged files (never retry unsafely)
+        raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}); it cannot be "
+                         f"resumed") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a bayesmeta training checkpoint ({CHECKPOINT_FORMAT})")
     return state
