@@ -16,6 +16,7 @@ DEFAULT_SAMPLES = {"importance": 1000, "guide": 200}
 _CHUNK_ELEMENTS = 2**25  # decoder rows x 64 per chunk when evaluating many samples
 _DRAW_ELEMENTS = 2**24  # draws x tasks x (parameters + support points) held at once
 _BLOCK_ELEMENTS = 2**18  # components x query points per likelihood call (decoder activations)
+MAX_TASK_ELEMENTS = 2**28  # one task's draws x (parameters + points), or draws x query points: ~1 GB
 
 
 class Predictive(GaussianMixture):
@@ -181,6 +182,11 @@ class Posterior:
         if method == "exact":
             return self._predict_exact(x)
         n = _check_num_samples(DEFAULT_SAMPLES[method] if num_samples is None else num_samples)
+        self._task_chunks(max(n, max_draws or 16 * n) if method == "importance" else n)  # checks the draws' bound
+        if n * x.shape[1] * self.model.y_dim > MAX_TASK_ELEMENTS:
+            raise ValueError(f"x: {x.shape[1]} query points x {n} draws is {n * x.shape[1]:.2e} mixture components "
+                             f"per task (at most {MAX_TASK_ELEMENTS:.2e}); predict on fewer query points at a time "
+                             f"or with a smaller num_samples")
         with _seeded(seed, self.device):
             theta, log_w, ess, k, used = self._draws(method, n, min_ess=min_ess, max_draws=max_draws or 16 * n)
         return Predictive.from_parameters(
@@ -190,6 +196,10 @@ class Posterior:
     def _task_chunks(self, draws_per_task: int) -> list[torch.Tensor]:
         """Task indices in groups small enough that draws x tasks x (P + S) stays bounded."""
         per_task = draws_per_task * (self.model.param_dim + self.x_support.shape[1] + 1)
+        if per_task > MAX_TASK_ELEMENTS:
+            raise ValueError(
+                f"num_samples/max_draws: {draws_per_task} draws per task x {self.x_support.shape[1]} support points "
+                f"need {per_task:.2e} elements for one task (at most {MAX_TASK_ELEMENTS:.2e}); use fewer draws")
         size = max(1, _DRAW_ELEMENTS // per_task)
         idx = torch.arange(self.num_tasks, device=self.device)
         return list(idx.split(size))

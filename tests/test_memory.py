@@ -61,3 +61,17 @@ inside = ((b.y_query >= lo) & (b.y_query <= hi)).double().mean()
 assert 0.88 < float(inside) < 0.92  # the exact predictive covers 90 % (1e5 points)
 """)
     assert peak < LIMIT_GB
+
+
+def test_requests_beyond_the_bound_are_clear_errors_not_oom_kills():
+    import torch
+
+    import bayesmeta as bm
+
+    fam = bm.tasks.Sinusoid(noise_std=0.1)
+    b = fam.sample(2, shots=3, num_query=5, generator=torch.Generator().manual_seed(0))
+    post = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=2, hidden=(8,))).adapt(b)
+    with pytest.raises(ValueError, match="num_samples/max_draws"):
+        post.predict(b.x_query, num_samples=10**8)
+    with pytest.raises(ValueError, match="fewer query points"):
+        post.predict(torch.zeros(2, 10**6, 1), method="guide", num_samples=1000)
