@@ -16,9 +16,14 @@ def _pool():
     return bm.tasks.HierarchicalLinear(dim=1, noise_std=0.5).sample(16, shots=6, generator=torch.Generator().manual_seed(0))
 
 
+def _model():
+    # neural features: the stochastic training loop (fixed features are fitted exactly by L-BFGS, in one process)
+    return bm.models.BayesianHeadRegression(x_dim=1, num_features=4, hidden=(8,))
+
+
 def _learner():
     torch.manual_seed(0)
-    return bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), conjugate=True)
+    return bm.BayesLearner(_model(), conjugate=True)
 
 
 def _flat(learner):
@@ -83,7 +88,7 @@ def test_two_ranks_equal_one_process_on_the_union(tmp_path):
     assert torch.allclose(r0, _flat(single), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(r0, _flat(_learner()), atol=1e-3)  # training moved the parameters
     state = bm.inference.trainer.load_checkpoint(tmp_path / "ckpt.pt")  # rank 0's checkpoint loads in one process
-    model = bm.models.HierarchicalLinearRegression(x_dim=1)
+    model = _model()
     model.load_state_dict(state["model"])
     assert torch.allclose(torch.cat([p.detach().reshape(-1) for p in model.parameters()]), r0)
 
