@@ -10,6 +10,7 @@ failure at any point (a full disk, a read-only directory) removes the temporary 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -111,3 +112,26 @@ def read_json(path, what: str = "JSON file"):
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON (the {what}): {err.msg} at line {err.lineno}") from None
+
+
+@contextlib.contextmanager
+def open_csv(path):
+    """A ``csv.reader`` over a UTF-8 file (a byte-order mark, as Excel writes, is skipped).
+
+    Every way reading can fail becomes one error naming the file: a directory or a missing
+    file, bytes that are not UTF-8, malformed CSV, or an OS error (with its real cause).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a CSV file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            yield csv.reader(f)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a readable CSV file ({err})") from None
+    except OSError as err:
+        raise file_error(err, path, "read") from err

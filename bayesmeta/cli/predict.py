@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..config import FitConfig
-from ..io import atomic_write_text, file_error
+from ..io import atomic_write_text, open_csv
 from ..tasks import Standardization, TaskDataset
 from ..tasks.dataset import _parse_float
 from .rundir import Undo
@@ -40,33 +40,17 @@ def _check_out(out: Path, *, force: bool) -> Path:
     return parent
 
 
-def _check_input(path: Path) -> None:
-    if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a directory, not a CSV file")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-
-
 def _query_rows(path: Path, cfg: FitConfig) -> tuple[list, bool, list]:
     """``(header, has task column, [(file row number, fields)])`` of the query CSV."""
-    _check_input(path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise ValueError(f"{path}: empty file (no header row)")
-            header = [h.strip() for h in header]
-            missing = [c for c in cfg.data.x if c not in header]
-            if missing:
-                raise ValueError(f"{path}: missing x column(s) {missing}; the file has {header}")
-            rows = [(i, r) for i, r in enumerate(reader, start=2) if r and any(c.strip() for c in r)]
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
-    except csv.Error as err:
-        raise ValueError(f"{path}: not a readable CSV file ({err})") from None
-    except OSError as err:
-        raise file_error(err, path, "read") from err
+    with open_csv(path) as reader:
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: empty file (no header row)")
+        header = [h.strip() for h in header]
+        missing = [c for c in cfg.data.x if c not in header]
+        if missing:
+            raise ValueError(f"{path}: missing x column(s) {missing}; the file has {header}")
+        rows = [(i, r) for i, r in enumerate(reader, start=2) if r and any(c.strip() for c in r)]
     if not rows:
         raise ValueError(f"{path}: no data rows")
     return header, cfg.data.task in header, rows
@@ -100,14 +84,11 @@ def _read_query(path: Path, cfg: FitConfig, std: Standardization) -> tuple[list,
 def _read_support(path: Path, cfg: FitConfig, std: Standardization):
     """Support rows of new tasks: with the task column, several tasks; without it, one task "new"."""
     d = cfg.data
-    _check_input(path)
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            header = [h.strip() for h in (next(csv.reader(f), None) or [])]
-    except (UnicodeDecodeError, csv.Error):
-        header = []  # from_csv reports it with the row
-    except OSError as err:
-        raise file_error(err, path, "read") from err
+        with open_csv(path) as reader:
+            header = [h.strip() for h in (next(reader, None) or [])]
+    except ValueError:  # not UTF-8 or not CSV: from_csv reports it with the row
+        header = []
     ds = TaskDataset.from_csv(path, task=d.task if d.task in header else None, x=list(d.x), y=list(d.y))
     ds.check_standardized(std, what="with the run's standardisation")
     return ds.task_ids, ds

@@ -8,7 +8,6 @@ tasks, stored with a run) maps x and y to zero mean and unit variance and back.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import file_error
+from ..io import open_csv
 from .batch import TaskBatch
 
 __all__ = ["FLOAT32_MAX", "SAFE_ABS", "Standardization", "TaskDataset"]
@@ -273,20 +272,9 @@ class TaskDataset:
         """
         path = Path(path)
         x, y = [x] if isinstance(x, str) else list(x), [y] if isinstance(y, str) else list(y)
-        if path.is_dir():
-            raise IsADirectoryError(f"{path}: is a directory, not a CSV file")
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
         wanted = {"x": x, "y": y} if task is None else {"task": [task], "x": x, "y": y}
-        try:
-            with path.open(newline="", encoding="utf-8-sig") as f:
-                ids, xs, ys, rows = _read_rows(csv.reader(f), wanted, str(path), single_task)
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
-        except csv.Error as err:
-            raise ValueError(f"{path}: not a readable CSV file ({err})") from None
-        except OSError as err:
-            raise file_error(err, path, "read") from err
+        with open_csv(path) as reader:
+            ids, xs, ys, rows = _read_rows(reader, wanted, str(path), single_task)
         return cls.from_arrays(ids, xs, ys, x_names=x, y_names=y, source=str(path), row_numbers=rows)
 
     @classmethod
