@@ -61,7 +61,7 @@ def check_observations(predictive, y, mask=None) -> tuple[torch.Tensor, torch.Te
             observed values, or a predictive whose components hold NaN/inf (naming the task).
     """
     shape = tuple(predictive.shape)
-    device = getattr(predictive, "device", None)
+    device = getattr(predictive, "device", None) or getattr(getattr(predictive, "loc", None), "device", None)
     y = torch.as_tensor(y) if device is None else torch.as_tensor(y).to(device)
     if y.dim() == 2 and shape[-1] == 1:
         y = y.unsqueeze(-1)
