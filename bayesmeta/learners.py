@@ -99,7 +99,8 @@ class BayesLearner:
         ``TaskBatch`` pool, the fit is exact type-II maximum likelihood instead: full-batch L-BFGS
         from the data's own scale (:func:`~bayesmeta.inference.fit_type2_ml`; ``steps`` bounds
         its iterations, a :class:`~bayesmeta.inference.ConvergenceWarning` says when it did not
-        converge), so data in natural units need no standardising. Further options
+        converge), so data in natural units need no standardising; it ignores ``max_time``, ``lr``,
+        ``tasks_per_step`` and ``seed`` (a deterministic full-batch fit) and a resume refits. Further options
         are fields of :class:`~bayesmeta.inference.TrainConfig` (``max_points``, ``clip_norm``,
         ``optimizer``, ``final_lr_fraction``, ``checkpoint_every``, ...). Returns ``self``; the
         trace is ``self.history``.
@@ -154,7 +155,7 @@ class BayesLearner:
             self.history = fit_type2_ml(self.model, source, max_iter=steps)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, len(self.history.step), self.model, None, None, self.history, cfg,
-                                on_checkpoint=on_checkpoint)
+                                on_checkpoint=on_checkpoint, extra=extra)
         else:
             ctx = init_from_env(self.device) if distributed else None
             self.history = meta_train(self.model, self.guide, source, cfg, device=self.device,

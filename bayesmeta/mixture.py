@@ -162,7 +162,8 @@ class GaussianMixture:
             attributes: set on the new object (subclasses' extra fields).
         """
         n, t = params.shape[:2]
-        log_w = cls._normalised(log_weights, (n, t), params)
+        dtype = dtype or params.dtype
+        log_w = cls._normalised(log_weights, (n, t), params.new_empty((), dtype=dtype)).to(dtype)
         per_block = max(1, block_elements // max(1, n * int(shape[1]) * int(shape[2])))
         blocks = []
         for sl in _task_slices(t, per_block):
@@ -173,7 +174,7 @@ class GaussianMixture:
                 lw, pb = lw[rows], pb[rows]
             blocks.append(_Block(sl, lw, params=pb))
         obj = cls.__new__(cls)
-        obj._setup(blocks, torch.Size(shape), dtype or params.dtype, params.device, fn=components,
+        obj._setup(blocks, torch.Size(shape), dtype, params.device, fn=components,
                    cache=[cache_elements])
         for b in blocks:  # computed now while the cache holds them; only the rest is computed on use
             obj._components(b)

@@ -223,8 +223,12 @@ class Posterior:
         return (theta, log_w, *(torch.cat([p[i] for p in parts]) for i in (2, 3, 4)))
 
     def _likelihood_components(self, x: torch.Tensor):
-        """``(params [n_b, T_b, P], tasks) -> (loc, scale)`` of the model's likelihood on ``x``."""
-        model = self.model
+        """``(params [n_b, T_b, P], tasks) -> (loc, scale)`` of the model's likelihood on ``x``.
+
+        Blocks beyond the predictive's cache are computed when used, from the model as it is then
+        (a copy of ``x`` is kept); see :meth:`GaussianMixture.from_parameters`.
+        """
+        model, x = self.model, x.clone()
 
         def components(params: torch.Tensor, tasks: slice):
             with torch.no_grad():

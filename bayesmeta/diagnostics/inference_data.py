@@ -53,6 +53,10 @@ def to_inference_data(posterior: Posterior, predictive=None, tasks: TaskBatch | 
                       method: str | None = None, task_ids=None, seed: int | None = 0) -> az.InferenceData:
     """Convert a posterior over task parameters (and predictions on query points) to ArviZ.
 
+    For a learner trained on standardised data (``posterior.standardization``), the posterior group
+    holds task parameters on the model's standardised scale, and the query groups are in natural
+    units.
+
     Groups (one chain; the draws are independent, equally weighted):
 
     * ``posterior``: every task site, dims ``(chain, draw, task, {site}_dim_0, ...)``, with the

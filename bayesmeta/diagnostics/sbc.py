@@ -81,6 +81,10 @@ def _inputs(x, num_simulations: int) -> torch.Tensor:
 
 def _posterior_draws(posterior, model, x, y, mask, n: int, method, seed: int) -> torch.Tensor:
     if hasattr(posterior, "adapt"):
+        std = getattr(posterior, "standardization", None)
+        if std is not None:  # simulated on the model's (standardised) scale; adapt takes natural units
+            x = std.x_inverse(x)
+            y = std.y_inverse(y)
         draws = posterior.adapt(x, y, mask).sample(n, method=method, seed=seed)
     elif callable(posterior):
         draws = posterior(x, y, mask, n)
@@ -138,3 +142,4 @@ def expected_rank_band(num_simulations: int, num_posterior_samples: int, bins: i
     z = torch.special.ndtri(torch.tensor(0.5 + level / 2)).item()
     half = z * math.sqrt(num_simulations * p * (1 - p))
     return mean - half, mean + half
+

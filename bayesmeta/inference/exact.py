@@ -36,7 +36,8 @@ def fit_type2_ml(model, pool: TaskBatch, *, max_iter: int = 500, grad_tol: float
         init: start from :meth:`init_from_data` (otherwise from the model's current values).
 
     Returns:
-        The :class:`~bayesmeta.inference.History` (one entry per iteration; loss per task).
+        The :class:`~bayesmeta.inference.History` (one entry per objective evaluation, line-search
+        trials included; loss per task). The model holds the best point evaluated.
 
     Raises:
         ValueError: a task with no observed point, or dimensions the model does not have.
@@ -73,21 +74,43 @@ def _lbfgs(model, x, y, mask, *, max_iter: int, grad_tol: float, init: bool) -> 
     optim = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
                               tolerance_grad=grad_tol, tolerance_change=1e-14)
     history, start = History(), time.perf_counter()
+    best = {"loss": float("inf"), "state": None, "grad": float("inf")}
 
     def closure():
         optim.zero_grad(set_to_none=True)
-        loss = -model.log_marginal_likelihood(x, y, mask, validate=False).sum() / points  # per point
+        try:
+            loss = -model.log_marginal_likelihood(x, y, mask, validate=False).sum() / points  # per point
+        except torch.linalg.LinAlgError as err:  # a step to the boundary (e.g. noise -> 0): stop there
+            raise _Boundary from err
+        if not torch.isfinite(loss):
+            raise _Boundary
         loss.backward()
+        value = float(loss.detach())
         history.step.append(len(history.step) + 1)
-        history.loss.append(float(loss.detach()) * points / tasks)
+        history.loss.append(value * points / tasks)
         history.time.append(time.perf_counter() - start)
         history.lr.append(1.0)
+        if value < best["loss"]:  # the best point evaluated so far (not a rejected line-search trial)
+            best.update(loss=value, state={k: v.detach().clone() for k, v in model.state_dict().items()},
+                        grad=max(float(p.grad.abs().max()) for p in params if p.grad is not None))
         return loss
 
-    optim.step(closure)
-    grad = max(float(p.grad.abs().max()) for p in params if p.grad is not None)
-    if not (grad <= grad_tol * 10) or not torch.isfinite(torch.tensor(history.loss[-1])):
-        warnings.warn(f"type-II ML (L-BFGS) stopped after {len(history.step)} evaluations with the largest "
-                      f"gradient {grad:.2e} > {grad_tol * 10:.1e}: not converged; try max_iter > {max_iter} or "
-                      f"check the data", ConvergenceWarning, stacklevel=3)
+    boundary = False
+    try:
+        optim.step(closure)
+    except _Boundary:
+        boundary = True
+    if best["state"] is None:
+        raise FloatingPointError("type-II ML: the objective is not finite at the starting point")
+    model.load_state_dict(best["state"])
+    if boundary or not best["grad"] <= grad_tol * 10:
+        why = ("a step towards the boundary of the parameter space failed (e.g. the noise going to zero: "
+               "the data may not identify it)" if boundary else
+               f"the largest gradient is {best['grad']:.2e} > {grad_tol * 10:.1e}; try max_iter > {max_iter}")
+        warnings.warn(f"type-II ML (L-BFGS) not converged after {len(history.step)} evaluations: {why}; the "
+                      f"model holds the best point found", ConvergenceWarning, stacklevel=3)
     return history
+
+
+class _Boundary(Exception):
+    """The objective could not be evaluated at a trial point (non-finite, or a failed Cholesky)."""

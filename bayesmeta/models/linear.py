@@ -78,7 +78,11 @@ class LinearGaussianModel(HierarchicalModel):
         else:
             noise_var = ((y_m - phi_m @ pooled) ** 2).sum() / n.sum().clamp_min(1)
         w = per_task[..., 0][n >= f]  # tasks whose own fit is determined
-        cov = torch.cov(w.T).reshape(f, f) if w.shape[0] >= 2 else torch.diag(pooled[:, 0] ** 2 + 1.0)
+        if w.shape[0] >= 2:
+            cov = torch.cov(w.T).reshape(f, f)
+        else:  # no task determines its own weights: a prior that lets each feature explain all of y's spread
+            var_y = ((y_m - phi_m @ pooled) ** 2).sum() / n.sum().clamp_min(1)
+            cov = torch.diag(var_y / ((phi_m**2).sum((0, 1)) / n.sum().clamp_min(1)).clamp_min(1e-12))
         scale = cov.diagonal().mean().clamp_min(1e-12)
         tril = torch.linalg.cholesky(cov + 1e-3 * scale * eye)
         self._set_prior(pooled[:, 0], tril, noise_var.clamp_min(1e-12).sqrt())

@@ -68,6 +68,9 @@ class Standardization:
     def y(self, y: torch.Tensor) -> torch.Tensor:
         return _affine(y, self.y_mean, self.y_std)
 
+    def x_inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self._t(self.x_std, x) + self._t(self.x_mean, x)
+
     def y_inverse(self, y: torch.Tensor) -> torch.Tensor:
         return y * self._t(self.y_std, y) + self._t(self.y_mean, y)
 

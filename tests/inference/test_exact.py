@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import bayesmeta as bm
 
@@ -84,3 +85,18 @@ def test_init_from_data_is_on_the_datas_scale():
 def test_neural_features_keep_the_stochastic_path():
     assert bm.models.HierarchicalLinearRegression(x_dim=1).fixed_features
     assert not bm.models.BayesianHeadRegression(x_dim=1).fixed_features
+
+
+def test_tasks_smaller_than_the_feature_count_in_natural_units():
+    # 2 points per task, 4 weights: no task determines its own fit; the start must still be on scale
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 2, 3, generator=g)
+    w = torch.randn(30, 3, generator=g)
+    y = 300 + 100 * (x * w[:, None]).sum(-1, keepdim=True) + 50 * torch.randn(30, 2, 1, generator=g)
+    pool = bm.TaskBatch(x_support=x, y_support=y, mask_support=torch.ones(30, 2, dtype=torch.bool))
+    model = bm.models.HierarchicalLinearRegression(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bm.BayesLearner(model, conjugate=True).fit(pool, steps=500, progress=False)
+    assert 250 < float(model.prior["loc"][-1].detach()) < 350  # the intercept
+    assert 25 < float(model.noise_std.detach()) < 100  # true 50
