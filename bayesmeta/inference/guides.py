@@ -28,7 +28,7 @@ from ..models.base import TASK_DIM, HierarchicalModel
 from ..models.nn import MLP
 from .encoder import SetEncoder
 
-__all__ = ["AmortizedGuide", "EmptySetCoupling", "GUIDE_FAMILIES", "prior_loc_tril"]
+__all__ = ["AmortizedGuide", "GUIDE_FAMILIES", "prior_loc_tril"]
 
 GUIDE_FAMILIES = ("diagonal", "flow")
 
@@ -43,59 +43,6 @@ def prior_loc_tril(prior: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor
     raise TypeError(
         f"amortized guides need a Gaussian prior over the flat task parameters; got {type(prior).__name__}"
     )
-
-
-class EmptySetCoupling(nn.Module):
-    """Conditional affine coupling that is the identity for the empty set's context.
-
-    ``y_1 = x_1``, ``y_2 = x_2 exp(s) + t`` with ``(t, s) = h(x_1, c) - h(x_1, c_0)``: ``h`` an MLP,
-    ``c`` a task's set embedding and ``c_0`` the empty set's. For a task with no points ``c = c_0``,
-    so the flow vanishes and ``q`` is exactly the prior, however training has moved ``h``.
-    """
-
-    def __init__(self, dim: int, context_dim: int, *, hidden: Sequence[int] = (64, 64)) -> None:
-        super().__init__()
-        self.split = dim // 2
-        self.net = MLP(self.split + context_dim, hidden, 2 * (dim - self.split), zero_last=True)
-
-    def condition(self, context: torch.Tensor, empty_context: torch.Tensor) -> _Coupling:
-        return _Coupling(self, context, empty_context)
-
-    def params(self, x1: torch.Tensor, context: torch.Tensor, empty_context: torch.Tensor):
-        """Shift and log-scale ``[..., dim - split]`` for the first part ``x1 [..., split]``."""
-        batch = torch.broadcast_shapes(x1.shape[:-1], context.shape[:-1])
-        x1 = x1.expand(*batch, x1.shape[-1])
-        c, c0 = context.expand(*batch, context.shape[-1]), empty_context.expand(*batch, context.shape[-1])
-        h = self.net(torch.cat([x1, c], -1)) - self.net(torch.cat([x1, c0], -1))
-        shift, log_scale = h.chunk(2, -1)
-        return shift, log_scale.clamp(-5.0, 3.0)
-
-
-class _Coupling(torch.distributions.transforms.Transform):
-    domain = torch.distributions.constraints.real_vector
-    codomain = torch.distributions.constraints.real_vector
-    bijective = True
-
-    def __init__(self, layer: EmptySetCoupling, context, empty_context) -> None:
-        super().__init__(cache_size=1)
-        self.layer, self.context, self.empty_context = layer, context, empty_context
-
-    def _split(self, v):
-        return v[..., : self.layer.split], v[..., self.layer.split :]
-
-    def _call(self, x):
-        x1, x2 = self._split(x)
-        shift, log_scale = self.layer.params(x1, self.context, self.empty_context)
-        return torch.cat([x1.expand(*shift.shape[:-1], x1.shape[-1]), x2 * log_scale.exp() + shift], -1)
-
-    def _inverse(self, y):
-        y1, y2 = self._split(y)
-        shift, log_scale = self.layer.params(y1, self.context, self.empty_context)
-        return torch.cat([y1.expand(*shift.shape[:-1], y1.shape[-1]), (y2 - shift) * (-log_scale).exp()], -1)
-
-    def log_abs_det_jacobian(self, x, y):
-        _, log_scale = self.layer.params(self._split(x)[0], self.context, self.empty_context)
-        return log_scale.sum(-1)
 
 
 class AmortizedGuide(nn.Module):
@@ -133,7 +80,7 @@ class AmortizedGuide(nn.Module):
         self.flows = nn.ModuleList()
         if family == "flow":
             for _ in range(flow_layers):
-                self.flows.append(EmptySetCoupling(p, embed_dim, hidden=(64, 64)))
+                self.flows.append(T.conditional_affine_coupling(p, embed_dim, hidden_dims=[64, 64]))
 
     # ------------------------------------------------------------------ building q
     def encode(self, x, y, mask) -> dict[str, torch.Tensor]:
@@ -155,10 +102,9 @@ class AmortizedGuide(nn.Module):
                 return dist.Normal(loc + scale * a, scale * s).to_event(1)
             return dist.MultivariateNormal(loc + (tril @ a[..., None]).squeeze(-1), scale_tril=tril * s[..., None, :])
         base = dist.Normal(a, s).to_event(1)
-        ctx0 = self.encoder.empty(ctx).expand_as(ctx)  # the empty set's context: every coupling is the identity
         transforms = []
         for i, flow in enumerate(self.flows):
-            transforms.append(flow.condition(ctx, ctx0))
+            transforms.append(flow.condition(ctx))
             if i < len(self.flows) - 1:
                 transforms.append(T.Permute(torch.arange(self.param_dim - 1, -1, -1, device=a.device)))
         if tril is None:
