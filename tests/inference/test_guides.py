@@ -89,3 +89,21 @@ def test_multi_site_models_train_through_an_auxiliary_site(family, objective):
     value.backward()
     assert torch.isfinite(value) and model.loc.grad is not None
     assert all(p.grad is not None for p in guide.head.parameters())
+
+
+def test_empty_set_gives_exactly_the_prior_after_training_moved_the_weights():
+    # The diagonal family only: the flow's coupling layers are not the identity on the empty set yet.
+    torch.manual_seed(0)
+    model = bm.models.LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=4, hidden=(8,))
+    with torch.no_grad():  # a shifted, rescaled prior, and guide weights far from their init
+        model.prior["loc"].add_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+        model.prior["raw_scale"].add_(torch.tensor([0.3, -0.5, 0.0, 1.0]))
+        guide = AmortizedGuide(model, "diagonal", hidden=(16,), embed_dim=8)
+        for p in guide.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    empty = (torch.zeros(5, 0, 1), torch.zeros(5, 0, 1), torch.zeros(5, 0, dtype=torch.bool))
+    q, prior = guide.distribution(*empty), model.prior_distribution()
+    theta = prior.sample((400, 5))  # [400, 5, P]
+    assert torch.allclose(q.log_prob(theta), prior.log_prob(theta), atol=1e-5)
+    q_data = guide.distribution(torch.randn(5, 3, 1), torch.randn(5, 3, 1), torch.ones(5, 3, dtype=torch.bool))
+    assert (q_data.log_prob(theta) - prior.log_prob(theta)).abs().max() > 1e-2
