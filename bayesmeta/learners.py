@@ -89,7 +89,7 @@ class BayesLearner:
         return self
 
     def fit(self, source, steps: int = 2000, *, max_time: float | None = None, tasks_per_step: int = 32,
-            device="cpu", seed: int = 0, lr: float = 1e-3, progress: bool = True, checkpoint=None,
+            device=None, seed: int = 0, lr: float = 1e-3, progress: bool = True, checkpoint=None,
             resume: bool = False, on_checkpoint=None, distributed: bool = False, standardize: bool | None = None,
             **options) -> BayesLearner:
         """Meta-train on a task family (endless) or a ``TaskBatch`` pool.
@@ -106,6 +106,8 @@ class BayesLearner:
         trace is ``self.history``.
 
         Args:
+            device: where to train (``"cpu"``, ``"cuda"``, ...); ``None`` (default) keeps the
+                learner on its current device.
             checkpoint: path of a training checkpoint, written atomically every
                 ``checkpoint_every`` steps and at the end (model, guide, optimiser, RNG states).
             resume: continue from ``checkpoint`` (which must exist) instead of starting over.
@@ -127,7 +129,7 @@ class BayesLearner:
         cfg = TrainConfig(steps=steps, max_time=max_time, tasks_per_step=tasks_per_step, seed=seed, lr=lr,
                           progress=progress, objective=self.objective, num_particles=self.num_particles,
                           **options)
-        self.to(device)
+        self.to(self.device if device is None else device)  # None: train where the learner is
         state = None
         if resume:
             if checkpoint is None:

@@ -281,3 +281,18 @@ def test_family_training_is_not_standardised():
     assert learner.standardization is None
     with pytest.raises(ValueError, match="standardize=True needs a TaskBatch"):
         learner.fit(bm.tasks.Sinusoid(), steps=2, progress=False, standardize=True)
+
+
+def test_fit_without_a_device_keeps_the_learner_where_it_is(monkeypatch):
+    import bayesmeta.learners as learners_module
+
+    learner = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=2, hidden=(8,)))
+    learner.device = torch.device("meta")  # stands for "not the CPU" on a machine without a GPU
+    moves, trained_on = [], []
+    monkeypatch.setattr(learner, "to", lambda device: moves.append(device) or learner)
+    monkeypatch.setattr(learners_module, "meta_train",
+                        lambda *a, device, **k: trained_on.append(device) or bm.inference.History())
+    learner.fit(bm.tasks.Sinusoid(), steps=1, progress=False)
+    assert moves == [torch.device("meta")] and trained_on == [torch.device("meta")]
+    learner.fit(bm.tasks.Sinusoid(), steps=1, progress=False, device="cpu")
+    assert moves[-1] == "cpu"

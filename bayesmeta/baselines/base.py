@@ -220,7 +220,7 @@ class GradientMetaLearner:
         return self
 
     def fit(self, source, steps: int = 2000, *, max_time: float | None = None, tasks_per_step: int = 25,
-            device="cpu", seed: int = 0, lr: float = 1e-3, progress: bool = True, distributed: bool = False,
+            device=None, seed: int = 0, lr: float = 1e-3, progress: bool = True, distributed: bool = False,
             standardize: bool | None = None, **options) -> GradientMetaLearner:
         """Meta-train on a task family (endless) or a ``TaskBatch`` pool; same signature as ``BayesLearner.fit``.
 
@@ -236,7 +236,7 @@ class GradientMetaLearner:
             raise ValueError(f"fit: unknown option(s) {sorted(unknown)}; allowed: {sorted(BaselineConfig.__dataclass_fields__)}")
         cfg = BaselineConfig(steps=steps, max_time=max_time, tasks_per_step=tasks_per_step, seed=seed, lr=lr,
                              progress=progress, **options)
-        self.to(device)
+        self.to(self.device if device is None else device)  # None: train where the learner is
         source = self._standardize(source, standardize)
         ctx = init_from_env(self.device) if distributed else None
         rank, world = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
