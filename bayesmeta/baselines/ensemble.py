@@ -45,20 +45,24 @@ class Ensemble:
         factory: builds one member, e.g. ``lambda: bm.baselines.MAML(x_dim=1, y_dim=1)``; any
             learner with ``fit`` and ``adapt`` works (BayesLearners too).
         n: number of members (>= 1).
+        seed: member ``i`` is initialised under seed ``10007 (i + 1) + 1000003 seed`` (the global
+            random state is left as it was).
 
     ``fit`` trains member ``i`` with seed ``seed + i``; a ``max_time`` budget is split evenly so the
     ensemble costs the same wall-clock time as one learner.
     """
 
-    def __init__(self, factory: Callable[[], object], n: int = 5) -> None:
+    def __init__(self, factory: Callable[[], object], n: int = 5, *, seed: int = 0) -> None:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n (ensemble size) must be an int >= 1; got {n!r}")
         if not callable(factory):
             raise TypeError(f"factory must be callable; got {type(factory).__name__}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int; got {seed!r}")
         torch_state = torch.random.get_rng_state()
         self.members = []
         for i in range(n):
-            torch.manual_seed(10_007 * (i + 1))  # independent initialisations, reproducibly
+            torch.manual_seed(10_007 * (i + 1) + 1_000_003 * seed)  # independent initialisations, reproducibly
             self.members.append(factory())
         torch.random.set_rng_state(torch_state)
         self.n = n

@@ -164,3 +164,14 @@ def test_pool_in_natural_units_is_standardised_for_baselines():
     pred = maml.adapt(pool[:4]).predict(x[:4])
     assert float((pred.mean - y[:4]).abs().mean()) < 40  # natural units: near the data, not near 0
     assert float(pred.std.mean()) > 1  # scales back in natural units too
+
+
+def test_ensemble_members_are_initialised_from_its_seed():
+    def weights(ens):
+        return torch.cat([p.detach().reshape(-1) for m in ens.members for p in m.net.parameters()])
+
+    factory = lambda: bm.baselines.MAML(x_dim=1, y_dim=1, hidden=(8,))  # noqa: E731
+    a, b, c = (bm.baselines.Ensemble(factory, n=3, seed=s) for s in (0, 0, 1))
+    assert torch.equal(weights(a), weights(b)) and not torch.allclose(weights(a), weights(c))
+    w0, w1 = (torch.cat([p.detach().reshape(-1) for p in m.net.parameters()]) for m in a.members[:2])
+    assert not torch.allclose(w0, w1)  # members differ from each other
