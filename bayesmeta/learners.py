@@ -24,7 +24,7 @@ from .io import atomic_torch_save
 from .models.base import HierarchicalModel
 from .predictive import Posterior
 from .tasks.batch import TaskBatch, check_support
-from .tasks.dataset import Standardization
+from .tasks.dataset import Standardization, standardize_pool
 
 __all__ = ["BayesLearner"]
 
@@ -138,20 +138,12 @@ class BayesLearner:
             _check_resumable(state["config"], asdict(cfg))
         self.model.train()
         exact = self._fits_exactly(source, distributed)
-        if standardize is None:
-            standardize = isinstance(source, TaskBatch) and not exact and not resume
-        if standardize and not isinstance(source, TaskBatch):
-            raise ValueError("standardize=True needs a TaskBatch pool (a task family sets its own scale)")
-        if resume and state is not None:
+        if state is not None:  # a resumed run keeps the standardisation it started with
             saved = state.get("standardization")
             self.standardization = None if saved is None else Standardization.from_dict(saved)
             source = source if self.standardization is None else self.standardization.batch(source)
-        elif standardize:
-            source.validate(min_support=0)
-            self.standardization = Standardization.from_batch(source)
-            source = self.standardization.batch(source)
         else:
-            self.standardization = None
+            source, self.standardization = standardize_pool(source, standardize, default=not exact)
         extra = {"standardization": None if self.standardization is None else self.standardization.to_dict()}
         if exact:
             self.history = fit_type2_ml(self.model, source, max_iter=steps)

@@ -63,8 +63,13 @@ def pad_components(params: torch.Tensor, log_w: torch.Tensor, m: int) -> tuple[t
     extra = m - params.shape[0]
     if extra <= 0:
         return params, log_w
-    params = torch.cat([params, params[:1].expand(extra, *params.shape[1:])], 0)
-    return params, torch.cat([log_w, log_w.new_full((extra, log_w.shape[1]), -math.inf)], 0)
+    return _pad_rows(params, m), torch.cat([log_w, log_w.new_full((extra, log_w.shape[1]), -math.inf)], 0)
+
+
+def _pad_rows(t: torch.Tensor, m: int) -> torch.Tensor:
+    """``t [k, ...]`` with copies of its first row appended up to ``m`` rows."""
+    extra = m - t.shape[0]
+    return torch.cat([t, t[:1].expand(extra, *t.shape[1:])], 0) if extra > 0 else t
 
 
 def _lead(t: torch.Tensor, dims: int) -> torch.Tensor:
@@ -290,10 +295,8 @@ class GaussianMixture:
             n, locs, scales = self.num_components, [], []
             for b in self._blocks:
                 loc, scale = self._components(b)
-                scale = scale.expand_as(loc)
-                pad = n - loc.shape[0]  # zero-weight copies of the first component
-                locs.append(torch.cat([loc, loc[:1].expand(pad, *loc.shape[1:])]) if pad else loc)
-                scales.append(torch.cat([scale, scale[:1].expand(pad, *scale.shape[1:])]) if pad else scale)
+                locs.append(_pad_rows(loc, n))  # padding: zero-weight copies of the first component
+                scales.append(_pad_rows(scale.expand_as(loc), n))
             self._dense = (torch.cat(locs, 1), torch.cat(scales, 1))
         return self._dense
 

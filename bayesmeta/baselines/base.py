@@ -20,7 +20,7 @@ from ..inference.distributed import all_reduce_, broadcast_parameters, check_sam
 from ..inference.trainer import OPTIMIZERS, History, TaskStream, resolve_device, set_lr
 from ..predictive import Predictive
 from ..tasks.batch import TaskBatch, check_support
-from ..tasks.dataset import Standardization
+from ..tasks.dataset import Standardization, standardize_pool
 from .network import GaussianMLP
 
 __all__ = ["BaselineConfig", "GradientMetaLearner", "AdaptedTasks"]
@@ -237,7 +237,7 @@ class GradientMetaLearner:
         cfg = BaselineConfig(steps=steps, max_time=max_time, tasks_per_step=tasks_per_step, seed=seed, lr=lr,
                              progress=progress, **options)
         self.to(self.device if device is None else device)  # None: train where the learner is
-        source = self._standardize(source, standardize)
+        source, self.standardization = standardize_pool(source, standardize, default=True)
         ctx = init_from_env(self.device) if distributed else None
         rank, world = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
         torch.manual_seed(cfg.seed + 1_000_003 * rank)
@@ -253,15 +253,6 @@ class GradientMetaLearner:
             self._distributed = None
         self.train_config = asdict(cfg)
         return self
-
-    def _standardize(self, source, standardize: bool | None):
-        if standardize is None:
-            standardize = isinstance(source, TaskBatch)
-        if standardize and not isinstance(source, TaskBatch):
-            raise ValueError("standardize=True needs a TaskBatch pool (a task family sets its own scale)")
-        self.standardization = (Standardization.from_batch(source.validate(min_support=0))
-                                 if standardize else None)
-        return source if self.standardization is None else self.standardization.batch(source)
 
     def _train(self, stream, optim, cfg: BaselineConfig, *, show: bool) -> History:
         history, start = History(), time.perf_counter()

@@ -185,6 +185,22 @@ def _read_rows(reader, wanted: dict[str, list[str]], source: str, single_task: s
     return ids, xs, ys, rows
 
 
+def standardize_pool(source, standardize: bool | None, *, default: bool):
+    """``(source, standardization)``: a ``TaskBatch`` pool standardised column by column, or as it was.
+
+    ``standardize=None`` means ``default`` for a ``TaskBatch`` and off for anything else (a task
+    family sets its own scale); ``True`` for anything but a ``TaskBatch`` is an error.
+    """
+    if standardize is None:
+        standardize = default and isinstance(source, TaskBatch)
+    if not standardize:
+        return source, None
+    if not isinstance(source, TaskBatch):
+        raise ValueError("standardize=True needs a TaskBatch pool (a task family sets its own scale)")
+    std = Standardization.from_batch(source.validate(min_support=0))
+    return std.batch(source), std
+
+
 class TaskDataset:
     """Rows of a grouped table, grouped into tasks.
 
