@@ -19,17 +19,23 @@ from .diagnostics import (
 from .evaluation import Evaluation, evaluate
 from .learners import BayesLearner
 from .mixture import GaussianMixture
-from .predictive import Posterior, Predictive
+from .predictive import Posterior, PosteriorPredictive, deprecated_alias
 from .tasks import TaskBatch
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``bm.Predictive``: the old name of :class:`PosteriorPredictive` (deprecated, one release)."""
+    return deprecated_alias(__name__, name)
+
 
 __all__ = [
     "BayesLearner",
     "Evaluation",
     "GaussianMixture",
     "Posterior",
-    "Predictive",
+    "PosteriorPredictive",
     "TaskBatch",
     "baselines",
     "diagnostics",

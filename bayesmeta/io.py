@@ -4,7 +4,7 @@ Every writer serialises to bytes in memory first, then writes a temporary file i
 directory, ``fsync`` s it and renames it over the target (``os.replace``, atomic on POSIX). A
 failure at any point (a full disk, a read-only directory) removes the temporary file and raises an
 ``OSError`` of the same kind whose message names the target file and the cause, e.g.
-``runs/a/model.pt: cannot write (no space left on device)``.
+``runs/a/learner.pt: cannot write (no space left on device)``.
 """
 
 from __future__ import annotations

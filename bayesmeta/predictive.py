@@ -1,15 +1,16 @@
-"""``Posterior`` over task parameters and the ``Predictive`` it makes on query points."""
+"""``Posterior`` over task parameters and the ``PosteriorPredictive`` it makes on query points."""
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
 from .inference.importance import defensive_importance, effective_sample_size, pareto_k
 from .mixture import GaussianMixture, heaviest, pad_components, systematic_resample
 
-__all__ = ["Posterior", "Predictive", "PREDICT_METHODS", "systematic_resample"]
+__all__ = ["Posterior", "PosteriorPredictive", "PREDICT_METHODS", "systematic_resample"]
 
 PREDICT_METHODS = ("importance", "guide", "exact")
 DEFAULT_SAMPLES = {"importance": 1000, "guide": 200}
@@ -19,7 +20,7 @@ _BLOCK_ELEMENTS = 2**18  # components x query points per likelihood call (decode
 MAX_TASK_ELEMENTS = 2**28  # one task's draws x (parameters + points), or draws x query points: ~1 GB
 
 
-class Predictive(GaussianMixture):
+class PosteriorPredictive(GaussianMixture):
     """Posterior predictive on query points: a mixture over posterior samples.
 
     ``mean``, ``std``, ``interval(level)``, ``log_prob(y)`` (log of the Monte-Carlo mixture
@@ -40,6 +41,26 @@ class Predictive(GaussianMixture):
         super().__init__(loc, scale, log_weights)
         self.method = method
         self.ess, self.pareto_k, self.num_draws = ess, pareto_k, num_draws
+
+
+_DEPRECATED = {"Predictive": "PosteriorPredictive"}
+
+
+def deprecated_alias(module: str, name: str):
+    """``Predictive`` (renamed ``PosteriorPredictive``, so that it does not shadow ``pyro.infer.Predictive``).
+
+    Kept for one release with a ``DeprecationWarning``; ``module.__getattr__`` calls this.
+    """
+    if name not in _DEPRECATED:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    new = _DEPRECATED[name]
+    warnings.warn(f"bayesmeta.{name} is deprecated and will be removed in the next release; use "
+                  f"bayesmeta.{new} (the old name clashed with pyro.infer.Predictive)", DeprecationWarning, stacklevel=3)
+    return globals()[new]
+
+
+def __getattr__(name: str):
+    return deprecated_alias(__name__, name)
 
 
 def _gather_draws(theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -157,7 +178,7 @@ class Posterior:
 
     @torch.no_grad()
     def predict(self, x, num_samples: int | None = None, *, method: str | None = None,
-                seed: int | None = None, min_ess: float = 100.0, max_draws: int | None = None) -> Predictive:
+                seed: int | None = None, min_ess: float = 100.0, max_draws: int | None = None) -> PosteriorPredictive:
         """Posterior predictive at query inputs ``x`` ``[T, N, D]`` (or ``[N, D]`` for all tasks).
 
         Args:
@@ -176,7 +197,7 @@ class Posterior:
                              max_draws=max_draws)
         return pred if self.standardization is None else self.standardization.predictive(pred)
 
-    def _predict(self, x, num_samples, *, method, seed, min_ess, max_draws) -> Predictive:
+    def _predict(self, x, num_samples, *, method, seed, min_ess, max_draws) -> PosteriorPredictive:
         """:meth:`predict` on the model's scale (``x`` already checked and standardised)."""
         method = self._method(method)
         if method == "exact":
@@ -189,7 +210,7 @@ class Posterior:
                              f"or with a smaller num_samples")
         with _seeded(seed, self.device):
             theta, log_w, ess, k, used = self._draws(method, n, min_ess=min_ess, max_draws=max_draws or 16 * n)
-        return Predictive.from_parameters(
+        return PosteriorPredictive.from_parameters(
             theta, log_w, self._likelihood_components(x), shape=(*x.shape[:2], self.model.y_dim), dtype=x.dtype,
             block_elements=_BLOCK_ELEMENTS, method=method, ess=ess, pareto_k=k, num_draws=used)
 
@@ -276,9 +297,9 @@ class Posterior:
             chunk=chunk,
         )
 
-    def _predict_exact(self, x) -> Predictive:
+    def _predict_exact(self, x) -> PosteriorPredictive:
         if self.exact is None or not hasattr(self.model, "exact_predict"):
             raise ValueError("method='exact' needs an exact posterior (BayesLearner(..., conjugate=True))")
         mu, sd = self.model.exact_predict(self.exact, x)  # [T, N, 1]
-        return Predictive(mu[None], sd[None], None, method="exact")
+        return PosteriorPredictive(mu[None], sd[None], None, method="exact")
 

@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 
 def distorted(family, *, scale: float = 1.0, shift: float = 0.0):
     """A predictor: the family's exact predictive with its spread scaled and its centre shifted."""
-    def predict(xs, ys, ms, xq):
+    def predict(xs, ys, xq, ms):
         exact = family.oracle_predict(xs, ys, xq, ms)  # one Gaussian component per point
         return bm.GaussianMixture(exact.loc + shift * exact.scale, exact.scale * scale)
     return predict

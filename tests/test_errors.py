@@ -164,13 +164,13 @@ def _full_disk_after(n_ok: int):
 
 
 def test_atomic_write_on_a_full_disk_names_the_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
-    target = tmp_path / "model.pt"
+    target = tmp_path / "learner.pt"
     target.write_bytes(b"old")
     monkeypatch.setattr(bio, "_write_file", _full_disk_after(0))
     with pytest.raises(OSError, match=f"{target}: cannot write \\(no space left on device\\)") as err:
         bio.atomic_torch_save({"w": torch.zeros(1000)}, target)
     assert err.value.errno == errno.ENOSPC and "unexpected pos" not in str(err.value)
-    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"] and target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["learner.pt"] and target.read_bytes() == b"old"
 
 
 @pytest.mark.parametrize("n_ok", [0, 4])  # config.toml, or the checkpoint written during training
@@ -222,14 +222,14 @@ def test_really_read_only_run_directory(run_copy, capsys):
 
 @pytest.mark.parametrize("damage", ["truncate", "random"])
 def test_damaged_model_and_checkpoint_are_one_line(run_copy, tmp_path, capsys, damage):
-    for name in ("model.pt", "checkpoints/last.pt"):
+    for name in ("learner.pt", "checkpoints/last.pt"):
         p = run_copy / name
         p.write_bytes(p.read_bytes()[:2000] if damage == "truncate" else os.urandom(3000))
     before = _files(run_copy)
     test = tmp_path / "test.csv"
     test.write_text(_csv(tasks=3))
     assert main(["evaluate", str(run_copy), "--data", str(test), "--shots", "1"]) == 2
-    line = _one_error(capsys, f"{run_copy / 'model.pt'}: not a saved BayesLearner, or a corrupt or truncated file")
+    line = _one_error(capsys, f"{run_copy / 'learner.pt'}: not a saved BayesLearner, or a corrupt or truncated file")
     assert "weights_only" not in line
     assert main(["fit", "--out", str(run_copy), "--resume", "--steps", "5", "--no-progress"]) == 2
     _one_error(capsys, f"{run_copy / 'checkpoints' / 'last.pt'}: corrupt or truncated checkpoint")
@@ -299,7 +299,7 @@ def _oracle_batches():
     family = bm.tasks.HierarchicalLinear(dim=1)
     b10 = family.sample(4, shots=10, num_query=5, generator=torch.Generator().manual_seed(0))
     b3 = family.sample(2, shots=3, num_query=5, generator=torch.Generator().manual_seed(1))
-    learner = lambda xs, ys, ms, xq: family.oracle_predict(xs, ys, xq, ms)  # noqa: E731
+    learner = family.oracle_predict
     return family, learner, b10, b3
 
 
@@ -386,7 +386,7 @@ def test_many_shot_tasks_are_scored_in_small_chunks_with_a_progress_bar(capsys):
     batch = family.sample(12, shots=200, num_query=3, generator=torch.Generator().manual_seed(0))
     calls = []
 
-    def learner(xs, ys, ms, xq):
+    def learner(xs, ys, xq, ms):
         calls.append(xs.shape[0])
         return family.oracle_predict(xs, ys, xq, ms)
 

@@ -25,3 +25,17 @@ def test_first_arviz_use_of_the_day_raises_no_warning(tmp_path):
     out = _run(code, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Warning" not in out.stderr
+
+
+def test_old_predictive_name_is_a_deprecated_alias():
+    import pytest
+
+    import bayesmeta as bm
+    from bayesmeta import predictive
+
+    with pytest.warns(DeprecationWarning, match="PosteriorPredictive"):
+        assert bm.Predictive is bm.PosteriorPredictive
+    with pytest.warns(DeprecationWarning, match="pyro.infer.Predictive"):
+        assert predictive.Predictive is bm.PosteriorPredictive
+    with pytest.raises(AttributeError, match="no attribute 'Predictve'"):
+        _ = bm.Predictve

@@ -43,7 +43,7 @@ def _fit(data, out, *extra):
 def test_fit_evaluate_predict_report_end_to_end(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert _fit(data, run) == 0
-    for name in ("config.toml", "model.pt", "checkpoints/last.pt", "metrics.jsonl", "standardisation.json",
+    for name in ("config.toml", "learner.pt", "checkpoints/last.pt", "metrics.jsonl", "standardisation.json",
                  "split.json", "run.json"):
         assert (run / name).is_file(), name
     cfg = bm.config.load_config(run / "config.toml")
@@ -73,13 +73,13 @@ def test_predictions_come_back_in_original_units(data, tmp_path):
     run = tmp_path / "run"
     assert _fit(data, run) == 0
     std = bm.tasks.Standardization.from_dict(json.loads((run / "standardisation.json").read_text()))
-    learner = bm.BayesLearner.load(run / "model.pt")
+    learner = bm.BayesLearner.load(run / "learner.pt")
     xs, ys = torch.tensor([[[0.5], [1.0]]]), torch.tensor([[[3.0], [2.5]]])
     xq = torch.tensor([[[2.0]]])
     post = learner.adapt(std.x(xs), std.y(ys))
     raw = post.predict(std.x(xq), seed=0)
     from bayesmeta.cli.runs import standardised_predictor
-    pred = standardised_predictor(learner, std, seed=0)(xs, ys, torch.ones(1, 2, dtype=torch.bool), xq)
+    pred = standardised_predictor(learner, std, seed=0)(xs, ys, xq, torch.ones(1, 2, dtype=torch.bool))
     assert torch.allclose(pred.mean, raw.mean * std.y_std[0] + std.y_mean[0], rtol=1e-5)
     assert torch.allclose(pred.std, raw.std * std.y_std[0], rtol=1e-5)
 
@@ -122,8 +122,8 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(data, tmp_path
     resumed = subprocess.run([sys.executable, "-m", "bayesmeta", "fit", "--out", str(tmp_path / "killed"), "--resume",
                               "--no-progress"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
+    a = torch.load(tmp_path / "full" / "learner.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "learner.pt", weights_only=True)
     for key in ("model_state", "guide_state"):
         for name, v in a[key].items():
             assert torch.equal(v, b[key][name]), (key, name)

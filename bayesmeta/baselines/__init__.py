@@ -1,6 +1,6 @@
 """Layer 4: gradient-based meta-learning baselines with the same Learner protocol.
 
-``fit(source, steps, ...)``, ``adapt(support) -> adapted``, ``adapted.predict(x) -> Predictive``,
+``fit(source, steps, ...)``, ``adapt(support) -> adapted``, ``adapted.predict(x) -> PosteriorPredictive``,
 so :func:`bayesmeta.evaluate` scores them exactly like the Bayesian learners.
 """
 

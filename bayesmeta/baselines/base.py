@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..inference.distributed import all_reduce_, broadcast_parameters, check_same_config, init_from_env
 from ..inference.trainer import OPTIMIZERS, History, TaskStream, resolve_device, set_lr
-from ..predictive import Predictive
+from ..predictive import PosteriorPredictive
 from ..tasks.batch import TaskBatch, check_support
 from ..tasks.dataset import Standardization, standardize_pool
 from .network import GaussianMLP
@@ -96,13 +96,13 @@ def split_support_query(mask: torch.Tensor, max_shots: int, gen: torch.Generator
 
 
 class AdaptedTasks:
-    """Task-specific networks after adaptation: ``predict(x)`` returns a :class:`~bayesmeta.Predictive`."""
+    """Task-specific networks after adaptation: ``predict(x)`` returns a :class:`~bayesmeta.PosteriorPredictive`."""
 
     def __init__(self, learner: GradientMetaLearner, params: dict[str, torch.Tensor], num_tasks: int) -> None:
         self.learner, self.params, self.num_tasks = learner, params, num_tasks
 
     @torch.no_grad()
-    def predict(self, x, num_samples=None, *, method=None, seed=None) -> Predictive:
+    def predict(self, x, num_samples=None, *, method=None, seed=None) -> PosteriorPredictive:
         """Gaussian predictive ``[T, N, E]`` at ``x`` (``[T, N, D]`` or ``[N, D]`` for all tasks).
 
         ``num_samples``, ``method`` and ``seed`` are accepted for interface compatibility with
@@ -120,7 +120,7 @@ class AdaptedTasks:
         if std is not None:
             x = std.x(x)
         mean, scale = vmap(lambda p, xi: functional_call(net, p, (xi,)))(self.params, x)  # [T, N, E]
-        pred = Predictive(mean[None], scale[None], None, method=type(self.learner).__name__)
+        pred = PosteriorPredictive(mean[None], scale[None], None, method=type(self.learner).__name__)
         return pred if std is None else std.predictive(pred)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..predictive import Predictive
+from ..predictive import PosteriorPredictive
 
 __all__ = ["Ensemble"]
 
@@ -17,7 +17,7 @@ class _AdaptedEnsemble:
         self.members = members
 
     @torch.no_grad()
-    def predict(self, x, num_samples=None, **options) -> Predictive:
+    def predict(self, x, num_samples=None, **options) -> PosteriorPredictive:
         """Equal-weight mixture of the members' predictives (each may itself be a mixture)."""
         preds = [m.predict(x, num_samples, **options) if num_samples is not None else m.predict(x, **options)
                  for m in self.members]
@@ -35,7 +35,7 @@ class _AdaptedEnsemble:
             locs.append(loc)
             scales.append(scale)
             weights.append(logw)
-        return Predictive(torch.cat(locs), torch.cat(scales), torch.cat(weights), method="ensemble")
+        return PosteriorPredictive(torch.cat(locs), torch.cat(scales), torch.cat(weights), method="ensemble")
 
 
 class Ensemble:

@@ -85,7 +85,7 @@ def compare_family(family_name: str, *, methods, budget: float, sweep_seconds: f
         settings[name], trials = _sweep(name, family, seconds=sweep_seconds, seed=seed, device=device)
         meta["methods"].setdefault(name, {})["sweep"] = {"trials": trials, "chosen": settings[name],
                                                          "seconds": time.perf_counter() - t0}
-    evals = [evaluate(lambda xs, ys, ms, xq: family.oracle_predict(xs, ys, xq, ms), tests, name="oracle",
+    evals = [evaluate(family.oracle_predict, tests, name="oracle",
                       oracle=False, seed=seed)]  # its own gap is zero; no need to compute the oracle twice
     for method in methods:
         _log(f"{family_name}: training {method} for {budget:.0f} s ...")

@@ -152,7 +152,8 @@ def cmd_predict(args) -> Path:
     for ti, t in enumerate(order):
         if rows_of[t]:
             x_query[ti, : len(rows_of[t])] = xq[rows_of[t]]
-    pred = standardised_predictor(learner, std, seed=args.seed)(*batch, x_query)
+    xs, ys, ms = batch
+    pred = standardised_predictor(learner, std, seed=args.seed)(xs, ys, x_query, ms)
     text = _table(cfg, order, rows_of, xq, pred, args.levels)
     undo = Undo(out.parent) if parent != out.parent else None
     try:

@@ -3,7 +3,7 @@
 A run directory holds::
 
     config.toml            the resolved configuration (read back by evaluate / predict / --resume)
-    model.pt               the fitted learner (BayesLearner.save)
+    learner.pt             the fitted learner (BayesLearner.save); the same name as in ``demo``
     checkpoints/last.pt    the latest training checkpoint (model, guide, optimiser, RNG states)
     metrics.jsonl          one line per logged step: step, loss (negative ELBO per task), time, lr
     standardisation.json   x / y means and sds fitted on the training tasks
@@ -42,7 +42,9 @@ from .rundir import LOCK_NAME, RunLock, Undo
 __all__ = ["cmd_evaluate", "cmd_fit", "load_run_config", "run_data_path", "standardised_predictor"]
 
 CHECKPOINT = "checkpoints/last.pt"
-FIT_FILES = ("config.toml", "standardisation.json", "split.json", "metrics.jsonl", "model.pt", "run.json", CHECKPOINT)
+LEARNER_FILE = "learner.pt"  # the saved learner in every run directory (fit and demo)
+LEGACY_LEARNER_FILE = "model.pt"  # read too: what run directories held before the rename
+FIT_FILES = ("config.toml", "standardisation.json", "split.json", "metrics.jsonl", LEARNER_FILE, "run.json", CHECKPOINT)
 
 
 def _say(msg: str) -> None:
@@ -231,13 +233,13 @@ def _write_run(plan: _FitPlan, out: Path) -> None:
 
 def _write_results(plan: _FitPlan, out: Path) -> None:
     learner, h = plan.learner, plan.learner.history
-    learner.save(out / "model.pt")
+    learner.save(out / LEARNER_FILE)
     _write_metrics(out, h)
     info = {"data": str(plan.data_path.resolve()), "tasks_train": len(plan.train), "rows_train": sum(plan.train.sizes),
             "model": plan.cfg.model.kind, "train_steps": h.step[-1], "train_seconds": round(h.time[-1], 1),
             "final_loss": round(h.loss[-1], 4)}
     atomic_write_text(json.dumps(info, indent=1), out / "run.json")
-    _say(f"wrote {out}/ (model.pt, config.toml, metrics.jsonl, checkpoints/); {h.step[-1]} steps in {h.time[-1]:.0f} s")
+    _say(f"wrote {out}/ (learner.pt, config.toml, metrics.jsonl, checkpoints/); {h.step[-1]} steps in {h.time[-1]:.0f} s")
 
 
 def cmd_fit(args) -> Path:
@@ -295,18 +297,21 @@ def _make_dir(path: Path) -> None:
 
 def _load_fitted(run: Path):
     cfg = load_run_config(run)
-    if not (run / "model.pt").is_file():
-        raise FileNotFoundError(f"{run}: no model.pt (did `bayesmeta fit` finish? `--resume` continues it)")
+    path = run / LEARNER_FILE
+    if not path.is_file() and (run / LEGACY_LEARNER_FILE).is_file():
+        path = run / LEGACY_LEARNER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run}: no {LEARNER_FILE} (did `bayesmeta fit` finish? `--resume` continues it)")
     std = read_standardisation(run)
-    return cfg, BayesLearner.load(run / "model.pt"), std
+    return cfg, BayesLearner.load(path), std
 
 
 def standardised_predictor(learner, std: Standardization, **predict_options):
-    """``(x_s, y_s, mask_s, x_q) -> predictive`` in original units around a learner fitted on standardised data.
+    """``(x_support, y_support, x_query, mask_support) -> predictive`` in original units around a learner fitted on standardised data.
 
     Works for every learner with ``adapt(x, y, mask).predict(x, **options)`` (Bayesian or baseline).
     """
-    def predict(xs, ys, ms, xq):
+    def predict(xs, ys, xq, ms):
         post = learner.adapt(std.x(xs), std.y(ys), ms)
         return std.predictive(post.predict(std.x(xq), **predict_options))
     return predict

@@ -69,7 +69,7 @@ def to_inference_data(posterior: Posterior, predictive=None, tasks: TaskBatch | 
       With one output ``y`` is ``(obs,)``; with ``E`` outputs ``(obs, y_dim)``, each output its own
       pointwise term (the likelihood is diagonal). ``az.loo`` / ``az.plot_loo_pit`` work on it; for
       held-out query points the log predictive density is ``elpd_loo + p_loo`` (the lppd).
-    * ``predictive``: a :class:`~bayesmeta.Predictive` on the same query points to take the
+    * ``predictive``: a :class:`~bayesmeta.PosteriorPredictive` on the same query points to take the
       predictive components from (resampled to ``num_samples`` equal-weight components)
       instead of recomputing them from the posterior draws.
 

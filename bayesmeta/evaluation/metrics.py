@@ -1,7 +1,7 @@
 """Predictive metrics with the definitions of DESIGN.md (the contract).
 
 For a predictive over query points (anything with ``shape [T, N, E]``, ``log_prob``, ``cdf``,
-``mean`` and ``sample``, e.g. :class:`~bayesmeta.Predictive`) and observations ``y [T, N, E]``
+``mean`` and ``sample``, e.g. :class:`~bayesmeta.PosteriorPredictive`) and observations ``y [T, N, E]``
 with a mask ``[T, N]``:
 
 * **NLL**: ``-log p(y* | x*, support)`` per query point (outputs summed), averaged over a task's

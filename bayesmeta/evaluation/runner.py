@@ -128,8 +128,8 @@ def _predictor(learner, predict_options: dict):
             return post, lambda: post.predict(b.x_query, **predict_options)
         return run
     if callable(learner):
-        return lambda b: (None, lambda: learner(*b.support, b.x_query, **predict_options))
-    raise TypeError(f"learner must have .adapt() or be a callable (x_s, y_s, mask_s, x_q) -> predictive; "
+        return lambda b: (None, lambda: learner(*b.support[:2], b.x_query, b.mask_support, **predict_options))
+    raise TypeError(f"learner must have .adapt() or be a callable (x_support, y_support, x_query, mask_support) -> predictive, the argument order of a family's oracle_predict; "
                     f"got {type(learner).__name__}")
 
 
@@ -190,7 +190,8 @@ def evaluate(learner, tasks, shots=None, *, name: str | None = None, metrics=Non
     Args:
         learner: anything with ``adapt(TaskBatch) -> posterior`` whose ``predict(x_query)``
             returns a predictive (every bayesmeta learner), or a callable
-            ``(x_support, y_support, mask_support, x_query) -> predictive``.
+            ``(x_support, y_support, x_query, mask_support) -> predictive`` (the order of a
+            family's ``oracle_predict``, so ``evaluate(family.oracle_predict, ...)`` scores the oracle).
         tasks: a task family (``num_tasks`` fixed test tasks with ``num_query`` query points are
             drawn per shot count from ``seed``), a :class:`TaskBatch` (each task keeps its first
             ``k`` observed support points; tasks with fewer are skipped and reported), or a dict

@@ -107,7 +107,7 @@ def test_adapt_and_predict_shapes_and_adaptation_helps():
     assert maml.net.noise == "global"
     test = family.sample(50, shots=10, num_query=30, generator=torch.Generator().manual_seed(9))
     pred = maml.adapt(test).predict(test.x_query)
-    assert isinstance(pred, bm.Predictive) and pred.shape == (50, 30, 1)
+    assert isinstance(pred, bm.PosteriorPredictive) and pred.shape == (50, 30, 1)
     unadapted = maml.adapt(test, steps=0).predict(test.x_query)
     mse = lambda p: float(((p.mean - test.y_query) ** 2).mean())  # noqa: E731
     assert mse(pred) < 0.9 * mse(unadapted)

@@ -19,7 +19,7 @@ def run():
     family = bm.tasks.HierarchicalLinear(dim=1, noise_std=0.5)
     learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), conjugate=True)
     learner.fit(family, steps=200, progress=False, lr=0.05)
-    oracle = lambda xs, ys, ms, xq: family.oracle_predict(xs, ys, xq, ms)  # noqa: E731
+    oracle = family.oracle_predict
     ev = bm.evaluate(learner, family, shots=(1, 4), num_tasks=40, num_query=20, name="conjugate")
     ev = ev + bm.evaluate(oracle, family, shots=(1, 4), num_tasks=40, num_query=20, name="oracle")
     test = family.sample(5, shots=3, num_query=4, generator=torch.Generator().manual_seed(1))

@@ -15,7 +15,7 @@ def family():
 
 
 def _oracle(family):
-    return lambda xs, ys, ms, xq: family.oracle_predict(xs, ys, xq, ms)
+    return family.oracle_predict
 
 
 def test_oracle_as_learner_has_zero_gap_and_nominal_coverage(family):
@@ -103,7 +103,7 @@ def test_empty_tasks_raise(family):
 
 
 def test_predictive_with_nans_is_reported(family):
-    def broken(xs, ys, ms, xq):
+    def broken(xs, ys, xq, ms):
         pred = family.oracle_predict(xs, ys, xq, ms)
         pred.loc[0, 1] = float("nan")
         return pred
