@@ -39,7 +39,7 @@ from ..models import BayesianHeadRegression, HierarchicalLinearRegression, Laten
 from ..tasks import Standardization, TaskDataset
 from .rundir import LOCK_NAME, RunLock, Undo
 
-__all__ = ["cmd_evaluate", "cmd_fit", "load_run_config", "run_data_path", "standardised_predictor"]
+__all__ = ["cmd_evaluate", "cmd_fit", "load_run_config", "read_tasks", "run_data_path", "standardised_predictor"]
 
 CHECKPOINT = "checkpoints/last.pt"
 LEARNER_FILE = "learner.pt"  # the saved learner in every run directory (fit and demo)
@@ -102,6 +102,16 @@ def run_data_path(cfg: FitConfig, run: Path) -> Path:
     raise FileNotFoundError(f"{run / 'config.toml'}: data.path {str(path)!r} is relative and found neither from the "
                             f"current directory nor from the run directory's parent ({', '.join(map(str, tried))}); "
                             f"make it absolute in the config")
+
+
+def read_tasks(d, path, *, task_optional: bool = False, with_y: bool = True) -> TaskDataset:
+    """The columns a run's config names (``d``: its ``[data]`` section) from a CSV, as tasks.
+
+    ``task_optional``: a file without the task column is one task (``"new"``); ``with_y=False``
+    reads the x columns only (query points).
+    """
+    return TaskDataset.from_csv(path, task=d.task, x=list(d.x), y=list(d.y) if with_y else [],
+                                task_optional=task_optional)
 
 
 def _check_new_out(out: Path, *, force: bool, ignore: tuple[str, ...] = ()) -> None:
@@ -192,7 +202,7 @@ def _plan_fit(args, out: Path) -> _FitPlan:
         _check_new_out(out, force=args.force)
     d = cfg.data
     path = run_data_path(cfg, out) if args.resume else Path(d.path)
-    data = TaskDataset.from_csv(path, task=d.task, x=list(d.x), y=list(d.y))
+    data = read_tasks(d, path)
     if len(data) < 2:
         raise ValueError(f"{path}: only {len(data)} task ({d.task}={data.task_ids}); meta-learning needs at least 2")
     if args.resume:
@@ -361,13 +371,12 @@ def cmd_evaluate(args) -> Evaluation:
     run = Path(args.run_dir)
     cfg, learner, std = _load_fitted(run)
     d = cfg.data
-    test = TaskDataset.from_csv(args.data, task=d.task, x=list(d.x), y=list(d.y))
+    test = read_tasks(d, args.data)
     test.check_standardized(std, what="with the run's standardisation")
     sets, ids = _kshot_sets(test, args.shots, args.seed)
     base_data = None
     if args.baseline:
-        base_data = TaskDataset.from_csv(run_data_path(cfg, run), task=d.task, x=list(d.x), y=list(d.y))
-        base_data = base_data.subset(_read_split(run))
+        base_data = read_tasks(d, run_data_path(cfg, run)).subset(_read_split(run))
     check_writable(run)
     methods = [("bayes", standardised_predictor(learner, std))]
     for name in args.baseline or ():

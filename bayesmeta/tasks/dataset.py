@@ -114,13 +114,19 @@ class Standardization:
             raise ValueError(f"not a standardisation record: {err}") from err
 
 
-def _check_columns(header: list[str], wanted: dict[str, list[str]], source: str) -> dict[str, list[int]]:
+def _names(columns: list[str] | str) -> list[str]:
+    """One column name or several -> a list of names."""
+    return [columns] if isinstance(columns, str) else list(columns)
+
+
+def _check_columns(header: list[str], wanted: dict[str, list[str]], source: str, *,
+                   may_be_empty: tuple[str, ...] = ()) -> dict[str, list[int]]:
     dup = sorted({c for c in header if header.count(c) > 1})
     if dup:
         raise ValueError(f"{source}: duplicate column name(s) {dup}")
     out = {}
     for role, cols in wanted.items():
-        if not cols:
+        if not cols and role not in may_be_empty:
             raise ValueError(f"{source}: no {role} column given")
         missing = [c for c in cols if c not in header]
         if missing:
@@ -163,13 +169,20 @@ def _first_bad(values: np.ndarray, bad: np.ndarray, rows: np.ndarray, names: lis
     return rows[i].item(), names[j], float(values[i, j])
 
 
-def _read_rows(reader, wanted: dict[str, list[str]], source: str, single_task: str) -> tuple:
-    """``(task ids, x rows, y rows, file row numbers)`` of a CSV reader (errors name the row and column)."""
+def _read_rows(reader, wanted: dict[str, list[str]], source: str, single_task: str,
+               task_optional: bool = False) -> tuple:
+    """``(task ids, x rows, y rows, file row numbers)`` of a CSV reader (errors name the row and column).
+
+    ``wanted`` names the ``task`` (optional), ``x`` and ``y`` (may be empty) columns; without a task
+    column (or, with ``task_optional``, when the file has none) every row belongs to ``single_task``.
+    """
     header = next(reader, None)
     if header is None or not any(h.strip() for h in header):
         raise ValueError(f"{source}: empty file (no header row)")
     header = [h.strip() for h in header]
-    cols = _check_columns(header, wanted, source)
+    if task_optional and "task" in wanted and wanted["task"][0] not in header:
+        wanted = {role: cols for role, cols in wanted.items() if role != "task"}
+    cols = _check_columns(header, wanted, source, may_be_empty=("y",))
     ids, xs, ys, rows = [], [], [], []
     for row_no, row in enumerate(reader, start=2):  # row 1 is the header
         if not row or all(not c.strip() for c in row):
@@ -278,30 +291,33 @@ class TaskDataset:
 
     @classmethod
     def from_csv(cls, path, *, task: str | None, x: list[str] | str, y: list[str] | str,
-                 single_task: str = "new") -> TaskDataset:
+                 single_task: str = "new", task_optional: bool = False) -> TaskDataset:
         """Read a CSV with a header row (no pandas needed). Errors name the file, row and column.
 
         The file is read as UTF-8; a byte-order mark (as Excel writes) is ignored. ``task=None``
-        reads every row as one task named ``single_task``. Row numbers in errors are the file's own
-        (the header is row 1).
+        reads every row as one task named ``single_task``; so does ``task_optional=True`` when the
+        file has no ``task`` column. ``y`` may be empty (``[]``: inputs only, e.g. query points;
+        ``y[i]`` is then ``[n_i, 0]``). Row numbers in errors are the file's own (the header is
+        row 1).
 
         Raises:
             FileNotFoundError: no such file. IsADirectoryError: ``path`` is a directory.
             OSError: the file cannot be read. ValueError: a problem with the content.
         """
         path = Path(path)
-        x, y = [x] if isinstance(x, str) else list(x), [y] if isinstance(y, str) else list(y)
+        x, y = _names(x), _names(y)
         wanted = {"x": x, "y": y} if task is None else {"task": [task], "x": x, "y": y}
         with open_csv(path) as reader:
-            ids, xs, ys, rows = _read_rows(reader, wanted, str(path), single_task)
-        return cls.from_arrays(ids, xs, ys, x_names=x, y_names=y, source=str(path), row_numbers=rows)
+            ids, xs, ys, rows = _read_rows(reader, wanted, str(path), single_task, task_optional)
+        return cls.from_arrays(ids, np.asarray(xs, dtype=np.float64).reshape(len(ids), len(x)),
+                               np.asarray(ys, dtype=np.float64).reshape(len(ids), len(y)), x_names=x, y_names=y,
+                               source=str(path), row_numbers=rows)
 
     @classmethod
     def from_frame(cls, df, *, task: str, x: list[str] | str, y: list[str] | str) -> TaskDataset:
         """From a data frame (pandas or anything with ``columns`` and ``df[col].to_numpy()``)."""
-        x, y = [x] if isinstance(x, str) else list(x), [y] if isinstance(y, str) else list(y)
-        cols = _check_columns([str(c) for c in df.columns], {"task": [task], "x": x, "y": y}, "data frame")
-        del cols
+        x, y = _names(x), _names(y)
+        _check_columns([str(c) for c in df.columns], {"task": [task], "x": x, "y": y}, "data frame")
         numeric = {}
         for c in x + y:
             try:

@@ -144,3 +144,18 @@ def test_csv_byte_order_mark_directory_and_binary(tmp_path):
     p.write_bytes(b"s,t,r\n\xff\xfe,1,2\n")
     with pytest.raises(ValueError, match=f"{p}: not a UTF-8 text file"):
         TaskDataset.from_csv(p, task="s", x="t", y="r")
+
+
+def test_csv_task_column_optional_and_inputs_only(tmp_path):
+    p = tmp_path / "q.csv"
+    p.write_text("t,s\n1,a\n2,b\n3,a\n")
+    ds = TaskDataset.from_csv(p, task="s", x="t", y=[], task_optional=True)
+    assert ds.task_ids == ["a", "b"] and ds.y_dim == 0 and ds.y[0].shape == (2, 0)
+    assert ds.x[0][:, 0].tolist() == [1.0, 3.0] and ds.rows[0].tolist() == [2, 4]
+    p.write_text("t\n1\n\n2\n")
+    one = TaskDataset.from_csv(p, task="s", x="t", y=[], task_optional=True)
+    assert one.task_ids == ["new"] and one.rows[0].tolist() == [2, 4]
+    with pytest.raises(ValueError, match=r"missing task column\(s\) \['s'\]"):
+        TaskDataset.from_csv(p, task="s", x="t", y=[])
+    with pytest.raises(ValueError, match="no x column given"):
+        TaskDataset.from_csv(p, task=None, x=[], y="t")
