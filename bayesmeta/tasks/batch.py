@@ -7,8 +7,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
-__all__ = ["TaskBatch", "as_float_tensor", "check_support", "zero_padding"]
+__all__ = ["TaskBatch", "as_float_tensor", "check_support", "pad_ragged", "zero_padding"]
 
 _FIELDS = ("x_support", "y_support", "mask_support", "x_query", "y_query", "mask_query")
 
@@ -25,8 +26,32 @@ def as_float_tensor(value, name: str, dtype: torch.dtype = torch.float32) -> tor
         raise TypeError(f"{name} must be numeric array-like; got {type(value).__name__}") from err
 
 
+def pad_ragged(tensors: Sequence[torch.Tensor], *, min_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ragged ``[n_i, F]`` tensors into ``[T, N, F]`` (zero-padded) and a mask ``[T, N]``.
+
+    ``N = max(n_i, min_size)``; an empty ``[0, F]`` tensor is a task without points. The result
+    has the first tensor's dtype and device (the others are converted); ``mask`` is true at
+    observed positions.
+
+    Example:
+        >>> v, m = pad_ragged([torch.ones(2, 1), torch.ones(0, 1)])
+        >>> v.shape, m.tolist()
+        (torch.Size([2, 2, 1]), [[True, True], [False, False]])
+    """
+    if len(tensors) == 0:
+        raise ValueError("pad_ragged: no tensors (need at least one task)")
+    first = tensors[0]
+    tensors = [t.to(dtype=first.dtype, device=first.device) for t in tensors]
+    out = pad_sequence(tensors, batch_first=True)  # [T, max n_i, F]
+    if out.shape[1] < min_size:
+        out = torch.cat([out, out.new_zeros(out.shape[0], min_size - out.shape[1], *out.shape[2:])], 1)
+    lengths = torch.tensor([t.shape[0] for t in tensors], device=first.device)  # [T]
+    mask = torch.arange(out.shape[1], device=first.device) < lengths[:, None]  # [T, N]
+    return out, mask
+
+
 def _pad(arrays: Sequence, name: str, dim_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad ragged ``[n_i, F]`` arrays into ``[T, max n_i, F]`` plus a boolean mask."""
+    """Check ragged ``[n_i, F]`` (or ``[n_i]``) arrays and pad them into ``[T, max n_i, F]`` plus a mask."""
     if len(arrays) == 0:
         raise ValueError(f"{name} is empty: need at least one task")
     tensors = []
@@ -42,14 +67,7 @@ def _pad(arrays: Sequence, name: str, dim_name: str) -> tuple[torch.Tensor, torc
     widths = {t.shape[1] for t in tensors}
     if len(widths) != 1:
         raise ValueError(f"{name}: tasks disagree on {dim_name}: {sorted(widths)}")
-    t_count, width = len(tensors), widths.pop()
-    size = max(t.shape[0] for t in tensors)
-    out = tensors[0].new_zeros(t_count, size, width)
-    mask = torch.zeros(t_count, size, dtype=torch.bool)
-    for i, t in enumerate(tensors):
-        out[i, : t.shape[0]] = t
-        mask[i, : t.shape[0]] = True
-    return out, mask
+    return pad_ragged(tensors)
 
 
 def zero_padding(v, mask):

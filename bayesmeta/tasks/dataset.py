@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..io import open_csv
-from .batch import TaskBatch
+from .batch import TaskBatch, pad_ragged
 
 __all__ = ["FLOAT32_MAX", "SAFE_ABS", "Standardization", "TaskDataset"]
 
@@ -448,19 +448,8 @@ class TaskDataset:
 
 def _ragged_batch(xs_s, ys_s, xs_q, ys_q, x_dim: int, y_dim: int, dtype) -> TaskBatch:
     """Pad per-task arrays (support sets may be empty) into a TaskBatch."""
-    t = len(xs_s)
-    s, q = max(len(v) for v in xs_s), max(len(v) for v in xs_q)
+    def pad(arrays, width):
+        return pad_ragged([torch.as_tensor(a, dtype=dtype).reshape(len(a), width) for a in arrays])
 
-    def pad(arrays, width, size):
-        out = torch.zeros(t, size, width, dtype=dtype)
-        mask = torch.zeros(t, size, dtype=torch.bool)
-        for i, a in enumerate(arrays):
-            out[i, : len(a)] = torch.as_tensor(a, dtype=dtype).reshape(len(a), width)
-            mask[i, : len(a)] = True
-        return out, mask
-
-    xs, ms = pad(xs_s, x_dim, s)
-    ys, _ = pad(ys_s, y_dim, s)
-    xq, mq = pad(xs_q, x_dim, q)
-    yq, _ = pad(ys_q, y_dim, q)
+    (xs, ms), (ys, _), (xq, mq), (yq, _) = pad(xs_s, x_dim), pad(ys_s, y_dim), pad(xs_q, x_dim), pad(ys_q, y_dim)
     return TaskBatch(xs, ys, ms, xq, yq, mq)

@@ -77,3 +77,40 @@ def test_nan_padding_never_reaches_the_model():
     pred = learner.adapt(x, y, mask).predict(torch.tensor([[[0.0], [2.0]]]))
     ref = learner.adapt(x.nan_to_num(0.0), y.nan_to_num(0.0, 0.0), mask).predict(torch.tensor([[[0.0], [2.0]]]))
     assert torch.isfinite(pred.mean).all() and torch.equal(pred.mean, ref.mean)
+
+
+def _loop_pad(tensors, size, dtype):
+    """The per-task loop the batch, the dataset and `predict` each had before `pad_ragged`."""
+    out = torch.zeros(len(tensors), size, tensors[0].shape[1], dtype=dtype)
+    mask = torch.zeros(len(tensors), size, dtype=torch.bool)
+    for i, t in enumerate(tensors):
+        out[i, : t.shape[0]] = t
+        mask[i, : t.shape[0]] = True
+    return out, mask
+
+
+@pytest.mark.parametrize("sizes", [(3, 1, 4), (0, 2), (0, 0), (5,)])
+@pytest.mark.parametrize("min_size", [0, 1, 7])
+def test_pad_ragged_equals_the_loop_it_replaced(sizes, min_size):
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(n, 2, generator=g, dtype=torch.float64) for n in sizes]
+    v, m = bm.tasks.batch.pad_ragged(tensors, min_size=min_size)
+    ref_v, ref_m = _loop_pad(tensors, max([*sizes, min_size]), torch.float64)
+    assert v.dtype == torch.float64 and torch.equal(v, ref_v) and torch.equal(m, ref_m)
+
+
+def test_pad_ragged_takes_the_first_tensors_dtype_and_rejects_nothing():
+    v, m = bm.tasks.batch.pad_ragged([torch.ones(1, 1, dtype=torch.float32), torch.ones(2, 1, dtype=torch.float64)])
+    assert v.dtype == torch.float32 and m.tolist() == [[True, False], [True, True]]
+    with pytest.raises(ValueError, match="no tensors"):
+        bm.tasks.batch.pad_ragged([])
+
+
+def test_kshot_batches_pad_like_before():
+    ds = bm.tasks.TaskDataset.from_arrays(["a"] * 4 + ["b"] * 2, [[float(i)] for i in range(6)], list(range(6)))
+    batch, _, _ = ds.kshot(1, seed=0)
+    ref, ref_m = _loop_pad([torch.as_tensor(v[1:], dtype=torch.float32) for v in (ds.x[0], ds.x[1])], 3,
+                           torch.float32)
+    assert torch.equal(batch.mask_query, ref_m)
+    assert sorted(batch.x_query[0][ref_m[0]].tolist() + batch.x_support[0].tolist()) == [[0.0], [1.0], [2.0], [3.0]]
+    assert batch.x_query.shape == ref.shape and batch.x_query.dtype == torch.float32
