@@ -195,12 +195,15 @@ def apply_overrides(cfg: FitConfig, assignments) -> FitConfig:
 
 
 def _toml_value(v) -> str:
+    """A value as TOML: strings as basic strings, escaped per the TOML spec (read back unchanged)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        short = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+        return '"' + "".join(short.get(c) or (f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                             for c in v) + '"'
     return "[" + ", ".join(_toml_value(x) for x in v) + "]"
 
 

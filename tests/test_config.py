@@ -1,0 +1,55 @@
+"""Run configs written as TOML read back to the same config, whatever characters their strings hold."""
+
+import tomllib
+from dataclasses import asdict, replace
+
+import pytest
+
+from bayesmeta.config import DataConfig, FitConfig, ModelConfig, TrainSection, load_config, to_toml
+
+AWKWARD = 'a\nb\tc "quoted" back\\slash ünïcödé ∑ 😀'  # newline, tab, quote, backslash, non-ASCII (BMP and beyond)
+
+
+def _config(text: str) -> FitConfig:
+    return FitConfig(
+        data=DataConfig(path=f"/data/{text}.csv", task=text, x=(text, "x2"), y=("y",), val_fraction=0.25,
+                        split_seed=3, standardize=False),
+        model=ModelConfig(kind="linear", latent_dim=4, hidden=(16, 8), heteroscedastic=False, guide="flow",
+                          objective="iwae", num_particles=3),
+        train=TrainSection(steps=7, max_time=1.5e-7, tasks_per_step=5, lr=3e-4, seed=11, device="cuda:1",
+                           checkpoint_every=2),
+    )
+
+
+def test_awkward_strings_round_trip_through_a_file(tmp_path):
+    cfg = _config(AWKWARD)
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(cfg), encoding="utf-8")
+    assert load_config(path) == cfg
+    assert load_config(path).data.task == AWKWARD  # the characters themselves, not an escaped form
+
+
+def test_every_control_character_is_escaped():
+    text = "".join(map(chr, range(0x20))) + "\x7f" + "\u2028\u00a0"  # all C0 controls, DEL, two odd spaces
+    written = to_toml(_config(text))
+    # TOML basic strings may hold no raw control character but tab; we escape tab as well
+    assert not any(ord(c) < 0x20 and c != "\n" or ord(c) == 0x7F for c in written)
+    assert tomllib.loads(written)["data"]["task"] == text
+    assert "\\n" in written and "\\u0000" in written and "\\u007F" in written and "\\u001B" in written
+
+
+@pytest.mark.parametrize("text", ["", "\\", '"', '\\"', "\\n", '"""', "'''", "a\r\nb", "#not a comment", "x = 1\n[model]"])
+def test_strings_that_look_like_toml_syntax_stay_strings(text):
+    cfg = _config(text)
+    assert tomllib.loads(to_toml(cfg)) == {s: _toml_ready(v) for s, v in asdict(cfg).items()}
+
+
+def _toml_ready(section: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+
+
+def test_defaults_and_numbers_round_trip(tmp_path):
+    path = tmp_path / "c.toml"
+    for cfg in (FitConfig(), replace(_config("s"), train=replace(_config("s").train, lr=1e-300, max_time=1e300))):
+        path.write_text(to_toml(cfg), encoding="utf-8")
+        assert load_config(path) == cfg
