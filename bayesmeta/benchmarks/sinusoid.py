@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation import Evaluation, evaluate
+from ..evaluation import Evaluation, evaluate, make_test_sets
 from ..io import atomic_write_text
 from ..learners import BayesLearner
 from ..models import LatentCodeRegression
@@ -33,12 +33,6 @@ SINUSOID_VARIANTS = {
 }
 
 
-def make_test_sets(family, *, shots=(1, 5, 10), num_tasks=1000, num_query=100, seed=1) -> dict:
-    """Fixed test tasks per shot count, ``{k: TaskBatch}`` (the same draws :func:`bm.evaluate` makes)."""
-    return {k: family.sample(num_tasks, shots=k, num_query=num_query,
-                             generator=torch.Generator().manual_seed(seed * 1000 + k)) for k in shots}
-
-
 def evaluate_on_family(learner, family, *, name: str = "default", shots=(1, 5, 10), num_tasks=1000,
                        num_query=100, methods=("importance",), seed=1, chunk=100, device="cpu", test_sets=None,
                        progress=False) -> Evaluation:
@@ -47,7 +41,7 @@ def evaluate_on_family(learner, family, *, name: str = "default", shots=(1, 5, 1
     Rows are named ``"{name}/{method}"``.
     """
     if test_sets is None:
-        test_sets = make_test_sets(family, shots=shots, num_tasks=num_tasks, num_query=num_query, seed=seed)
+        test_sets = make_test_sets(family, shots, num_tasks=num_tasks, num_query=num_query, seed=seed)
     return Evaluation.concat([
         evaluate(learner, test_sets, name=f"{name}/{method}", oracle=family, seed=seed, chunk=chunk, device=device,
                  predict_options={"method": method, "seed": seed}, progress=progress)
@@ -67,7 +61,7 @@ def run_sinusoid(*, variants=None, max_time: float = 540.0, steps: int = 1_000_0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, meta = [], {}
-    test_sets = make_test_sets(family, shots=shots, num_tasks=num_tasks)
+    test_sets = make_test_sets(family, shots, num_tasks=num_tasks)
     for name in variants:
         options, methods = SINUSOID_VARIANTS[name]
         learner = BayesLearner(LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=8), **options)

@@ -14,7 +14,7 @@ from .metrics import (
     task_nll,
 )
 from .results import Evaluation
-from .runner import COVERAGE_LEVELS, METRICS, evaluate
+from .runner import COVERAGE_LEVELS, METRICS, evaluate, make_test_sets
 
 __all__ = [
     "CALIBRATION_LEVELS",
@@ -26,6 +26,7 @@ __all__ = [
     "coverages",
     "crps_gaussian",
     "evaluate",
+    "make_test_sets",
     "mean_se",
     "pit",
     "task_coverages",

@@ -21,7 +21,7 @@ from .metrics import (
 )
 from .results import PIT_BINS, Evaluation, summarise
 
-__all__ = ["evaluate", "METRICS", "COVERAGE_LEVELS", "MAX_FAMILY_SHOTS"]
+__all__ = ["evaluate", "make_test_sets", "METRICS", "COVERAGE_LEVELS", "MAX_FAMILY_SHOTS"]
 
 METRICS = ("nll", "mse", "crps", "coverage")
 COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
@@ -52,6 +52,25 @@ def _check_shots(shots) -> tuple[int, ...]:
     if len(set(shots)) != len(shots):
         raise ValueError(f"shots has duplicates: {list(shots)}")
     return shots
+
+
+def make_test_sets(family, shots=(1, 5, 10), *, num_tasks: int = 1000, num_query: int = 100,
+                   seed: int = 1) -> dict[int, TaskBatch]:
+    """Fixed test tasks of a family per shot count, ``{k: TaskBatch}``: what :func:`evaluate` scores.
+
+    The ``k``-shot set is drawn from its own generator seeded ``1000 * seed + k``, so it is the same
+    whatever other shot counts are asked for, and ``evaluate(learner, family, seed=s)`` scores
+    exactly ``make_test_sets(family, seed=s)``. Build the sets once to score several methods on
+    the same tasks.
+
+    Example:
+        >>> import bayesmeta as bm
+        >>> sets = make_test_sets(bm.tasks.HierarchicalLinear(dim=1), (1, 5), num_tasks=3, num_query=4)
+        >>> {k: tuple(b.x_support.shape) for k, b in sets.items()}
+        {1: (3, 1, 1), 5: (3, 5, 1)}
+    """
+    return {k: family.sample(num_tasks, shots=k, num_query=num_query,
+                             generator=torch.Generator().manual_seed(seed * 1000 + k)) for k in _check_shots(shots)}
 
 
 def _dict_sets(tasks: dict, shots) -> dict:
@@ -99,9 +118,8 @@ def _test_sets(tasks, shots, *, num_tasks: int, num_query: int, seed: int):
             raise ValueError(f"shots={max(shots)}: at most {MAX_FAMILY_SHOTS} shots per task of a family (the "
                              f"cost of importance-sampled predictions grows with the shots); to score more, pass "
                              f"a TaskBatch, e.g. family.sample(num_tasks, shots=k, num_query=q)")
-        return {k: (tasks.sample(num_tasks, shots=k, num_query=num_query,
-                                 generator=torch.Generator().manual_seed(seed * 1000 + k)),
-                    torch.arange(num_tasks), []) for k in shots}
+        sets = make_test_sets(tasks, shots, num_tasks=num_tasks, num_query=num_query, seed=seed)
+        return {k: (b, torch.arange(num_tasks), []) for k, b in sets.items()}
     raise TypeError(f"tasks must be a TaskFamily, a TaskBatch or a dict {{shots: TaskBatch}}; got {type(tasks).__name__}")
 
 

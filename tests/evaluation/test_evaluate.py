@@ -109,3 +109,17 @@ def test_predictive_with_nans_is_reported(family):
         return pred
     with pytest.raises(ValueError, match="samples of task 1"):
         bm.evaluate(broken, family, shots=(1,), num_tasks=3)
+
+
+def test_make_test_sets_is_seeded_and_is_what_evaluate_scores(family):
+    sets = bm.evaluation.make_test_sets(family, (1, 5), num_tasks=30, num_query=10, seed=3)
+    for k in (1, 5):  # the draws evaluate made before the builder existed: one generator per shot count
+        ref = family.sample(30, shots=k, num_query=10, generator=torch.Generator().manual_seed(3 * 1000 + k))
+        assert torch.equal(sets[k].x_support, ref.x_support) and torch.equal(sets[k].y_query, ref.y_query)
+    alone = bm.evaluation.make_test_sets(family, (5,), num_tasks=30, num_query=10, seed=3)
+    assert torch.equal(alone[5].y_support, sets[5].y_support)  # a set does not depend on the other shot counts
+    from_family = bm.evaluate(_oracle(family), family, shots=(1, 5), num_tasks=30, num_query=10, seed=3)
+    from_sets = bm.evaluate(_oracle(family), sets, oracle=family, seed=3)
+    assert [r["nll"] for r in from_family.rows] == [r["nll"] for r in from_sets.rows]
+    with pytest.raises(ValueError, match="shots has duplicates"):
+        bm.evaluation.make_test_sets(family, (1, 1))
