@@ -19,7 +19,8 @@ import torch
 
 from ..baselines import BASELINES, MAML, Ensemble
 from ..diagnostics import plot_calibration_curve, plot_method_comparison
-from ..evaluation import Evaluation, evaluate
+from ..evaluation import Evaluation, evaluate, make_test_sets
+from ..evaluation.results import markdown_table, plus_minus
 from ..io import atomic_write_text
 from ..learners import BayesLearner
 from ..models import LatentCodeRegression
@@ -77,8 +78,7 @@ def _throughput(learner, tasks_per_step: int) -> float:
 def compare_family(family_name: str, *, methods, budget: float, sweep_seconds: float, num_tasks: int, seed: int,
                    device) -> tuple[Evaluation, dict]:
     family = COMPARE_FAMILIES[family_name]()
-    tests = {k: family.sample(num_tasks, shots=k, num_query=100, generator=torch.Generator().manual_seed(1000 + k))
-             for k in (1, 5, 10)}
+    tests = make_test_sets(family, (1, 5, 10), num_tasks=num_tasks, num_query=100, seed=1)
     settings, meta = {}, {"family": repr(family), "budget_seconds": budget, "methods": {}}
     for name in {"maml" if m == "ensemble" else m for m in methods} & set(BASELINES):
         t0 = time.perf_counter()
@@ -137,13 +137,11 @@ def vectorisation_speed(*, tasks_per_step: int = 25, repeats: int = 20, seed: in
 
 def format_compare(ev: Evaluation) -> str:
     """Markdown: NLL ± s.e., gap, MSE, CRPS, coverage, calibration error, adaptation time."""
-    lines = ["| method | K | NLL | gap to oracle | MSE | CRPS | cov90 | cal.err | adapt µs/task |", "|" + "---|" * 9]
-    for r in ev.summary:
-        gap = f"{r['gap']:.3f} ± {r['gap_se']:.3f}" if "gap" in r else "-"
-        lines.append(f"| {r['method']} | {r['shots']} | {r['nll']:.3f} ± {r['nll_se']:.3f} | {gap} | {r['mse']:.3f} | "
-                     f"{r['crps']:.3f} | {r['coverage_90']:.3f} | {r['calibration_error']:.3f} | "
-                     f"{r['adapt_us_per_task'] + r['predict_us_per_task']:.0f} |")
-    return "\n".join(lines)
+    header = ["method", "K", "NLL", "gap to oracle", "MSE", "CRPS", "cov90", "cal.err", "adapt µs/task"]
+    return markdown_table(header, [
+        [r["method"], r["shots"], plus_minus(r, "nll"), plus_minus(r, "gap"), f"{r['mse']:.3f}", f"{r['crps']:.3f}",
+         f"{r['coverage_90']:.3f}", f"{r['calibration_error']:.3f}",
+         f"{r['adapt_us_per_task'] + r['predict_us_per_task']:.0f}"] for r in ev.summary])
 
 
 def run_compare(*, families=("sinusoid", "linear"), methods=COMPARE_METHODS, budget: float = 300.0,

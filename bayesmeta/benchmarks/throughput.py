@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from ..evaluation.results import markdown_table
 from ..io import atomic_write_text
 
 __all__ = ["run_throughput"]
@@ -139,14 +140,15 @@ def run_throughput(*, tasks_per_step=(8, 32, 128, 256, 512), learners=LEARNERS, 
 
 def format_throughput(result: dict) -> str:
     lines = [f"meta-training on {result['device']} ({result['threads']} threads, {result['seconds_per_setting']:.0f} s "
-             "per setting)", "", "| learner | tasks/step | tasks/s | steps | peak MiB |", "|---|---|---|---|---|"]
-    lines += [f"| {r['learner']} | {r['tasks_per_step']} | {r['tasks_per_second']:.0f} | {r['steps']} | "
-              f"{r['peak_memory_mib']:.0f} |" for r in result["batch"]]
+             "per setting)", "", markdown_table(
+                 ["learner", "tasks/step", "tasks/s", "steps", "peak MiB"],
+                 [[r["learner"], r["tasks_per_step"], f"{r['tasks_per_second']:.0f}", r["steps"],
+                   f"{r['peak_memory_mib']:.0f}"] for r in result["batch"]])]
     if result["processes"]:
-        lines += ["", "| learner | processes | tasks/step/rank | tasks/s (all ranks) |", "|---|---|---|---|"]
-        lines += [f"| {r['learner']} | {r['processes']} | {r['tasks_per_step_per_rank']} | {r['tasks_per_second']:.0f} |"
-                  for r in result["processes"]]
-    lines += ["", "| tasks adapted at once | predict method | µs per task (adapt + predict, 100 query points) |",
-              "|---|---|---|"]
-    lines += [f"| {r['tasks']} | {r['method']} | {r['us_per_task']:.0f} |" for r in result["prediction"]]
+        lines += ["", markdown_table(["learner", "processes", "tasks/step/rank", "tasks/s (all ranks)"],
+                                     [[r["learner"], r["processes"], r["tasks_per_step_per_rank"],
+                                       f"{r['tasks_per_second']:.0f}"] for r in result["processes"]])]
+    lines += ["", markdown_table(["tasks adapted at once", "predict method",
+                                  "µs per task (adapt + predict, 100 query points)"],
+                                 [[r["tasks"], r["method"], f"{r['us_per_task']:.0f}"] for r in result["prediction"]])]
     return "\n".join(lines)

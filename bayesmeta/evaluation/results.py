@@ -13,7 +13,7 @@ import torch
 from ..io import atomic_write_text
 from .metrics import CALIBRATION_LEVELS, mean_se
 
-__all__ = ["Evaluation", "PIT_BINS", "summarise"]
+__all__ = ["Evaluation", "PIT_BINS", "markdown_table", "plus_minus", "summarise"]
 
 PIT_BINS = 20
 _FORMAT = "bayesmeta.Evaluation/1"
@@ -21,6 +21,20 @@ _FORMAT = "bayesmeta.Evaluation/1"
 
 def _pct(level: float) -> str:
     return f"{100 * level:g}"
+
+
+def markdown_table(header, rows) -> str:
+    """A Markdown table: the header row, the separator, one line per row (cells as ``str``).
+
+    Example:
+        >>> print(markdown_table(["a", "b"], [[1, "x"]]))
+        | a | b |
+        |---|---|
+        | 1 | x |
+    """
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def summarise(name, k, ids, skipped, res: dict, *, levels, curve_levels, timing) -> tuple[list[dict], dict]:
@@ -131,7 +145,7 @@ class Evaluation:
         for key, label in (("nll", "NLL"), ("oracle_nll", "oracle NLL"), ("gap", "gap"), ("mse", "MSE"),
                            ("crps", "CRPS")):
             if has(key):
-                cols.append((label, lambda r, key=key: _pm(r, key)))
+                cols.append((label, lambda r, key=key: plus_minus(r, key)))
         for lv in self.info.get("levels", ()):
             if has(f"coverage_{_pct(lv)}"):
                 cols.append((f"cov{_pct(lv)}", lambda r, lv=lv: _num(r.get(f"coverage_{_pct(lv)}"))))
@@ -143,9 +157,7 @@ class Evaluation:
             cols.append(("k>0.7", lambda r: _num(r.get("pareto_k_frac_above_0_7"), 2)))
         cols += [("adapt µs/task", lambda r: f"{r['adapt_us_per_task']:.0f}"),
                  ("predict µs/task", lambda r: f"{r['predict_us_per_task']:.0f}")]
-        lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(f(r) for _, f in cols) + " |" for r in self.summary]
-        return "\n".join(lines)
+        return markdown_table([c for c, _ in cols], [[f(r) for _, f in cols] for r in self.summary])
 
     def to_dict(self) -> dict:
         return {"format": _FORMAT, "info": self.info, "summary": self.summary, "rows": self.rows}
@@ -176,7 +188,9 @@ def _num(v, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def _pm(r: dict, key: str) -> str:
+def plus_minus(r: dict, key: str) -> str:
+    """``"mean ± se"`` of ``r[key]`` and ``r[key + "_se"]`` (3 decimals; the mean alone without a
+    finite s.e.; ``"-"`` when ``key`` is missing)."""
     if key not in r:
         return "-"
     se = r.get(f"{key}_se")

@@ -123,3 +123,11 @@ def test_make_test_sets_is_seeded_and_is_what_evaluate_scores(family):
     assert [r["nll"] for r in from_family.rows] == [r["nll"] for r in from_sets.rows]
     with pytest.raises(ValueError, match="shots has duplicates"):
         bm.evaluation.make_test_sets(family, (1, 1))
+
+
+def test_markdown_table_and_plus_minus():
+    from bayesmeta.evaluation.results import markdown_table, plus_minus
+
+    assert markdown_table(["a", "b"], [[1, "x"], [2.5, ""]]) == "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 |  |"
+    assert plus_minus({"nll": 1.0, "nll_se": 0.25}, "nll") == "1.000 ± 0.250"
+    assert plus_minus({"nll": 1.0, "nll_se": float("nan")}, "nll") == "1.000" and plus_minus({}, "gap") == "-"
