@@ -1,9 +1,11 @@
-"""``BayesLearner``: meta-train a hierarchical model, adapt to new tasks, predict."""
+"""The Learner protocol (:class:`MetaLearner`) and ``BayesLearner``: meta-train, adapt to new tasks, predict."""
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict
+import math
+import warnings
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -11,6 +13,7 @@ import torch
 from .inference.distributed import init_from_env
 from .inference.exact import fit_type2_ml
 from .inference.guides import AmortizedGuide
+from .inference.objectives import OBJECTIVES
 from .inference.refine import refine_local
 from .inference.trainer import (
     History,
@@ -26,20 +29,182 @@ from .predictive import Posterior
 from .tasks.batch import TaskBatch, check_support
 from .tasks.dataset import Standardization, standardize_pool
 
-__all__ = ["BayesLearner"]
+__all__ = ["BayesLearner", "MetaLearner"]
 
 _FORMAT = "bayesmeta.BayesLearner/1"
-_MAY_CHANGE_ON_RESUME = {"progress", "steps", "max_time", "log_every", "checkpoint_every"}
+_MAY_CHANGE_ON_RESUME = {"progress", "steps", "max_time", "log_every", "checkpoint_every", "device"}
+_FIELDS = tuple(TrainConfig.__dataclass_fields__)
+_RENAMED = {"refine_steps": "steps", "refine_lr": "lr"}
 
 
-def _check_resumable(saved: dict, now: dict) -> None:
-    changed = sorted(k for k in now if k not in _MAY_CHANGE_ON_RESUME and saved.get(k) != now[k])
-    if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise ValueError(f"resume: the checkpoint was trained with other settings ({detail})")
+def _renamed(deprecated: dict, steps, lr):
+    """Accept ``adapt``'s old keyword names (``refine_steps``, ``refine_lr``) with a DeprecationWarning."""
+    for old, value in deprecated.items():
+        if old not in _RENAMED:
+            raise TypeError(f"adapt() got an unexpected keyword argument {old!r}")
+        new = _RENAMED[old]
+        warnings.warn(f"adapt({old}=...) is deprecated; use adapt({new}=...), the same name on every learner",
+                      DeprecationWarning, stacklevel=3)
+        if new == "steps":
+            steps = value
+        else:
+            lr = value
+    return steps, lr
 
 
-class BayesLearner:
+def check_adapt_options(steps, lr) -> None:
+    """``steps``: None or an int >= 0; ``lr``: None or a finite number > 0 (errors name the argument)."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"steps must be None or an int >= 0; got {steps!r}")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf):
+        raise ValueError(f"lr must be None or a finite number > 0; got {lr!r}")
+
+
+class MetaLearner:
+    """The Learner protocol and the ``fit`` plumbing every learner shares.
+
+    A learner meta-trains with ``fit(source, steps, **options)`` (options: the fields of
+    :class:`~bayesmeta.inference.TrainConfig`, or ``config=TrainConfig(...)``), adapts to new
+    tasks with ``adapt(x_support, y_support, mask_support, steps=...)`` and predicts with
+    ``adapt(...).predict(x_query)``, which returns a :class:`~bayesmeta.PosteriorPredictive`.
+    Subclasses set ``x_dim``/``y_dim``, implement :meth:`_meta_train`, and say which options
+    they do not use (:meth:`_unused_options`): passing one is an error, never a silent no-op.
+    """
+
+    device: torch.device
+    history: History
+    standardization: Standardization | None
+    train_config: dict
+
+    def _unused_options(self, source, distributed: bool) -> dict[str, str]:
+        """Options this learner does not use for ``source``: ``{name: why}``."""
+        return {}
+
+    def _settings(self) -> dict:
+        """Settings a resumed run must share with the checkpoint (besides the TrainConfig)."""
+        return {"learner": type(self).__name__}
+
+    def _train_config(self, source, config, steps, options: dict, distributed: bool) -> TrainConfig:
+        """Merge ``config``, ``steps`` and keyword options into a validated :class:`TrainConfig`."""
+        name = type(self).__name__
+        if config is not None and not isinstance(config, TrainConfig):
+            raise TypeError(f"{name}.fit: config must be a bayesmeta.inference.TrainConfig; got {type(config).__name__}")
+        unknown = sorted(set(options) - set(_FIELDS))
+        if unknown:
+            raise ValueError(f"{name}.fit: unknown option(s) {unknown}; the options are the fields of "
+                             f"TrainConfig: {sorted(_FIELDS)}")
+        unused = self._unused_options(source, distributed)
+        for key in options:
+            if key in unused:
+                raise ValueError(f"{name}.fit: option {key}={options[key]!r} does not apply here ({unused[key]})")
+        if steps is not None:
+            options = {**options, "steps": steps}
+        return replace(config or TrainConfig(), **options)
+
+    def _resume_state(self, checkpoint, resume: bool, cfg: TrainConfig) -> dict | None:
+        if not resume:
+            return None
+        if checkpoint is None:
+            raise ValueError("resume=True needs checkpoint= (the path to continue from)")
+        state = load_checkpoint(checkpoint, map_location=self.device)
+        saved, now = state["config"], asdict(cfg)
+        changed = sorted(k for k in now if k not in _MAY_CHANGE_ON_RESUME and saved.get(k) != now[k])
+        changed = [(k, saved.get(k), now[k]) for k in changed]
+        for k, v in self._settings().items():
+            if k in state.get("settings", {}) and state["settings"][k] != v:
+                changed.append((k, state["settings"][k], v))
+        if changed:
+            detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed)
+            raise ValueError(f"resume: the checkpoint was trained with other settings ({detail})")
+        return state
+
+    def _prepare_source(self, source, state: dict | None, standardize: bool | None, *, default: bool):
+        """Standardise a pool (or keep the standardisation a resumed run started with)."""
+        if state is not None:
+            saved = state.get("standardization")
+            self.standardization = None if saved is None else Standardization.from_dict(saved)
+            return source if self.standardization is None else self.standardization.batch(source)
+        source, self.standardization = standardize_pool(source, standardize, default=default)
+        return source
+
+    @property
+    def x_dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def y_dim(self) -> int:
+        raise NotImplementedError
+
+    def _support(self, x_support, y_support, mask_support, *, min_points: int):
+        """Validated support set on the learner's device and scale: ``x, y, mask`` and the standardisation."""
+        if isinstance(x_support, TaskBatch):
+            x_support, y_support, mask_support = x_support.support
+        elif y_support is None:
+            raise ValueError("adapt: y_support is required unless a TaskBatch is given")
+        x, y, mask = check_support(x_support, y_support, mask_support, x_dim=self.x_dim, y_dim=self.y_dim,
+                                   min_points=min_points, prefix="support ")
+        x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
+        std = self.standardization
+        if std is not None:
+            x, y = std.x(x), std.y(y)
+        return x, y, mask, std
+
+    def _extra_state(self) -> dict:
+        std = self.standardization
+        return {"standardization": None if std is None else std.to_dict(), "settings": self._settings()}
+
+    def to(self, device) -> MetaLearner:
+        raise NotImplementedError
+
+    def fit(self, source, steps: int | None = None, *, config: TrainConfig | None = None, checkpoint=None,
+            resume: bool = False, on_checkpoint=None, distributed: bool = False, standardize: bool | None = None,
+            **options) -> MetaLearner:
+        """Meta-train on a task family (an endless stream) or a ``TaskBatch`` pool; returns ``self``.
+
+        Stops after ``steps`` or ``max_time`` seconds, whichever comes first. The options are the
+        fields of :class:`~bayesmeta.inference.TrainConfig` (``max_time``, ``tasks_per_step``,
+        ``lr``, ``seed``, ``device``, ``progress``, ``max_points``, ``clip_norm``, ...), given as
+        keywords or as ``config=TrainConfig(...)`` (keywords override it). An option this learner
+        does not use is a ``ValueError`` naming it. The trace is ``self.history``.
+
+        Args:
+            source: a :class:`~bayesmeta.tasks.TaskFamily` or a :class:`~bayesmeta.TaskBatch`.
+            steps: optimiser steps at most (default: ``config.steps``, 2000).
+            config: a :class:`~bayesmeta.inference.TrainConfig` (default: the defaults).
+            checkpoint: path of a training checkpoint, written atomically every
+                ``checkpoint_every`` steps and at the end (weights, optimiser, RNG states).
+            resume: continue from ``checkpoint`` (which must exist) instead of starting over.
+            on_checkpoint: called as ``on_checkpoint(step, history)`` after each checkpoint.
+            distributed: train in the ``torch.distributed`` process group of a ``torchrun``
+                launch (every rank calls ``fit`` with the same arguments; see
+                :mod:`bayesmeta.inference.distributed`). ``WORLD_SIZE=1`` trains normally.
+            standardize: train on standardised inputs and outputs (each column's mean and sd
+                over the pool's points), so data in any units train with the default learning
+                rate. ``None`` (default): on for a ``TaskBatch`` pool (your data), off for a task
+                family (synthetic families set their own scale). ``adapt`` and ``predict`` take
+                and return natural units either way (``self.standardization``).
+
+        Example:
+            >>> import bayesmeta as bm
+            >>> learner = bm.baselines.MAML(x_dim=1, y_dim=1)
+            >>> _ = learner.fit(bm.tasks.Sinusoid(), 2, lr=1e-3, progress=False)
+            >>> learner.train_config["tasks_per_step"]
+            32
+        """
+        cfg = self._train_config(source, config, steps, options, distributed)
+        self.to(self.device if cfg.device is None else cfg.device)  # None: train where the learner is
+        state = self._resume_state(checkpoint, resume, cfg)
+        self.history = self._meta_train(source, cfg, state=state, standardize=standardize, checkpoint=checkpoint,
+                                        on_checkpoint=on_checkpoint, distributed=distributed)
+        self.train_config = asdict(cfg)
+        return self
+
+    def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
+                    distributed: bool) -> History:
+        raise NotImplementedError
+
+
+class BayesLearner(MetaLearner):
     """Amortized (or exact) Bayesian meta-learner around a hierarchical model.
 
     Args:
@@ -65,7 +230,10 @@ class BayesLearner:
             raise TypeError(f"model must be a bayesmeta HierarchicalModel; got {type(model).__name__}")
         if conjugate and not getattr(model, "has_exact_posterior", False):
             raise ValueError(f"conjugate=True needs a model with an exact posterior; {type(model).__name__} has none")
-        TrainConfig(objective=objective, num_particles=num_particles)  # validates both
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be an int >= 1; got {num_particles!r}")
         self.model, self.conjugate = model, conjugate
         self.objective, self.num_particles = objective, num_particles
         if conjugate:
@@ -80,6 +248,14 @@ class BayesLearner:
         self.standardization: Standardization | None = None
         self.device = next(model.parameters()).device
 
+    @property
+    def x_dim(self) -> int:
+        return self.model.x_dim
+
+    @property
+    def y_dim(self) -> int:
+        return self.model.y_dim
+
     # ------------------------------------------------------------------ training
     def to(self, device) -> BayesLearner:
         self.device = resolve_device(device)
@@ -88,75 +264,45 @@ class BayesLearner:
             self.guide.to(self.device)
         return self
 
-    def fit(self, source, steps: int = 2000, *, max_time: float | None = None, tasks_per_step: int = 32,
-            device=None, seed: int = 0, lr: float = 1e-3, progress: bool = True, checkpoint=None,
-            resume: bool = False, on_checkpoint=None, distributed: bool = False, standardize: bool | None = None,
-            **options) -> BayesLearner:
-        """Meta-train on a task family (endless) or a ``TaskBatch`` pool.
+    def _settings(self) -> dict:
+        return {"learner": "BayesLearner", "objective": self.objective, "num_particles": self.num_particles,
+                "conjugate": self.conjugate}
 
-        Stops after ``steps`` or ``max_time`` seconds, whichever comes first. With
-        ``conjugate=True``, a model with fixed features (``HierarchicalLinearRegression``) and a
-        ``TaskBatch`` pool, the fit is exact type-II maximum likelihood instead: full-batch L-BFGS
-        from the data's own scale (:func:`~bayesmeta.inference.fit_type2_ml`; ``steps`` bounds
-        its iterations, a :class:`~bayesmeta.inference.ConvergenceWarning` says when it did not
-        converge), so data in natural units need no standardising; it ignores ``max_time``, ``lr``,
-        ``tasks_per_step`` and ``seed`` (a deterministic full-batch fit) and a resume refits. Further options
-        are fields of :class:`~bayesmeta.inference.TrainConfig` (``max_points``, ``clip_norm``,
-        ``optimizer``, ``final_lr_fraction``, ``checkpoint_every``, ...). Returns ``self``; the
-        trace is ``self.history``.
+    def _unused_options(self, source, distributed: bool) -> dict[str, str]:
+        unused = dict.fromkeys(("min_shots", "max_shots"), "the support/query split of the gradient-based baselines")
+        if self.guide is None:
+            unused["encoder_subsets"] = "a conjugate learner has no encoder"
+        if self._fits_exactly(source, distributed):
+            why = "the exact type-II ML fit is a deterministic full-batch L-BFGS; steps bounds its iterations"
+            unused.update(dict.fromkeys(
+                ("max_time", "tasks_per_step", "optimizer", "lr", "final_lr_fraction", "clip_norm", "min_points",
+                 "max_points", "seed", "log_every", "checkpoint_every"), why))
+        return unused
 
-        Args:
-            device: where to train (``"cpu"``, ``"cuda"``, ...); ``None`` (default) keeps the
-                learner on its current device.
-            checkpoint: path of a training checkpoint, written atomically every
-                ``checkpoint_every`` steps and at the end (model, guide, optimiser, RNG states).
-            resume: continue from ``checkpoint`` (which must exist) instead of starting over.
-            on_checkpoint: called as ``on_checkpoint(step, history)`` after each checkpoint.
-            distributed: train in the ``torch.distributed`` process group of a ``torchrun``
-                launch (every rank calls ``fit`` with the same arguments; see
-                :mod:`bayesmeta.inference.distributed`). ``WORLD_SIZE=1`` trains normally.
-            standardize: train on standardised inputs and outputs (each column's mean and sd
-                over the pool's points), so data in any units train with the default learning
-                rate. ``None`` (default): on for a ``TaskBatch`` pool (your data), off for a task
-                family (synthetic families set their own scale) and for exact type-II ML (which
-                starts from the data's scale and keeps the model in natural units). ``adapt`` and
-                ``predict`` take and return natural units either way; the model's parameters
-                and ``Posterior.sample`` are on the standardised scale (``self.standardization``).
+    def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
+                    distributed: bool) -> History:
+        """SVI on the ELBO (or the exact marginal likelihood); exact type-II ML where it applies.
+
+        With ``conjugate=True``, a model with fixed features (``HierarchicalLinearRegression``)
+        and a ``TaskBatch`` pool, the fit is exact type-II maximum likelihood: full-batch L-BFGS
+        from the data's own scale (:func:`~bayesmeta.inference.fit_type2_ml`; ``steps`` bounds its
+        iterations, a :class:`~bayesmeta.inference.ConvergenceWarning` says when it did not
+        converge), in natural units (no standardising); a resume refits.
         """
-        unknown = set(options) - set(TrainConfig.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"fit: unknown option(s) {sorted(unknown)}; allowed: {sorted(TrainConfig.__dataclass_fields__)}")
-        cfg = TrainConfig(steps=steps, max_time=max_time, tasks_per_step=tasks_per_step, seed=seed, lr=lr,
-                          progress=progress, objective=self.objective, num_particles=self.num_particles,
-                          **options)
-        self.to(self.device if device is None else device)  # None: train where the learner is
-        state = None
-        if resume:
-            if checkpoint is None:
-                raise ValueError("resume=True needs checkpoint= (the path to continue from)")
-            state = load_checkpoint(checkpoint, map_location=self.device)
-            _check_resumable(state["config"], asdict(cfg))
         self.model.train()
         exact = self._fits_exactly(source, distributed)
-        if state is not None:  # a resumed run keeps the standardisation it started with
-            saved = state.get("standardization")
-            self.standardization = None if saved is None else Standardization.from_dict(saved)
-            source = source if self.standardization is None else self.standardization.batch(source)
-        else:
-            source, self.standardization = standardize_pool(source, standardize, default=not exact)
-        extra = {"standardization": None if self.standardization is None else self.standardization.to_dict()}
+        source = self._prepare_source(source, state, standardize, default=not exact)
         if exact:
-            self.history = fit_type2_ml(self.model, source, max_iter=steps)
+            history = fit_type2_ml(self.model, source, max_iter=cfg.steps)
             if checkpoint is not None:
-                save_checkpoint(checkpoint, len(self.history.step), self.model, None, None, self.history, cfg,
-                                on_checkpoint=on_checkpoint, extra=extra)
-        else:
-            ctx = init_from_env(self.device) if distributed else None
-            self.history = meta_train(self.model, self.guide, source, cfg, device=self.device,
-                                      conjugate=self.conjugate, checkpoint=checkpoint, resume=state,
-                                      on_checkpoint=on_checkpoint, distributed=ctx, extra_state=extra)
-        self.train_config = asdict(cfg)
-        return self
+                save_checkpoint(checkpoint, len(history.step), {"model": self.model, "guide": None}, None, history,
+                                cfg, on_checkpoint=on_checkpoint, extra=self._extra_state())
+            return history
+        ctx = init_from_env(self.device) if distributed else None
+        return meta_train(self.model, self.guide, source, cfg, device=self.device, objective=self.objective,
+                          num_particles=self.num_particles, conjugate=self.conjugate, checkpoint=checkpoint,
+                          resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
+                          extra_state=self._extra_state())
 
     def _fits_exactly(self, source, distributed: bool) -> bool:
         """Conjugate model with fixed features on a finite pool: full-batch type-II ML (L-BFGS)."""
@@ -164,8 +310,8 @@ class BayesLearner:
                 and getattr(self.model, "fixed_features", False))
 
     # ------------------------------------------------------------------ adaptation
-    def adapt(self, x_support, y_support=None, mask_support=None, *, refine_steps: int = 0,
-              refine_lr: float = 1e-2) -> Posterior:
+    def adapt(self, x_support, y_support=None, mask_support=None, *, steps: int | None = None,
+              lr: float | None = None, **deprecated) -> Posterior:
         """Posterior over task parameters for new tasks from their support sets.
 
         Args:
@@ -173,26 +319,28 @@ class BayesLearner:
             y_support: ``[T, S, E]`` (or ``[T, S]``) targets.
             mask_support: ``[T, S]`` bool; ``None`` means every point is observed. Tasks may
                 have no observed points (the posterior is then the prior).
-            refine_steps: semi-amortized refinement steps on each task's local parameters.
+            steps: test-time adaptation steps, as on every learner: here semi-amortized
+                refinement of each task's local variational parameters (default 0: the
+                encoder's output as it is). ``refine_steps`` is its deprecated name.
+            lr: step size of the refinement (default 0.01). ``refine_lr`` is its deprecated name.
+
+        Raises:
+            ValueError: ``steps`` or ``lr`` on a conjugate learner (its posterior is exact).
         """
-        if isinstance(x_support, TaskBatch):
-            x_support, y_support, mask_support = x_support.support
-        elif y_support is None:
-            raise ValueError("adapt: y_support is required unless a TaskBatch is given")
-        x, y, mask = check_support(x_support, y_support, mask_support, x_dim=self.model.x_dim,
-                                   y_dim=self.model.y_dim, prefix="support ")
-        x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
-        std = self.standardization
-        if std is not None:
-            x, y = std.x(x), std.y(y)
+        steps, lr = _renamed(deprecated, steps, lr)
+        check_adapt_options(steps, lr)
+        x, y, mask, std = self._support(x_support, y_support, mask_support, min_points=0)
         self.model.eval()
-        with torch.no_grad():
-            if self.conjugate:
+        if self.conjugate:
+            if steps or lr is not None:
+                raise ValueError("adapt: steps and lr do not apply to a conjugate learner (its posterior is exact)")
+            with torch.no_grad():
                 return Posterior(self.model, x, y, mask, exact=self.model.exact_posterior(x, y, mask),
                                  standardization=std)
+        with torch.no_grad():
             local = self.guide.encode(x, y, mask)
-        local = refine_local(self.guide, self.model, x, y, mask, local, steps=refine_steps, lr=refine_lr,
-                             num_particles=self.num_particles, objective=self.objective)
+        local = refine_local(self.guide, self.model, x, y, mask, local, steps=steps or 0,
+                             lr=1e-2 if lr is None else lr, num_particles=self.num_particles, objective=self.objective)
         return Posterior(self.model, x, y, mask, guide=self.guide, local=local, standardization=std)
 
     # ------------------------------------------------------------------ persistence

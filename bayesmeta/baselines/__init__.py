@@ -4,7 +4,7 @@
 so :func:`bayesmeta.evaluate` scores them exactly like the Bayesian learners.
 """
 
-from .base import AdaptedTasks, BaselineConfig, GradientMetaLearner
+from .base import AdaptedTasks, GradientMetaLearner
 from .ensemble import Ensemble
 from .maml import FOMAML, MAML, MetaSGD, Reptile
 from .network import GaussianMLP
@@ -17,7 +17,6 @@ __all__ = [
     "FOMAML",
     "MAML",
     "AdaptedTasks",
-    "BaselineConfig",
     "Ensemble",
     "GaussianMLP",
     "GradientMetaLearner",

@@ -1,76 +1,28 @@
-"""Shared machinery of the gradient-based meta-learners: config, task batches, fit, adapt, predict.
+"""Shared machinery of the gradient-based meta-learners: their step of the one training loop, adapt, predict.
 
 Every task of a batch is adapted at once with ``torch.func`` (``vmap`` over tasks of ``grad`` of
 the task's masked loss, ``functional_call`` on the shared network): no Python loop over tasks.
+Meta-training is :func:`bayesmeta.inference.loop.train_loop` (the loop every learner uses) with
+the step :meth:`GradientMetaLearner.compute_gradients`; options are :class:`~bayesmeta.inference.TrainConfig`.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from numbers import Integral, Real
 
 import torch
 from torch.func import functional_call, grad, vmap
-from tqdm.auto import tqdm
 
-from ..inference.distributed import all_reduce_, broadcast_parameters, check_same_config, init_from_env
-from ..inference.trainer import OPTIMIZERS, History, TaskStream, resolve_device, set_lr
+from ..inference.distributed import init_from_env
+from ..inference.loop import Batch, History, TaskStream, TrainConfig, resolve_device, train_loop
+from ..learners import MetaLearner, check_adapt_options
 from ..predictive import PosteriorPredictive
-from ..tasks.batch import TaskBatch, check_support
-from ..tasks.dataset import Standardization, standardize_pool
+from ..tasks.dataset import Standardization
 from .network import GaussianMLP
 
-__all__ = ["BaselineConfig", "GradientMetaLearner", "AdaptedTasks"]
-
-
-@dataclass(frozen=True)
-class BaselineConfig:
-    """Meta-training options of the gradient-based baselines; validated on construction.
-
-    Each step draws ``tasks_per_step`` tasks with up to ``max_points`` points and splits each at
-    random into a support set of ``min_shots..max_shots`` points and a query set of the rest.
-    """
-
-    steps: int = 2000
-    max_time: float | None = None
-    tasks_per_step: int = 25
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    final_lr_fraction: float = 1.0
-    clip_norm: float | None = 10.0
-    max_points: int = 20
-    min_shots: int = 1
-    max_shots: int = 10
-    seed: int = 0
-    progress: bool = True
-    log_every: int = 50
-
-    @property
-    def min_points(self) -> int:  # the task stream's minimum: one support and one query point
-        return 2
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("steps", isinstance(self.steps, int) and self.steps >= 1, "an int >= 1"),
-            ("max_time", self.max_time is None or self.max_time > 0, "None or > 0 seconds"),
-            ("tasks_per_step", isinstance(self.tasks_per_step, int) and self.tasks_per_step >= 1, "an int >= 1"),
-            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {tuple(OPTIMIZERS)}"),
-            ("lr", self.lr > 0, "> 0"),
-            ("final_lr_fraction", 0 < self.final_lr_fraction <= 1, "in (0, 1]"),
-            ("clip_norm", self.clip_norm is None or self.clip_norm > 0, "None or > 0"),
-            ("max_points", isinstance(self.max_points, int) and self.max_points >= 2, "an int >= 2"),
-            ("max_shots", isinstance(self.max_shots, int) and 1 <= self.max_shots < self.max_points,
-             "an int in [1, max_points)"),
-            ("min_shots", isinstance(self.min_shots, int) and 1 <= self.min_shots <= self.max_shots,
-             "an int in [1, max_shots]"),
-            ("log_every", self.log_every >= 1, ">= 1"),
-        ]
-        for name, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"{name} must be {allowed}; got {getattr(self, name)!r}")
+__all__ = ["GradientMetaLearner", "AdaptedTasks", "split_support_query"]
 
 
 def _positive_int(name: str, value, *, allowed: str = "an int >= 1", whole=None) -> int:
@@ -102,12 +54,19 @@ class AdaptedTasks:
         self.learner, self.params, self.num_tasks = learner, params, num_tasks
 
     @torch.no_grad()
-    def predict(self, x, num_samples=None, *, method=None, seed=None) -> PosteriorPredictive:
+    def predict(self, x, num_samples: int | None = None, *, method: str | None = None,
+                seed: int | None = None) -> PosteriorPredictive:
         """Gaussian predictive ``[T, N, E]`` at ``x`` (``[T, N, D]`` or ``[N, D]`` for all tasks).
 
-        ``num_samples``, ``method`` and ``seed`` are accepted for interface compatibility with
-        :meth:`bayesmeta.Posterior.predict` and ignored: the predictive is one Gaussian per point.
+        The predictive is one Gaussian per point (a point estimate of the task's weights), so it
+        takes no posterior draws: ``num_samples`` and ``method`` are refused (a ``ValueError``
+        naming them), and any ``seed`` gives the same answer.
         """
+        name = type(self.learner).__name__
+        for arg, value in (("num_samples", num_samples), ("method", method)):
+            if value is not None:
+                raise ValueError(f"predict: {arg}={value!r} does not apply to {name}, whose predictive is one "
+                                 "Gaussian per point (no posterior draws)")
         net = self.learner.net
         x = torch.as_tensor(x, dtype=torch.get_default_dtype() if not torch.is_tensor(x) else x.dtype)
         x = x.to(self.learner.device)
@@ -124,7 +83,7 @@ class AdaptedTasks:
         return pred if std is None else std.predictive(pred)
 
 
-class GradientMetaLearner:
+class GradientMetaLearner(MetaLearner):
     """Base class: a :class:`GaussianMLP` whose initialisation is meta-learned.
 
     Subclasses define :meth:`meta_loss` (or :meth:`meta_step`) on a batch of tasks. ``x_dim``,
@@ -149,7 +108,6 @@ class GradientMetaLearner:
         self.adapt_steps = inner_steps if adapt_steps is None else adapt_steps
         self.history, self.device = History(), torch.device("cpu")
         self.standardization: Standardization | None = None  # set by fit on a TaskBatch pool
-        self._distributed, self._time_up = None, False
 
     # ------------------------------------------------------------------ inner loop
     def params(self) -> dict[str, torch.Tensor]:
@@ -175,117 +133,70 @@ class GradientMetaLearner:
             params = {k: p - rates[k] * g[k] for k, p in params.items()}
         return params
 
-    def adapt_batch(self, x, y, mask, *, steps: int, first_order: bool):
-        """Adapted parameters of every task at once: each ``[T, *shape]``."""
+    def adapt_batch(self, x, y, mask, *, steps: int, first_order: bool, lr_scale: float = 1.0):
+        """Adapted parameters of every task at once: each ``[T, *shape]`` (inner rates times ``lr_scale``)."""
         rates = self.inner_rates()
+        if lr_scale != 1.0:
+            rates = {k: r * lr_scale for k, r in rates.items()}
         fn = lambda xi, yi, mi: self.adapt_one(self.params(), rates, xi, yi, mi, steps, first_order)  # noqa: E731
         return vmap(fn)(x, y, mask)
 
     def meta_loss(self, x, y, support, query) -> torch.Tensor:
         raise NotImplementedError
 
-    def meta_step(self, optim, x, y, support, query, clip_norm) -> torch.Tensor:
-        """One outer update; returns the loss (per task) for the log."""
-        optim.zero_grad(set_to_none=True)
+    def compute_gradients(self, x, y, support, query) -> torch.Tensor:
+        """The step of the training loop: gradients of the meta-loss on :meth:`meta_parameters`.
+
+        ``x [T, N, D]``, ``y [T, N, E]``, ``support``/``query`` ``[T, N]`` masks. Returns the loss
+        (a mean over tasks) for the log.
+        """
         loss = self.meta_loss(x, y, support, query)
         loss.backward()
-        loss = self.average_over_ranks(loss)
-        if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.meta_parameters(), clip_norm)
-        optim.step()
         return loss.detach()
 
     def meta_parameters(self) -> list[torch.Tensor]:
         return list(self.net.parameters())
 
-    def average_over_ranks(self, loss: torch.Tensor) -> torch.Tensor:
-        """Distributed training: average gradients and loss over ranks (the loss is a mean over tasks).
-
-        The ranks' "time is up" flags travel in the same message, so all stop after the same step.
-        """
-        ctx = getattr(self, "_distributed", None)
-        if ctx is None:
-            return loss
-        params = self.meta_parameters()
-        reduced = all_reduce_(params, loss, float(self._time_up))
-        for p in params:
-            p.grad.div_(ctx.world_size)
-        self._stop_votes = reduced[1]  # read (a host sync) only at log steps, the same step on every rank
-        return reduced[0] / ctx.world_size
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        """What a training checkpoint holds."""
+        return {"net": self.net}
 
     # ------------------------------------------------------------------ the Learner protocol
+    @property
+    def x_dim(self) -> int:
+        return self.net.x_dim
+
+    @property
+    def y_dim(self) -> int:
+        return self.net.y_dim
+
     def to(self, device) -> GradientMetaLearner:
         self.device = resolve_device(device)
         self.net.to(self.device)
         return self
 
-    def fit(self, source, steps: int = 2000, *, max_time: float | None = None, tasks_per_step: int = 25,
-            device=None, seed: int = 0, lr: float = 1e-3, progress: bool = True, distributed: bool = False,
-            standardize: bool | None = None, **options) -> GradientMetaLearner:
-        """Meta-train on a task family (endless) or a ``TaskBatch`` pool; same signature as ``BayesLearner.fit``.
+    def _settings(self) -> dict:
+        return {"learner": type(self).__name__, "inner_steps": self.inner_steps, "inner_lr": self.inner_lr}
 
-        Stops after ``steps`` or ``max_time`` seconds, whichever comes first. Further options are
-        fields of :class:`BaselineConfig`. With ``distributed=True`` (under ``torchrun``) each rank
-        draws its own tasks and gradients are averaged over ranks every step. Returns ``self``; the
-        trace is ``self.history``. ``standardize`` as in ``BayesLearner.fit``: by default a
-        ``TaskBatch`` pool is standardised (each column's mean and sd), so data in natural units
-        train at the default learning rate; ``adapt`` and ``predict`` stay in natural units.
-        """
-        unknown = set(options) - set(BaselineConfig.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"fit: unknown option(s) {sorted(unknown)}; allowed: {sorted(BaselineConfig.__dataclass_fields__)}")
-        cfg = BaselineConfig(steps=steps, max_time=max_time, tasks_per_step=tasks_per_step, seed=seed, lr=lr,
-                             progress=progress, **options)
-        self.to(self.device if device is None else device)  # None: train where the learner is
-        source, self.standardization = standardize_pool(source, standardize, default=True)
+    def _unused_options(self, source, distributed: bool) -> dict[str, str]:
+        return {"encoder_subsets": f"{type(self).__name__} has no encoder"}
+
+    def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
+                    distributed: bool) -> History:
+        """Each step splits every task at random into ``U{min_shots..max_shots}`` support points and a query set."""
+        source = self._prepare_source(source, state, standardize, default=True)
         ctx = init_from_env(self.device) if distributed else None
-        rank, world = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
-        torch.manual_seed(cfg.seed + 1_000_003 * rank)
-        stream = TaskStream(source, cfg, self.device, self.net.x_dim, self.net.y_dim, rank=rank, world_size=world)
-        if ctx is not None:
-            check_same_config(ctx, {k: v for k, v in asdict(cfg).items() if k != "progress"}, self.device)
-            broadcast_parameters(self.meta_parameters())
-        optim = OPTIMIZERS[cfg.optimizer](self.meta_parameters(), lr=cfg.lr)
-        self._distributed = ctx
-        try:
-            self.history = self._train(stream, optim, cfg, show=cfg.progress and rank == 0)
-        finally:
-            self._distributed = None
-        self.train_config = asdict(cfg)
-        return self
 
-    def _train(self, stream, optim, cfg: BaselineConfig, *, show: bool) -> History:
-        history, start = History(), time.perf_counter()
-        bar = tqdm(total=cfg.steps, disable=not show, desc=f"meta-training {type(self).__name__}", leave=False)
-        try:
-            for step in range(1, cfg.steps + 1):
-                set_lr(optim, cfg, step, time.perf_counter() - start)
-                x, y, mask, _ = stream.next()
-                support, query = split_support_query(mask, cfg.max_shots, stream.gen, cfg.min_shots)
-                self._time_up = cfg.max_time is not None and time.perf_counter() - start >= cfg.max_time
-                loss = self.meta_step(optim, x, y, support, query, cfg.clip_norm)
-                bar.update(1)
-                time_up = self._time_up
-                if self._distributed is not None:
-                    time_up = (step % cfg.log_every == 0 or step == cfg.steps) and float(self._stop_votes) > 0
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"meta-training {type(self).__name__}: non-finite loss at step {step}")
-                    history.step.append(step)
-                    history.loss.append(float(loss))
-                    history.time.append(time.perf_counter() - start)
-                    history.lr.append(optim.param_groups[0]["lr"])
-                    bar.set_postfix(loss=f"{float(loss):.3f}")
-                if time_up:
-                    break
-        finally:
-            bar.close()
-        if not history.step or history.step[-1] != step:
-            history.step.append(step)
-            history.loss.append(float(loss))
-            history.time.append(time.perf_counter() - start)
-            history.lr.append(optim.param_groups[0]["lr"])
-        return history
+        def make_step(stream: TaskStream):
+            def step(b: Batch) -> torch.Tensor:
+                support, query = split_support_query(b.mask, cfg.max_shots, stream.gen, cfg.min_shots)
+                return self.compute_gradients(b.x, b.y, support, query)
+            return step
+
+        return train_loop(None, self._modules(), self.meta_parameters(), source, cfg, device=self.device,
+                          x_dim=self.x_dim, y_dim=self.y_dim, min_points=2, grad_mean=True, make_step=make_step,
+                          checkpoint=checkpoint, resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
+                          extra_state=self._extra_state(), desc=f"meta-training {type(self).__name__}")
 
     def _update_residual_scale(self, x, y, query, adapted) -> None:
         """The ``"mse"`` head's predictive scale: running RMS of query residuals (no host sync)."""
@@ -297,24 +208,24 @@ class GradientMetaLearner:
             rms = (((mean - y) ** 2 * m).sum((0, 1)) / m.sum((0, 1)).clamp_min(1)).sqrt()
             self.net.residual_scale.mul_(0.99).add_(0.01 * rms)
 
-    def adapt(self, x_support, y_support=None, mask_support=None, *, steps: int | None = None) -> AdaptedTasks:
-        """Adapt the meta-learned network to each task's support set (``adapt_steps`` steps by default).
+    def adapt(self, x_support, y_support=None, mask_support=None, *, steps: int | None = None,
+              lr: float | None = None) -> AdaptedTasks:
+        """Adapt the meta-learned network to each task's support set.
+
+        Args:
+            x_support: ``[T, S, D]`` inputs, or a :class:`TaskBatch` (its support set is used).
+            y_support: ``[T, S, E]`` targets; ``mask_support``: ``[T, S]`` bool (``None``: all).
+            steps: test-time adaptation steps, as on every learner: gradient steps on the
+                support loss (default ``adapt_steps``).
+            lr: their step size (default: the inner learning rate; Meta-SGD's learned rates
+                are scaled by ``lr / inner_lr``).
 
         Raises:
             ValueError: a task with no support points (gradient adaptation needs at least one).
         """
-        if isinstance(x_support, TaskBatch):
-            x_support, y_support, mask_support = x_support.support
-        elif y_support is None:
-            raise ValueError("adapt: y_support is required unless a TaskBatch is given")
-        x, y, mask = check_support(x_support, y_support, mask_support, x_dim=self.net.x_dim, y_dim=self.net.y_dim,
-                                   min_points=1, prefix="support ")
+        check_adapt_options(steps, lr)
+        x, y, mask, _ = self._support(x_support, y_support, mask_support, min_points=1)
         steps = self.adapt_steps if steps is None else steps
-        if not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be an int >= 0; got {steps!r}")
-        x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
-        std = self.standardization
-        if std is not None:
-            x, y = std.x(x), std.y(y)
-        adapted = self.adapt_batch(x, y, mask, steps=steps, first_order=True)
+        scale = 1.0 if lr is None else lr / self.inner_lr
+        adapted = self.adapt_batch(x, y, mask, steps=steps, first_order=True, lr_scale=scale)
         return AdaptedTasks(self, {k: v.detach() for k, v in adapted.items()}, x.shape[0])

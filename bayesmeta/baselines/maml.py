@@ -96,6 +96,9 @@ class MetaSGD(MAML):
     def meta_parameters(self):
         return list(self.net.parameters()) + list(self.rates.parameters())
 
+    def _modules(self):
+        return {"net": self.net, "rates": self.rates}
+
     def to(self, device) -> MetaSGD:
         super().to(device)
         self.rates.to(self.device)
@@ -121,17 +124,12 @@ class Reptile(GradientMetaLearner):
             losses = vmap(lambda p, xi, yi, mi: self.task_loss(p, xi, yi, mi))(adapted, x, y, mask)
         return {k: p.detach() - adapted[k].mean(0) for k, p in self.params().items()}, losses.mean()
 
-    def meta_step(self, optim, x, y, support, query, clip_norm) -> torch.Tensor:
+    def compute_gradients(self, x, y, support, query) -> torch.Tensor:
+        """Reptile's outer "gradient" ``theta - mean_i phi_i`` on the parameters; returns the mean loss."""
         direction, loss = self.reptile_direction(x, y, support | query)
-        optim.zero_grad(set_to_none=True)
         for k, p in self.params().items():
             p.grad = direction[k].clone()
-        loss = self.average_over_ranks(loss)
-        if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.meta_parameters(), clip_norm)
-        optim.step()
         if self.net.noise == "mse":
             adapted = self.adapt_batch(x, y, support, steps=self.inner_steps, first_order=True)
             self._update_residual_scale(x, y, query, {k: v.detach() for k, v in adapted.items()})
         return loss
-

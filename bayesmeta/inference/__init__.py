@@ -1,12 +1,13 @@
-"""Layer 3: set encoders, amortized guides, objectives, meta-training, refinement, importance sampling."""
+"""Layer 3: set encoders, amortized guides, objectives, the one training loop, refinement, importance sampling."""
 
 from .encoder import SetEncoder
 from .exact import ConvergenceWarning, fit_type2_ml
 from .guides import GUIDE_FAMILIES, AmortizedGuide
 from .importance import defensive_importance, effective_sample_size, pareto_k
+from .loop import History, TrainConfig, resolve_device, train_loop
 from .objectives import OBJECTIVES, TaskImportanceELBO, make_objective
 from .refine import refine_local
-from .trainer import History, TrainConfig, meta_train, resolve_device
+from .trainer import meta_train
 
 __all__ = [
     "ConvergenceWarning",
@@ -20,6 +21,7 @@ __all__ = [
     "TrainConfig",
     "History",
     "meta_train",
+    "train_loop",
     "resolve_device",
     "refine_local",
     "defensive_importance",

@@ -85,7 +85,9 @@ def test_reptile_step_is_theta_plus_eps_times_mean_displacement():
         adapted.append(phi)
     eps = 0.3
     optim = torch.optim.SGD(learner.meta_parameters(), lr=eps)
-    learner.meta_step(optim, x, y, s, q, clip_norm=None)
+    optim.zero_grad()
+    learner.compute_gradients(x, y, s, q)  # the step function the training loop calls
+    optim.step()
     for k, p in learner.params().items():
         mean_phi = torch.stack([a[k].detach() for a in adapted]).mean(0)
         assert torch.allclose(p.detach(), theta[k] + eps * (mean_phi - theta[k]), atol=1e-10)

@@ -1,0 +1,475 @@
+"""The one meta-training loop every learner uses, and its one options class, :class:`TrainConfig`.
+
+A learner supplies a *step function*: given a mini-batch of tasks it puts the gradients of its
+meta-objective on its parameters and returns the loss per task. Everything else is here, once:
+seeds, the task stream, the learning-rate schedule, the optimiser, gradient clipping, progress,
+the history, the time budget, non-finite checks, atomic checkpoints and resume, and the
+distributed all-reduce (gradients, loss and every rank's "time is up" vote in one message).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from ..io import atomic_torch_save
+from ..tasks.batch import TaskBatch
+from ..tasks.family import TaskFamily
+from .distributed import DistributedContext, all_reduce_, broadcast_parameters, check_same_config
+
+__all__ = [
+    "OPTIMIZERS", "Batch", "History", "TaskStream", "TrainConfig", "load_checkpoint", "pool_points", "resolve_device",
+    "save_checkpoint", "set_lr", "train_loop",
+]
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+_DEVICE = re.compile(r"cpu|auto|mps|meta|cuda(:\d+)?")
+
+
+def resolve_device(device) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` or a ``torch.device`` -> ``torch.device``."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: unknown device {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _is_int(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of meta-training, shared by every learner, the CLI's ``[train]`` section and the benchmarks.
+
+    Validated on construction: a bad value is a ``ValueError`` naming the field and what is allowed.
+    ``learner.fit(source, steps, **options)`` builds one from its keyword arguments (or takes
+    ``config=TrainConfig(...)``); a learner that does not use a field refuses it by name.
+
+    Attributes:
+        steps: optimiser steps at most.
+        max_time: seconds at most (``None``: no limit); training stops at whichever comes first.
+        tasks_per_step: tasks in each mini-batch.
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        lr: initial learning rate; cosine decay to ``lr * final_lr_fraction`` over ``steps`` (or
+            ``max_time``, if that fraction is larger).
+        final_lr_fraction: in ``(0, 1]``; 1 keeps the rate constant.
+        clip_norm: global gradient-norm clipping (``None``: none).
+        min_points, max_points: tasks drawn from a family have ``max_points`` points, of which
+            ``U{min_points..max_points}`` are observed (the Bayesian learners: every set size
+            the encoder will meet); the gradient-based baselines observe at least 2.
+        min_shots, max_shots: gradient-based baselines split each task at random into
+            ``U{min_shots..max_shots}`` support points and a query set of the rest.
+        encoder_subsets: Bayesian learners on a ``TaskBatch`` pool: also train the encoder on
+            random subsets of each task's points (a guide-only term).
+        seed: seed of the initial random state and of the task stream.
+        device: where to train (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"auto"``);
+            ``None`` keeps the learner where it is.
+        progress: show a progress bar.
+        log_every: steps between history entries (and non-finite checks).
+        checkpoint_every: steps between checkpoints, when a checkpoint path is given.
+    """
+
+    steps: int = 2000
+    max_time: float | None = None
+    tasks_per_step: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    final_lr_fraction: float = 0.1
+    clip_norm: float | None = 10.0
+    min_points: int = 0
+    max_points: int = 20
+    min_shots: int = 1
+    max_shots: int = 10
+    encoder_subsets: bool = True
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+    log_every: int = 50
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        if isinstance(self.device, torch.device):
+            object.__setattr__(self, "device", str(self.device))
+        for name, ok, allowed in self._checks():
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}; got {getattr(self, name)!r}")
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        positive = lambda v: _is_number(v) and v > 0  # noqa: E731
+        return [
+            ("steps", _is_int(self.steps, 1), "an int >= 1"),
+            ("max_time", self.max_time is None or positive(self.max_time), "None or > 0 seconds"),
+            ("tasks_per_step", _is_int(self.tasks_per_step, 1), "an int >= 1"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {tuple(OPTIMIZERS)}"),
+            ("lr", positive(self.lr), "a finite number > 0"),
+            ("final_lr_fraction", positive(self.final_lr_fraction) and self.final_lr_fraction <= 1, "in (0, 1]"),
+            ("clip_norm", self.clip_norm is None or positive(self.clip_norm), "None or > 0"),
+            ("max_points", _is_int(self.max_points, 1), "an int >= 1"),
+            ("min_points", _is_int(self.min_points, 0) and self.min_points <= self.max_points,
+             "an int with 0 <= min_points <= max_points"),
+            ("max_shots", _is_int(self.max_shots, 1), "an int >= 1"),
+            ("min_shots", _is_int(self.min_shots, 1) and self.min_shots <= self.max_shots,
+             "an int with 1 <= min_shots <= max_shots"),
+            ("encoder_subsets", isinstance(self.encoder_subsets, bool), "true or false"),
+            ("seed", _is_int(self.seed, 0), "an int >= 0"),
+            ("device", self.device is None or (isinstance(self.device, str) and _DEVICE.fullmatch(self.device)),
+             "None, 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"),
+            ("progress", isinstance(self.progress, bool), "true or false"),
+            ("log_every", _is_int(self.log_every, 1), "an int >= 1"),
+            ("checkpoint_every", _is_int(self.checkpoint_every, 1), "an int >= 1"),
+        ]
+
+
+@dataclass
+class History:
+    """Training trace, one entry every ``log_every`` steps: the loss per task (a negative bound)."""
+
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    time: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list]:
+        return {"step": self.step, "loss": self.loss, "time": self.time, "lr": self.lr}
+
+    def append(self, step: int, loss: float, seconds: float, lr: float) -> None:
+        self.step.append(step)
+        self.loss.append(loss)
+        self.time.append(seconds)
+        self.lr.append(lr)
+
+
+class Batch(NamedTuple):
+    """A mini-batch of tasks: points ``x [T, N, D]``, ``y [T, N, E]``, observed ``mask [T, N]``.
+
+    ``num_tasks`` is the pool's size when the batch is a subsample of a finite pool (the
+    objective rescales by ``num_tasks / T``), else ``None``.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mask: torch.Tensor
+    num_tasks: int | None
+
+
+def pool_points(pool: TaskBatch, x_dim: int, y_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A validated pool's points (support and query together), each task with at least one."""
+    pool.validate(min_support=0)
+    x, y, mask = pool.all_points()
+    empty = (mask.sum(-1) == 0).nonzero()
+    if len(empty):
+        raise ValueError(f"task pool: task {int(empty[0, 0])} has no observed points")
+    if x.shape[-1] != x_dim or y.shape[-1] != y_dim:
+        raise ValueError(f"task pool has x_dim={x.shape[-1]}, y_dim={y.shape[-1]}; the model expects "
+                         f"x_dim={x_dim}, y_dim={y_dim}")
+    return x, y, mask
+
+
+class TaskStream:
+    """Yields :class:`Batch` es on ``device`` from a task family (endless) or a ``TaskBatch`` pool.
+
+    From a family each task has ``cfg.max_points`` points of which ``U{min_points..max_points}``
+    are observed (``min_points`` defaults to ``cfg.min_points``); from a pool, ``tasks_per_step``
+    tasks drawn without replacement with all their points. In a distributed run rank ``r`` of
+    ``W`` trains on the disjoint shard of pool tasks ``r, r + W, ...``.
+    """
+
+    def __init__(self, source, cfg: TrainConfig, device: torch.device, x_dim: int, y_dim: int, *, rank: int = 0,
+                 world_size: int = 1, min_points: int | None = None) -> None:
+        self.cfg, self.device = cfg, device
+        self.min_points = cfg.min_points if min_points is None else max(min_points, cfg.min_points)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)  # rank 0: the single-process stream
+        if isinstance(source, TaskFamily):
+            if (source.x_dim, source.y_dim) != (x_dim, y_dim):
+                raise ValueError(
+                    f"task family {source!r} has x_dim={source.x_dim}, y_dim={source.y_dim}; the model "
+                    f"expects x_dim={x_dim}, y_dim={y_dim}"
+                )
+            if self.min_points > cfg.max_points:
+                raise ValueError(f"max_points must be >= {self.min_points} for this learner; got {cfg.max_points}")
+            self.family, self.pool = source, None
+        elif isinstance(source, TaskBatch):
+            x, y, mask = pool_points(source, x_dim, y_dim)
+            if world_size > len(x):
+                raise ValueError(f"task pool: {len(x)} tasks cannot be sharded over {world_size} processes")
+            shard = slice(rank, None, world_size)
+            self.family, self.pool = None, (x[shard].to(device), y[shard].to(device), mask[shard].to(device))
+        else:
+            raise TypeError(f"source must be a TaskFamily or a TaskBatch; got {type(source).__name__}")
+
+    @property
+    def pool_size(self) -> int | None:
+        return None if self.pool is None else self.pool[0].shape[0]
+
+    def next(self) -> Batch:
+        cfg, g = self.cfg, self.gen
+        if self.pool is None:
+            b = self.family.sample(cfg.tasks_per_step, shots=cfg.max_points, generator=g)
+            n = torch.randint(self.min_points, cfg.max_points + 1, (cfg.tasks_per_step,), generator=g)
+            mask = torch.arange(cfg.max_points)[None] < n[:, None]  # [T, S]
+            return Batch(b.x_support.to(self.device), b.y_support.to(self.device), mask.to(self.device), None)
+        m = self.pool_size
+        t = min(cfg.tasks_per_step, m)
+        idx = torch.randperm(m, generator=g)[:t].to(self.device)
+        x, y, mask = (v[idx] for v in self.pool)
+        return Batch(x, y, mask, m if t < m else None)
+
+    def random_subset(self, mask: torch.Tensor) -> torch.Tensor:
+        """Keep a uniformly random number of each task's observed points (in random positions)."""
+        u = torch.rand(mask.shape, generator=self.gen).to(mask.device)
+        u = torch.where(mask, u, torch.full_like(u, 2.0))
+        rank = u.argsort(-1).argsort(-1)  # rank of each point among the task's points
+        n = mask.sum(-1, keepdim=True)
+        keep = (torch.rand(n.shape, generator=self.gen).to(mask.device) * (n + 1)).floor()
+        return mask & (rank < keep)
+
+
+def set_lr(optim, cfg, step: int, elapsed: float) -> None:
+    """Cosine decay from ``cfg.lr`` to ``cfg.lr * cfg.final_lr_fraction`` over ``steps`` or ``max_time``.
+
+    Progress is the larger of the step fraction and (with ``max_time``) the time fraction.
+    """
+    frac = step / cfg.steps if cfg.max_time is None else max(step / cfg.steps, elapsed / cfg.max_time)
+    final = cfg.final_lr_fraction
+    factor = final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+    for group in optim.param_groups:
+        group["lr"] = cfg.lr * factor
+
+
+StepFunction = Callable[[Batch], torch.Tensor]
+"""Puts the gradients of the meta-objective on the parameters; returns the loss per task (a 0-d tensor)."""
+
+
+@dataclass
+class _Run:
+    """What one call of :func:`train_loop` holds while it runs."""
+
+    cfg: TrainConfig
+    params: list[torch.Tensor]
+    optim: torch.optim.Optimizer
+    stream: TaskStream
+    distributed: DistributedContext | None
+    grad_mean: bool
+    start: float
+    history: History
+    bad_steps: torch.Tensor
+
+    @property
+    def world(self) -> int:
+        return 1 if self.distributed is None else self.distributed.world_size
+
+
+def train_loop(step_fn: StepFunction, modules: dict[str, torch.nn.Module | None], params: list[torch.Tensor],
+               source, cfg: TrainConfig, *, device: torch.device, x_dim: int, y_dim: int,
+               min_points: int | None = None, grad_mean: bool = False, make_step=None, checkpoint=None,
+               resume: dict | None = None, on_checkpoint=None, distributed: DistributedContext | None = None,
+               extra_state: dict | None = None, desc: str = "meta-training") -> History:
+    """Run meta-training; returns the :class:`History`.
+
+    Args:
+        step_fn: ``step_fn(batch) -> loss per task``; it must put the gradients on ``params``
+            (the loop zeroes them before, then all-reduces, clips and steps). Or ``None`` with
+            ``make_step(stream) -> step_fn`` when the step needs the stream (random subsets).
+        modules: what a checkpoint holds, by name (``None`` entries are skipped).
+        params: the parameters the optimiser updates.
+        source: a ``TaskFamily`` or a ``TaskBatch`` pool.
+        cfg: :class:`TrainConfig`.
+        device: where the batches go.
+        x_dim, y_dim: the learner's input and output sizes (the source is checked against them).
+        min_points: the fewest observed points per family task the learner can use.
+        grad_mean: distributed runs average gradients over ranks (a loss that is a mean over the
+            batch's tasks) instead of summing them (a loss that is a sum over tasks).
+        checkpoint: a path: every ``checkpoint_every`` steps and at the end, the modules,
+            optimiser, history and every random-number state are written there atomically.
+        resume: a checkpoint (as loaded by :func:`load_checkpoint`) to continue from. With a
+            step budget on CPU the resumed run ends bit-for-bit where an uninterrupted one would;
+            with ``max_time`` the schedule follows the recorded time. A distributed resume
+            restores the weights and optimiser on every rank and starts fresh per-rank random
+            streams (statistically equivalent, not bit-exact).
+        on_checkpoint: called as ``on_checkpoint(step, history)`` after each checkpoint.
+        distributed: a :class:`~bayesmeta.inference.distributed.DistributedContext`: this rank
+            trains on its own tasks; only rank 0 checkpoints and shows progress.
+        extra_state: stored in every checkpoint as well (e.g. the learner's standardisation).
+        desc: the progress bar's label.
+
+    Raises:
+        FloatingPointError: the loss became non-finite. Checked without a per-step host sync: at
+            every log and checkpoint step, so a checkpoint never holds parameters updated after a
+            non-finite loss.
+    """
+    rank = 0 if distributed is None else distributed.rank
+    torch.manual_seed(cfg.seed + 1_000_003 * rank)
+    stream = TaskStream(source, cfg, device, x_dim, y_dim, rank=rank, min_points=min_points,
+                        world_size=1 if distributed is None else distributed.world_size)
+    if distributed is not None:
+        check_same_config(distributed, {k: v for k, v in asdict(cfg).items() if k != "progress"}, device)
+        broadcast_parameters(params)
+    step_fn = make_step(stream) if step_fn is None else step_fn
+    run = _Run(cfg, params, OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr), stream, distributed, grad_mean,
+               time.perf_counter(), History(), torch.zeros((), dtype=torch.int64, device=device))
+    first = 1
+    if resume is not None:
+        first = _restore(resume, modules, run) + 1
+    save = lambda step: save_checkpoint(  # noqa: E731
+        checkpoint, step, modules, run.optim, run.history, cfg, elapsed=time.perf_counter() - run.start,
+        stream=stream, on_checkpoint=on_checkpoint, extra=extra_state)
+    step, loss = _steps(step_fn, run, first, save if checkpoint is not None and rank == 0 else None, desc)
+    if step >= first:
+        _raise_if_bad(run.bad_steps, step)
+        if not run.history.step or run.history.step[-1] != step:
+            run.history.append(step, float(loss), time.perf_counter() - run.start, run.optim.param_groups[0]["lr"])
+    if checkpoint is not None and rank == 0 and step % cfg.checkpoint_every != 0:
+        save(step)
+    return run.history
+
+
+def _steps(step_fn: StepFunction, run: _Run, first: int, save, desc: str) -> tuple[int, torch.Tensor]:
+    """The loop proper: returns the last step and its loss per task."""
+    cfg = run.cfg
+    main = run.distributed is None or run.distributed.rank == 0
+    bar = tqdm(total=cfg.steps, initial=first - 1, disable=not (cfg.progress and main), desc=desc, leave=False)
+    step, loss = first - 1, torch.zeros(())
+    try:
+        for step in range(first, cfg.steps + 1):
+            set_lr(run.optim, cfg, step, time.perf_counter() - run.start)
+            loss, time_up = _one_step(step_fn, run, step)
+            bar.update(1)
+            logging = step % cfg.log_every == 0 or step == cfg.steps
+            saving = save is not None and step % cfg.checkpoint_every == 0
+            if logging or saving:  # the only host syncs
+                _raise_if_bad(run.bad_steps, step)
+            if run.distributed is not None:  # the same answer on every rank, read at log steps only
+                time_up = (logging or saving) and bool(time_up > 0)
+            if logging:
+                run.history.append(step, float(loss), time.perf_counter() - run.start,
+                                   run.optim.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+            if saving:
+                save(step)
+            if time_up:
+                break
+    finally:
+        bar.close()
+    return step, loss
+
+
+def _one_step(step_fn: StepFunction, run: _Run, step: int):
+    """Gradients, all-reduce, clipping, update; returns the loss per task and the "time is up" flag (or votes)."""
+    batch = run.stream.next()
+    run.optim.zero_grad(set_to_none=True)
+    try:
+        loss = step_fn(batch)
+    except (RuntimeError, ValueError):  # e.g. a Cholesky of parameters a non-finite step spoiled
+        _raise_if_bad(run.bad_steps, step - 1)
+        raise
+    loss = loss.detach()
+    time_up = run.cfg.max_time is not None and time.perf_counter() - run.start >= run.cfg.max_time
+    if run.distributed is not None:  # one message: gradients, loss and every rank's "time is up"
+        reduced = all_reduce_(run.params, loss, float(time_up))
+        if run.grad_mean:
+            for p in run.params:
+                p.grad.div_(run.world)
+        loss, time_up = reduced[0] / run.world, reduced[1]
+    run.bad_steps += ~torch.isfinite(loss)  # counted on the device: no host sync here
+    if run.cfg.clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(run.params, run.cfg.clip_norm)
+    run.optim.step()
+    return loss, time_up
+
+
+def _raise_if_bad(bad_steps: torch.Tensor, step: int) -> None:
+    n = int(bad_steps)
+    if n:
+        raise FloatingPointError(f"meta-training: the loss was non-finite in {n} step(s) up to step {step}; "
+                                 "the last checkpoint (if any) holds finite parameters")
+
+
+CHECKPOINT_FORMAT = "bayesmeta.checkpoint/1"
+
+
+def _rng_states(stream) -> dict:
+    states = {"torch": torch.get_rng_state(), "stream": stream.gen.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def save_checkpoint(path, step: int, modules: dict, optim, history: History, cfg: TrainConfig, *,
+                    elapsed: float | None = None, stream: TaskStream | None = None, on_checkpoint=None,
+                    extra: dict | None = None) -> None:
+    """Write a training checkpoint atomically: each module's ``state_dict`` under its name, the
+    optimiser, history, config and random states. ``optim`` and ``stream`` may be ``None`` (a fit
+    without them, e.g. exact type-II ML)."""
+    rng = _rng_states(stream) if stream is not None else {"torch": torch.get_rng_state()}
+    state = {"format": CHECKPOINT_FORMAT, "step": step,
+             "elapsed": elapsed if elapsed is not None else (history.time[-1] if history.time else 0.0),
+             "config": asdict(cfg), "optimizer": None if optim is None else optim.state_dict(),
+             "history": history.as_dict(), "rng": rng, "modules": sorted(modules),
+             **{name: None if m is None else m.state_dict() for name, m in modules.items()}, **(extra or {})}
+    atomic_torch_save(state, path)
+    if on_checkpoint is not None:
+        on_checkpoint(step, history)
+
+
+def load_checkpoint(path, *, map_location="cpu") -> dict:
+    """Read a training checkpoint written by :func:`train_loop` (``weights_only`` loading).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        OSError: the file cannot be read (permissions, I/O).
+        ValueError: not a bayesmeta checkpoint, or a corrupt or truncated one (naming ``path``).
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from") from None
+    except OSError:
+        raise
+    except Exception as err:  # torch.load fails in many ways on damaged files (never retry unsafely)
+        raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}); it cannot be "
+                         f"resumed") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a bayesmeta training checkpoint ({CHECKPOINT_FORMAT})")
+    return state
+
+
+def _restore(state: dict, modules: dict, run: _Run) -> int:
+    """Load a checkpoint into the modules, optimiser, history and random streams; returns its step."""
+    for name, m in modules.items():
+        if m is not None:
+            if state.get(name) is None:
+                raise ValueError(f"resume: the checkpoint holds no {name!r} (it was written by another learner)")
+            m.load_state_dict(state[name])
+    run.optim.load_state_dict(state["optimizer"])
+    step = int(state["step"])
+    run.start -= state["elapsed"]
+    run.history = History(**state["history"])
+    seed = run.cfg.seed
+    if run.distributed is None:
+        states = state["rng"]
+        torch.set_rng_state(states["torch"])
+        run.stream.gen.set_state(states["stream"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+    else:  # the checkpoint holds rank 0's random streams only: fresh ones per rank
+        rank = run.distributed.rank
+        torch.manual_seed(seed + 1_000_003 * rank + 7919 * (step + 1))
+        run.stream.gen.manual_seed(seed + 1_000_003 * rank + 7919 * (step + 1))
+    return step
