@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS
 
+from .freeze import frozen
+
 __all__ = ["run_nuts"]
-
-
-@contextlib.contextmanager
-def frozen(module: torch.nn.Module):
-    """Hold a module's parameters fixed (no gradient) inside the block; restore afterwards."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield module
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def run_nuts(model, x, y, mask=None, *, num_samples: int = 1000, num_warmup: int = 1000, num_chains: int = 4,
@@ -50,7 +37,7 @@ def run_nuts(model, x, y, mask=None, *, num_samples: int = 1000, num_warmup: int
     if not 0 < target_accept_prob < 1:
         raise ValueError(f"target_accept_prob must be in (0, 1); got {target_accept_prob}")
     runs = []
-    with frozen(model) if isinstance(model, torch.nn.Module) else contextlib.nullcontext(), torch.random.fork_rng():
+    with frozen(model), torch.random.fork_rng():
         for chain in range(num_chains):
             pyro.set_rng_seed(seed + chain)
             kernel = NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from .freeze import frozen
+
 __all__ = ["refine_local"]
 
 
@@ -23,23 +25,16 @@ def refine_local(guide, model, x, y, mask, local: dict[str, torch.Tensor], *, st
         return local
     free = [local["a"].requires_grad_(), local["log_s"].requires_grad_()]
     optim = torch.optim.Adam(free, lr=lr)
-    frozen = [p for p in list(model.parameters()) + list(guide.parameters()) if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            for _ in range(steps):
-                q = guide.build(local)
-                theta = q.rsample((num_particles,))  # [K, T, P]
-                log_w = model.log_joint(x, y, mask, theta) - q.log_prob(theta)  # [K, T]
-                if objective.startswith("iwae"):
-                    bound = torch.logsumexp(log_w, 0) - math.log(num_particles)
-                else:
-                    bound = log_w.mean(0)
-                optim.zero_grad()
-                (-bound.sum()).backward()
-                optim.step()
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
+    with frozen(model, guide), torch.enable_grad():
+        for _ in range(steps):
+            q = guide.build(local)
+            theta = q.rsample((num_particles,))  # [K, T, P]
+            log_w = model.log_joint(x, y, mask, theta) - q.log_prob(theta)  # [K, T]
+            if objective.startswith("iwae"):
+                bound = torch.logsumexp(log_w, 0) - math.log(num_particles)
+            else:
+                bound = log_w.mean(0)
+            optim.zero_grad()
+            (-bound.sum()).backward()
+            optim.step()
     return {k: v.detach() for k, v in local.items()}
