@@ -1,4 +1,5 @@
-"""Two gloo processes: K distributed steps equal K single-process steps on the union of their batches."""
+"""Two gloo processes: K distributed steps equal K single-process steps on the union of their batches (exact
+learner); an amortized learner's step is the sum of both shards' single-process steps."""
 
 import contextlib
 import os
@@ -67,6 +68,35 @@ def _maml_worker(rank, world, port, out_dir):
                    os.path.join(out_dir, f"maml{rank}.pt"))
 
 
+# Amortized (non-conjugate) learner: the ELBO is stochastic, and rank r draws its particles and subsets from the
+# streams seeded with seed + RANK_STRIDE * r (rank 0's are the single-process streams). One plain SGD step (no
+# clipping, constant rate) moves the parameters by -lr * gradient, so the summed gradient of a 2-rank step is
+# the sum of two single-process steps: on shard r (tasks r::2) with seed RANK_STRIDE * r.
+RANK_STRIDE = 1_000_003
+ONE_SGD_STEP = {"steps": 1, "tasks_per_step": 8, "lr": 0.05, "optimizer": "sgd", "clip_norm": None,
+                "final_lr_fraction": 1.0, "standardize": False, "progress": False}
+
+
+def _amortized_learner():
+    torch.manual_seed(0)
+    return bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), num_particles=4)  # diagonal guide, ELBO
+
+
+def _amortized_flat(learner):
+    params = list(learner.model.parameters()) + list(learner.guide.parameters())
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+def _amortized_worker(rank, world, port, out_dir):
+    with _rank(rank, world, port):
+        learner = _amortized_learner().fit(_pool(), seed=0, distributed=True, **ONE_SGD_STEP)
+        torch.save(_amortized_flat(learner), os.path.join(out_dir, f"sgd{rank}.pt"))
+        torch.manual_seed(rank)  # different starting points for the Adam run: rank 0's are broadcast
+        learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), num_particles=4)
+        learner.fit(_pool(), steps=6, tasks_per_step=3, progress=False, distributed=True)
+        torch.save(_amortized_flat(learner), os.path.join(out_dir, f"adam{rank}.pt"))
+
+
 def _timed_worker(rank, world, port, out_dir):
     with _rank(rank, world, port):
         learner = _learner().fit(_pool(), steps=10**6, max_time=1.0, tasks_per_step=8, progress=False,
@@ -91,6 +121,21 @@ def test_two_ranks_equal_one_process_on_the_union(tmp_path):
     model = _model()
     model.load_state_dict(state["model"])
     assert torch.allclose(torch.cat([p.detach().reshape(-1) for p in model.parameters()]), r0)
+
+
+def test_amortized_step_sums_the_gradients_of_both_shards(tmp_path):
+    mp.spawn(_amortized_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / "sgd0.pt"), torch.load(tmp_path / "sgd1.pt")
+    assert torch.equal(r0, r1)
+    start = _amortized_flat(_amortized_learner())
+    pool = _pool()
+    solo = [_amortized_flat(_amortized_learner().fit(pool[r::2], seed=RANK_STRIDE * r, **ONE_SGD_STEP)) for r in (0, 1)]
+    moved = [s - start for s in solo]  # -lr * (gradient of shard r)
+    assert min(m.abs().max() for m in moved) > 1e-2  # both shards' gradients move the parameters
+    # float32: the parameters are O(1), so the sums differ from the all-reduced step by rounding only (~1e-7)
+    torch.testing.assert_close(r0, start + moved[0] + moved[1], atol=1e-6, rtol=1e-6)
+    # several Adam steps (with subsampled shards, clipping and the schedule) keep every rank's parameters equal
+    assert torch.equal(torch.load(tmp_path / "adam0.pt"), torch.load(tmp_path / "adam1.pt"))
 
 
 def test_maml_family_trains_in_lockstep(tmp_path):
