@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterator
 import torch
 
 __all__ = [
-    "BLOCK_ELEMENTS", "CACHE_ELEMENTS", "GaussianMixture", "heaviest", "pad_components", "systematic_resample",
+    "BLOCK_ELEMENTS", "CACHE_ELEMENTS", "GaussianMixture", "heaviest", "pad_components", "pad_rows",
+    "systematic_resample",
 ]
 
 BLOCK_ELEMENTS = 2**20  # elements of one block's [n, T_b, N, E] components worked on at once
@@ -63,11 +64,15 @@ def pad_components(params: torch.Tensor, log_w: torch.Tensor, m: int) -> tuple[t
     extra = m - params.shape[0]
     if extra <= 0:
         return params, log_w
-    return _pad_rows(params, m), torch.cat([log_w, log_w.new_full((extra, log_w.shape[1]), -math.inf)], 0)
+    return pad_rows(params, m), torch.cat([log_w, log_w.new_full((extra, log_w.shape[1]), -math.inf)], 0)
 
 
-def _pad_rows(t: torch.Tensor, m: int) -> torch.Tensor:
-    """``t [k, ...]`` with copies of its first row appended up to ``m`` rows."""
+def pad_rows(t: torch.Tensor, m: int) -> torch.Tensor:
+    """``t [k, ...]`` with copies of its first row appended up to ``m`` rows (unchanged if ``k >= m``).
+
+    With :func:`pad_components` for the log weights, pads a mixture's components (``loc``,
+    ``scale``, parameters) so that mixtures with different component counts stack.
+    """
     extra = m - t.shape[0]
     return torch.cat([t, t[:1].expand(extra, *t.shape[1:])], 0) if extra > 0 else t
 
@@ -295,8 +300,8 @@ class GaussianMixture:
             n, locs, scales = self.num_components, [], []
             for b in self._blocks:
                 loc, scale = self._components(b)
-                locs.append(_pad_rows(loc, n))  # padding: zero-weight copies of the first component
-                scales.append(_pad_rows(scale.expand_as(loc), n))
+                locs.append(pad_rows(loc, n))  # padding: zero-weight copies of the first component
+                scales.append(pad_rows(scale.expand_as(loc), n))
             self._dense = (torch.cat(locs, 1), torch.cat(scales, 1))
         return self._dense
 

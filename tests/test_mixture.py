@@ -124,3 +124,19 @@ def test_many_blocks_keep_memory_flat():
     assert len(mix._blocks) == 1000
     assert mix.sample(3).shape == (3, 1000, 50, 1)
     assert mix.log_prob(torch.zeros(1000, 50, 1)).shape == (1000, 50)
+
+
+def test_pad_rows_and_pad_components_equal_the_ensembles_own_padding():
+    from bayesmeta.mixture import pad_components, pad_rows
+
+    g = torch.Generator().manual_seed(0)
+    loc, scale, logw = torch.randn(2, 3, 4, 1, generator=g), torch.rand(2, 3, 4, 1, generator=g), torch.randn(2, 3, generator=g)
+    pad = 3  # what baselines/ensemble.py writes out by hand
+    ref = (torch.cat([loc, loc[:1].expand(pad, *loc.shape[1:])]), torch.cat([scale, scale[:1].expand(pad, *scale.shape[1:])]),
+           torch.cat([logw, logw.new_full((pad, logw.shape[1]), -torch.inf)]))
+    new_loc, new_logw = pad_components(loc, logw, 5)
+    assert torch.equal(new_loc, ref[0]) and torch.equal(pad_rows(scale, 5), ref[1]) and torch.equal(new_logw, ref[2])
+    assert pad_rows(loc, 2) is loc and pad_components(loc, logw, 1)[0] is loc
+    mixed = GaussianMixture(new_loc, pad_rows(scale, 5), new_logw)  # zero-weight padding changes nothing
+    y = torch.randn(3, 4, 1, generator=g)
+    assert torch.allclose(mixed.log_prob(y), GaussianMixture(loc, scale, logw).log_prob(y), atol=1e-6)
