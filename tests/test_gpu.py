@@ -1,5 +1,7 @@
 """The CUDA path (run with `pytest -m gpu` on a machine with a GPU; skipped cleanly without one)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -35,3 +37,56 @@ def test_device_auto_picks_cuda():
     learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), conjugate=True)
     learner.fit(bm.tasks.HierarchicalLinear(dim=1), steps=2, device="auto", progress=False)
     assert learner.device.type == "cuda"
+
+
+# CPU/CUDA agreement. Both devices compute in float32 and differ only in the order of floating-point sums
+# (~1e-6 relative per operation); 1e-4 leaves two orders of magnitude for that to accumulate.
+TOL = 1e-4
+
+
+def _flat(module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).cpu() for p in module.parameters()])
+
+
+def _sgd_fit(device: str):
+    """A conjugate learner: no Monte-Carlo particles, tasks from a CPU generator, so both devices see the same steps.
+
+    Plain SGD (no clipping): each update is linear in the gradient, so rounding differences stay rounding-sized
+    (Adam's normalisation could flip the sign of a near-zero gradient component).
+    """
+    torch.manual_seed(0)
+    learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), conjugate=True)
+    return learner.fit(bm.tasks.HierarchicalLinear(dim=1), steps=20, optimizer="sgd", clip_norm=None, seed=0,
+                       device=device, progress=False)
+
+
+def _check_training_agrees(device: str) -> None:
+    torch.manual_seed(0)
+    start = _flat(bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), conjugate=True).model)
+    cpu, other = _sgd_fit("cpu"), _sgd_fit(device)
+    assert (_flat(cpu.model) - start).abs().max() > 0.1  # 20 steps moved the prior (measured: 0.9)
+    torch.testing.assert_close(_flat(other.model), _flat(cpu.model), atol=TOL, rtol=TOL)
+    test = bm.tasks.HierarchicalLinear(dim=1).sample(8, shots=3, num_query=10, generator=torch.Generator().manual_seed(1))
+    a, b = cpu.adapt(test).predict(test.x_query), other.adapt(test.to(device)).predict(test.x_query.to(device))
+    torch.testing.assert_close(b.mean.cpu(), a.mean, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(b.std.cpu(), a.std, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(b.log_prob(test.y_query.to(device)).cpu(), a.log_prob(test.y_query), atol=TOL, rtol=TOL)
+
+
+def _check_same_weights_agree(device: str) -> None:
+    family = bm.tasks.Sinusoid()
+    cpu = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, latent_dim=4, hidden=(32,)))
+    cpu.fit(family, steps=10, device="cpu", progress=False)
+    other = copy.deepcopy(cpu).to(device)
+    test = family.sample(8, shots=5, num_query=10, generator=torch.Generator().manual_seed(0))
+    q_cpu, q_other = cpu.adapt(test).distribution(), other.adapt(test.to(device)).distribution()
+    torch.testing.assert_close(q_other.mean.cpu(), q_cpu.mean, atol=TOL, rtol=TOL)  # the encoder's posterior
+    torch.testing.assert_close(q_other.variance.cpu(), q_cpu.variance, atol=TOL, rtol=TOL)
+
+
+def test_training_and_exact_predictions_agree_with_the_cpu():
+    _check_training_agrees("cuda")
+
+
+def test_same_weights_give_the_same_guide_posterior_on_cpu_and_cuda():
+    _check_same_weights_agree("cuda")
