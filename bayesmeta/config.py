@@ -5,22 +5,23 @@ A fit is described by three sections::
     [data]   path, task, x, y, val_fraction, split_seed, standardize
     [model]  kind ("latent" | "linear" | "bayes-head"), latent_dim, hidden, heteroscedastic,
              guide, objective, num_particles
-    [train]  steps, max_time (0: none), tasks_per_step, lr, seed, device, checkpoint_every
+    [train]  the fields of :class:`~bayesmeta.inference.TrainConfig` (the options of every
+             learner's ``fit``): steps, max_time (0: none), tasks_per_step, lr, seed, device, ...
 
 An unknown section or key, or a bad value, is an error that names the key and what is allowed.
 """
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from .inference.loop import TrainConfig
 from .inference.objectives import OBJECTIVES
 from .io import file_error
 
-__all__ = ["DataConfig", "FitConfig", "ModelConfig", "TrainSection", "MODEL_KINDS", "apply_overrides",
+__all__ = ["DataConfig", "FitConfig", "ModelConfig", "TrainConfig", "MODEL_KINDS", "apply_overrides",
            "config_from_dict", "load_config", "to_toml"]
 
 MODEL_KINDS = ("latent", "linear", "bayes-head")
@@ -80,62 +81,41 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainSection:
-    steps: int = 5000
-    max_time: float = 0.0
-    tasks_per_step: int = 32
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_every: int = 500
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", self.device):
-            _fail("train.device", "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'", self.device)
-        for key, ok, allowed in (("steps", self.steps >= 1, ">= 1"), ("max_time", self.max_time >= 0, ">= 0 (0: none)"),
-                                 ("tasks_per_step", self.tasks_per_step >= 1, ">= 1"), ("lr", self.lr > 0, "> 0"),
-                                 ("checkpoint_every", self.checkpoint_every >= 1, ">= 1")):
-            if not ok:
-                _fail(f"train.{key}", allowed, getattr(self, key))
-
-
-@dataclass(frozen=True)
 class FitConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainSection = field(default_factory=TrainSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainSection}
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+_NONE_IS_ZERO = {"max_time", "clip_norm"}  # TOML has no null: 0 means none for these
 
 
 def _coerce(section: str, f, value):
-    key, default = f"{section}.{f.name}", f.default
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            _fail(key, "true or false", value)
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(key, "an integer", value)
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            _fail(key, "a number", value)
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            _fail(key, "a string", value)
-        return value
-    if isinstance(default, tuple):  # lists of column names or of widths
+    """A TOML value for field ``f`` as the field's type (from its annotation), or an error naming the key."""
+    key, kind = f"{section}.{f.name}", str(f.type)
+    if kind.endswith("| None"):
+        if f.name in _NONE_IS_ZERO and value == 0 and not isinstance(value, bool):
+            return None
+        kind = kind.removesuffix("| None").strip()
+    if kind.startswith("tuple"):  # lists of column names or of widths
         value = [value] if isinstance(value, str) else value
         if not isinstance(value, list | tuple):
             _fail(key, "a list", value)
-        kind = int if f.name == "hidden" else str
-        if not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
-            _fail(key, f"a list of {kind.__name__}s", value)
+        item = int if "int" in kind else str
+        if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            _fail(key, f"a list of {item.__name__}s", value)
         return tuple(value)
-    raise TypeError(f"config: unsupported field {key}")
+    checks = {"bool": (lambda v: isinstance(v, bool), "true or false"),
+              "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+              "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+              "str": (lambda v: isinstance(v, str), "a string")}
+    if kind not in checks:
+        raise TypeError(f"config: unsupported field {key} ({kind})")
+    ok, allowed = checks[kind]
+    if not ok(value):
+        _fail(key, allowed, value)
+    return float(value) if kind == "float" else value
 
 
 def config_from_dict(data: dict, base: FitConfig | None = None) -> FitConfig:
@@ -154,7 +134,11 @@ def config_from_dict(data: dict, base: FitConfig | None = None) -> FitConfig:
             raise ValueError(f"config: unknown key(s) {[f'{section}.{k}' for k in bad]}; allowed in [{section}]: "
                              f"{sorted(known)}")
         updates = {k: _coerce(section, known[k], v) for k, v in values.items()}
-        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **updates)})
+        try:
+            cfg = replace(cfg, **{section: replace(getattr(cfg, section), **updates)})
+        except ValueError as err:  # TrainConfig's own checks name the field: say which section it is in
+            msg = str(err)
+            raise ValueError(msg if msg.startswith("config:") else f"config: {section}.{msg}") from None
     return cfg
 
 
@@ -212,6 +196,7 @@ def to_toml(cfg: FitConfig) -> str:
     lines = []
     for section, values in asdict(cfg).items():
         lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        values = {k: 0 if v is None and k in _NONE_IS_ZERO else v for k, v in values.items()}
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]  # absent: None
         lines.append("")
     return "\n".join(lines)

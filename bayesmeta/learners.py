@@ -38,17 +38,16 @@ _RENAMED = {"refine_steps": "steps", "refine_lr": "lr"}
 
 
 def _renamed(deprecated: dict, steps, lr):
-    """Accept ``adapt``'s old keyword names (``refine_steps``, ``refine_lr``) with a DeprecationWarning."""
-    for old, value in deprecated.items():
-        if old not in _RENAMED:
-            raise TypeError(f"adapt() got an unexpected keyword argument {old!r}")
-        new = _RENAMED[old]
-        warnings.warn(f"adapt({old}=...) is deprecated; use adapt({new}=...), the same name on every learner",
-                      DeprecationWarning, stacklevel=3)
-        if new == "steps":
-            steps = value
-        else:
-            lr = value
+    """Accept ``adapt``'s old keyword names (``refine_steps``, ``refine_lr``) with one DeprecationWarning."""
+    unknown = sorted(set(deprecated) - set(_RENAMED))
+    if unknown:
+        raise TypeError(f"adapt() got an unexpected keyword argument {unknown[0]!r}")
+    if deprecated:
+        names = ", ".join(f"{old}= -> {_RENAMED[old]}=" for old in deprecated)
+        warnings.warn(f"adapt: refine_steps/refine_lr are deprecated ({names}): steps and lr are the same names "
+                      "on every learner", DeprecationWarning, stacklevel=3)
+    steps = deprecated.get("refine_steps", steps)
+    lr = deprecated.get("refine_lr", lr)
     return steps, lr
 
 
@@ -108,7 +107,7 @@ class MetaLearner:
             raise ValueError("resume=True needs checkpoint= (the path to continue from)")
         state = load_checkpoint(checkpoint, map_location=self.device)
         saved, now = state["config"], asdict(cfg)
-        changed = sorted(k for k in now if k not in _MAY_CHANGE_ON_RESUME and saved.get(k) != now[k])
+        changed = sorted(k for k in now if k not in _MAY_CHANGE_ON_RESUME and k in saved and saved[k] != now[k])
         changed = [(k, saved.get(k), now[k]) for k in changed]
         for k, v in self._settings().items():
             if k in state.get("settings", {}) and state["settings"][k] != v:

@@ -5,7 +5,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from bayesmeta.config import DataConfig, FitConfig, ModelConfig, TrainSection, load_config, to_toml
+from bayesmeta.config import DataConfig, FitConfig, ModelConfig, TrainConfig, load_config, to_toml
 
 AWKWARD = 'a\nb\tc "quoted" back\\slash ünïcödé ∑ 😀'  # newline, tab, quote, backslash, non-ASCII (BMP and beyond)
 
@@ -16,8 +16,8 @@ def _config(text: str) -> FitConfig:
                         split_seed=3, standardize=False),
         model=ModelConfig(kind="linear", latent_dim=4, hidden=(16, 8), heteroscedastic=False, guide="flow",
                           objective="iwae", num_particles=3),
-        train=TrainSection(steps=7, max_time=1.5e-7, tasks_per_step=5, lr=3e-4, seed=11, device="cuda:1",
-                           checkpoint_every=2),
+        train=TrainConfig(steps=7, max_time=1.5e-7, tasks_per_step=5, lr=3e-4, seed=11, device="cuda:1",
+                          checkpoint_every=2),
     )
 
 

@@ -226,10 +226,8 @@ def _train(plan: _FitPlan, args, out: Path, *, distributed: bool, main: bool) ->
     if main:
         _say(f"fitting {plan.cfg.model.kind} model on {len(plan.train)} tasks ({sum(plan.train.sizes)} rows) "
              f"from {plan.data_path} ...")
-    plan.learner.fit(plan.train.to_batch(plan.std), t.steps, max_time=t.max_time or None,
-                     tasks_per_step=t.tasks_per_step, lr=t.lr, seed=t.seed, device=t.device,
-                     progress=not args.no_progress, checkpoint=out / CHECKPOINT, resume=args.resume,
-                     checkpoint_every=t.checkpoint_every, distributed=distributed,
+    plan.learner.fit(plan.train.to_batch(plan.std), config=replace(t, progress=t.progress and not args.no_progress),
+                     checkpoint=out / CHECKPOINT, resume=args.resume, distributed=distributed,
                      on_checkpoint=lambda step, history: _write_metrics(out, history),
                      standardize=False)  # the run standardised the data itself (standardisation.json)
 
