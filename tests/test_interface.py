@@ -133,3 +133,24 @@ def test_run_directories_written_before_the_rename_still_load(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert bm.PosteriorPredictive.__name__ == "PosteriorPredictive"
+
+
+def test_an_ensemble_of_mixtures_with_different_sizes_is_their_equal_weight_mixture():
+    from bayesmeta.baselines.ensemble import _AdaptedEnsemble
+
+    g = torch.Generator().manual_seed(0)
+    mixtures = [bm.PosteriorPredictive(torch.randn(k, 3, 4, 1, generator=g), torch.rand(k, 3, 4, 1, generator=g) + 0.5,
+                                       torch.randn(k, 3, generator=g)) for k in (1, 5, 2)]
+
+    class Member:
+        def __init__(self, pred):
+            self.pred = pred
+
+        def predict(self, x):
+            return self.pred
+
+    ens = _AdaptedEnsemble([Member(p) for p in mixtures]).predict(torch.zeros(4, 1))
+    y = torch.randn(3, 4, 1, generator=g)
+    expected = torch.stack([p.log_prob(y) for p in mixtures]).logsumexp(0) - torch.log(torch.tensor(3.0))
+    assert ens.num_components == 15 and torch.allclose(ens.log_prob(y), expected, atol=1e-5)
+    assert torch.allclose(ens.mean, torch.stack([p.mean for p in mixtures]).mean(0), atol=1e-5)

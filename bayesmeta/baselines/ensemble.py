@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..mixture import pad_components, pad_rows
 from ..predictive import PosteriorPredictive
 
 __all__ = ["Ensemble"]
@@ -18,22 +19,19 @@ class _AdaptedEnsemble:
 
     @torch.no_grad()
     def predict(self, x, num_samples=None, **options) -> PosteriorPredictive:
-        """Equal-weight mixture of the members' predictives (each may itself be a mixture)."""
-        preds = [m.predict(x, num_samples, **options) if num_samples is not None else m.predict(x, **options)
-                 for m in self.members]
-        n = len(preds)
+        """Equal-weight mixture of the members' predictives (each may itself be a mixture).
+
+        Options go to every member's ``predict``; one a member cannot use is its error.
+        """
+        if num_samples is not None:
+            options["num_samples"] = num_samples
+        preds = [m.predict(x, **options) for m in self.members]
         m = max(p.num_components for p in preds)
         locs, scales, weights = [], [], []
-        for p in preds:
-            pad = m - p.num_components  # pad with zero-weight components so members stack
-            loc, scale = p.loc, torch.as_tensor(p.scale).expand_as(p.loc)
-            logw = p.log_weights - math.log(n)
-            if pad:
-                loc = torch.cat([loc, loc[:1].expand(pad, *loc.shape[1:])])
-                scale = torch.cat([scale, scale[:1].expand(pad, *scale.shape[1:])])
-                logw = torch.cat([logw, logw.new_full((pad, logw.shape[1]), -torch.inf)])
+        for p in preds:  # pad with zero-weight components so that members stack
+            loc, logw = pad_components(p.loc, p.log_weights - math.log(len(preds)), m)
             locs.append(loc)
-            scales.append(scale)
+            scales.append(pad_rows(torch.as_tensor(p.scale).expand_as(p.loc), m))
             weights.append(logw)
         return PosteriorPredictive(torch.cat(locs), torch.cat(scales), torch.cat(weights), method="ensemble")
 
