@@ -1,10 +1,12 @@
 """Layer 6: reproducible benchmarks (``bayesmeta bench NAME``): print a table, write JSON."""
 
 from .compare import COMPARE_FAMILIES, COMPARE_METHODS, run_compare
+from .exact_fit import run_exact_fit
 from .sinusoid import SINUSOID_VARIANTS, evaluate_on_family, run_sinusoid
 from .throughput import run_throughput
 
-BENCHMARKS = {"sinusoid": run_sinusoid, "compare": run_compare, "throughput": run_throughput}
+BENCHMARKS = {"sinusoid": run_sinusoid, "compare": run_compare, "throughput": run_throughput,
+              "exact-fit": run_exact_fit}
 
 __all__ = ["BENCHMARKS", "COMPARE_FAMILIES", "COMPARE_METHODS", "SINUSOID_VARIANTS", "evaluate_on_family",
-           "run_compare", "run_sinusoid", "run_throughput"]
+           "run_compare", "run_exact_fit", "run_sinusoid", "run_throughput"]

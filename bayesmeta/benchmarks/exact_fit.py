@@ -1,17 +1,16 @@
-"""Exact type-II ML (linear mixed model) on data in natural units: time and agreement with scipy.
+"""``bayesmeta bench exact-fit``: exact type-II ML (linear mixed model) in natural units, against scipy.
 
-``python -m bayesmeta.benchmarks.exact_fit [--repeats 5] [--out bench_out/exact_fit.json]``
+``bayesmeta bench exact-fit [--repeats 5] [--seed 0] [--out bench_out/exact-fit]``
 
 A pool like a reaction-time study (18 groups x 10 points, outcomes in the hundreds, a random
 intercept and slope) is fitted with the library's defaults,
 ``BayesLearner(HierarchicalLinearRegression(x_dim=1), conjugate=True).fit(pool)``, and by an
 independent maximum-likelihood fit (scipy BFGS on the marginal likelihood written from its
-formula). Prints a Markdown table and writes JSON.
+formula). Prints a Markdown table and writes ``results.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -19,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..evaluation.results import markdown_table
+from ..io import atomic_write_text
 from ..learners import BayesLearner
 from ..models.linear import HierarchicalLinearRegression
 from ..tasks.batch import TaskBatch
 
-__all__ = ["main", "run"]
+__all__ = ["format_exact_fit", "run_exact_fit"]
 
 
 def _data(seed: int, groups: int = 18, points: int = 10):
@@ -53,7 +54,10 @@ def _scipy_fit(x, y):
     return {"slope": res.x[0], "intercept": res.x[1], "noise_std": float(np.exp(res.x[5])), "loglik": -res.fun}
 
 
-def run(repeats: int = 5, seed: int = 0) -> dict:
+def run_exact_fit(*, repeats: int = 5, seed: int = 0, out_dir="bench_out/exact-fit") -> dict:
+    """Fit ``repeats`` times (timed) and once with scipy; writes ``results.json``, returns it and a table."""
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1; got {repeats!r}")
     x, y = _data(seed)
     pool = TaskBatch.from_arrays(x_support=[xi[:, None] for xi in x], y_support=[yi[:, None] for yi in y])
     times = []
@@ -69,28 +73,22 @@ def run(repeats: int = 5, seed: int = 0) -> dict:
     ours = {"slope": slope, "intercept": intercept, "noise_std": float(model.noise_std.detach()), "loglik": loglik}
     ref = _scipy_fit(x, y)
     rel = {k: abs(ours[k] - ref[k]) / abs(ref[k]) for k in ("slope", "intercept", "noise_std")}
-    return {"seconds_median": float(np.median(times)), "seconds": times, "evaluations": len(learner.history.step),
-            "ours": ours, "scipy": ref, "relative_error": rel, "torch_threads": torch.get_num_threads()}
+    result = {"benchmark": "exact-fit", "seconds_median": float(np.median(times)), "seconds": times,
+              "evaluations": len(learner.history.step), "ours": ours, "scipy": ref, "relative_error": rel,
+              "torch_threads": torch.get_num_threads()}
+    atomic_write_text(json.dumps(result, indent=2), Path(out_dir) / "results.json")
+    return {**result, "table": format_exact_fit(result)}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="bench_out/exact_fit.json")
-    args = parser.parse_args(argv)
-    res = run(args.repeats, args.seed)
-    print("| | slope | intercept | noise sd | log-lik |\n|---|---|---|---|---|")
-    for name in ("ours", "scipy"):
-        r = res[name]
-        print(f"| {name} | {r['slope']:.4f} | {r['intercept']:.3f} | {r['noise_std']:.4f} | {r['loglik']:.4f} |")
-    print(f"\nmedian fit time {res['seconds_median']:.3f} s over {args.repeats} fits "
-          f"({res['evaluations']} likelihood evaluations); largest relative error "
-          f"{max(res['relative_error'].values()):.2e}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    return res
+def format_exact_fit(result: dict) -> str:
+    """Markdown: both fits' estimates, then the median time and the largest relative error."""
+    rows = [[name, f"{r['slope']:.4f}", f"{r['intercept']:.3f}", f"{r['noise_std']:.4f}", f"{r['loglik']:.4f}"]
+            for name, r in ((n, result[n]) for n in ("ours", "scipy"))]
+    return (markdown_table(["", "slope", "intercept", "noise sd", "log-lik"], rows)
+            + f"\n\nmedian fit time {result['seconds_median']:.3f} s over {len(result['seconds'])} fits "
+            f"({result['evaluations']} likelihood evaluations); largest relative error "
+            f"{max(result['relative_error'].values()):.2e}")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the module's former entry point
+    raise SystemExit("`python -m bayesmeta.benchmarks.exact_fit` is now `bayesmeta bench exact-fit` (see its --help)")

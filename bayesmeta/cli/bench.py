@@ -1,0 +1,153 @@
+"""``bayesmeta bench NAME``: one sub-command per benchmark, each with its own flags and help.
+
+``add_bench_parser`` builds ``bench sinusoid | compare | throughput | exact-fit``; the flags several
+benchmarks share (``--out``, ``--seed``, ``--device``, ``--num-tasks``, ``--no-progress``,
+``--threads``) come from one helper, :func:`_shared_flags`, and only where they apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ..benchmarks import COMPARE_FAMILIES, COMPARE_METHODS, SINUSOID_VARIANTS
+from ..benchmarks.throughput import LEARNERS
+
+__all__ = ["BENCH_EPILOG", "add_bench_parser", "run_bench"]
+
+BENCH_EPILOG = """examples:
+  bayesmeta bench sinusoid                          # every variant, 540 s training each
+  bayesmeta bench sinusoid --variants iwae-diagonal --max-time 120 --num-tasks 200
+  bayesmeta bench compare                           # Bayes vs MAML family vs ensemble, 300 s each
+  bayesmeta bench compare --families sinusoid --methods bayes maml --budget 60 --num-tasks 200
+  bayesmeta bench throughput                        # tasks/s and memory vs batch size and processes
+  bayesmeta bench throughput --seconds 5 --batch-sizes 8 256 --learners amortized
+  bayesmeta bench exact-fit --repeats 3             # exact type-II ML against an independent scipy fit
+  bayesmeta bench NAME --help                       # the flags of one benchmark
+"""
+
+
+def _shared_flags(p: argparse.ArgumentParser, name: str, *, seed: bool = True, device: bool = True,
+                  num_tasks: bool = False, progress: bool = False) -> None:
+    """Add the flags benchmarks share to one benchmark's parser (only those it uses)."""
+    p.add_argument("--out", default=f"bench_out/{name}", help=f"output directory (default: bench_out/{name})")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    if device:
+        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    if num_tasks:
+        p.add_argument("--num-tasks", type=int, default=1000, help="test tasks per shot count (default: 1000)")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _sub(bench, name: str, help_: str, run) -> argparse.ArgumentParser:
+    p = bench.add_parser(name, help=help_, description=help_)
+    p.set_defaults(run_benchmark=run)
+    return p
+
+
+def _run_sinusoid(args) -> dict:
+    from ..benchmarks import run_sinusoid
+
+    result = run_sinusoid(variants=args.variants, max_time=args.max_time, num_tasks=args.num_tasks, out_dir=args.out,
+                          seed=args.seed, progress=not args.no_progress, device=args.device)
+    print(result["evaluation"].table())
+    for name, v in result["variants"].items():
+        print(f"{name}: {v['train_steps']} steps in {v['train_seconds']:.0f} s")
+    return result
+
+
+def _run_compare(args) -> dict:
+    from ..benchmarks import run_compare
+
+    result = run_compare(families=args.families, methods=args.methods, budget=args.budget,
+                         sweep_seconds=args.sweep_seconds, classic_budget=args.classic_budget,
+                         num_tasks=args.num_tasks, out_dir=args.out, seed=args.seed, device=args.device)
+    print("\n\n".join(result["tables"]))
+    for fam, meta in result["families"].items():
+        for m, info in meta["methods"].items():
+            if "tasks_per_second" in info:
+                print(f"{fam} {m}: {info['tasks_per_second']:.0f} training tasks/s, settings {info['settings']}")
+    if "maml_classic" in result:
+        print(f"noise-free MAML sinusoid (K=10): {result['maml_classic']}")
+    print(f"MAML step, vectorised vs per-task loop: {result['vectorisation']}")
+    return result
+
+
+def _run_throughput(args) -> dict:
+    from ..benchmarks import run_throughput
+
+    result = run_throughput(tasks_per_step=args.batch_sizes, learners=args.learners, seconds=args.seconds,
+                            processes=args.processes, predict_batches=args.predict_batches, device=args.device,
+                            threads=args.threads, out_dir=args.out)
+    print(result["table"])
+    for k, v in result.items():
+        if k.endswith("_speedup_256_vs_8"):
+            print(f"{k}: {v:.1f}x")
+    return result
+
+
+def _run_exact_fit(args) -> dict:
+    from ..benchmarks.exact_fit import run_exact_fit
+
+    result = run_exact_fit(repeats=args.repeats, seed=args.seed, out_dir=args.out)
+    print(result["table"])
+    return result
+
+
+def add_bench_parser(sub) -> argparse.ArgumentParser:
+    """``bayesmeta bench``: a sub-command per benchmark under the command line's sub-parsers ``sub``."""
+    b = sub.add_parser("bench", help="run a reproducible benchmark (prints a table, writes JSON)",
+                       description="Run a reproducible benchmark: it prints a table and writes results.json.",
+                       epilog=BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench = b.add_subparsers(dest="benchmark", required=True, metavar="NAME")
+
+    s = _sub(bench, "sinusoid", "amortized Bayesian learners against the Bayes oracle on sinusoids", _run_sinusoid)
+    s.add_argument("--variants", nargs="+", default=None,
+                   help=f"variants to run (default: all): {', '.join(SINUSOID_VARIANTS)}")
+    s.add_argument("--max-time", type=float, default=540.0, help="training seconds per variant (default: 540)")
+    _shared_flags(s, "sinusoid", num_tasks=True, progress=True)
+
+    c = _sub(bench, "compare", "the Bayesian learner, the MAML family and an ensemble at the same budget",
+             _run_compare)
+    c.add_argument("--families", nargs="+", default=list(COMPARE_FAMILIES),
+                   help=f"task families (default: {' '.join(COMPARE_FAMILIES)})")
+    c.add_argument("--methods", nargs="+", default=list(COMPARE_METHODS),
+                   help=f"methods (default: all): {', '.join(COMPARE_METHODS)}")
+    c.add_argument("--budget", type=float, default=300.0, help="training seconds per method (default: 300)")
+    c.add_argument("--sweep-seconds", type=float, default=45.0,
+                   help="seconds per learning-rate trial of each baseline (default: 45)")
+    c.add_argument("--classic-budget", type=float, default=150.0,
+                   help="seconds for the noise-free MAML check (0: skip; default: 150)")
+    _shared_flags(c, "compare", num_tasks=True)
+
+    t = _sub(bench, "throughput", "tasks/s and memory against tasks per step, processes and tasks adapted at once",
+             _run_throughput)
+    t.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 128, 256, 512],
+                   help="tasks per step (default: 8 32 128 256 512)")
+    t.add_argument("--learners", nargs="+", default=list(LEARNERS), help=f"learners (default: {' '.join(LEARNERS)})")
+    t.add_argument("--seconds", type=float, default=15.0, help="seconds per setting (default: 15)")
+    t.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts, on CPU (default: 1 2)")
+    t.add_argument("--predict-batches", type=int, nargs="+", default=[1, 10, 100],
+                   help="numbers of tasks adapted and predicted at once (default: 1 10 100)")
+    _shared_flags(t, "throughput", seed=False)
+
+    e = _sub(bench, "exact-fit", "exact type-II ML of a linear mixed model: time and agreement with scipy",
+             _run_exact_fit)
+    e.add_argument("--repeats", type=int, default=5, help="timed fits (default: 5)")
+    _shared_flags(e, "exact-fit", device=False)
+    return b
+
+
+def run_bench(args) -> dict:
+    """Run the benchmark ``args.benchmark`` with its parsed flags; prints its table and the total time."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    result = args.run_benchmark(args)
+    print(f"total {time.perf_counter() - t0:.0f} s; results in {args.out}/results.json")
+    return result
