@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._checks import check_ints
 from ..evaluation.results import markdown_table
 from ..io import atomic_write_text
 from ..learners import BayesLearner
@@ -56,8 +57,7 @@ def _scipy_fit(x, y):
 
 def run_exact_fit(*, repeats: int = 5, seed: int = 0, out_dir="bench_out/exact-fit") -> dict:
     """Fit ``repeats`` times (timed) and once with scipy; writes ``results.json``, returns it and a table."""
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1; got {repeats!r}")
+    check_ints(repeats=(repeats, 1))
     x, y = _data(seed)
     pool = TaskBatch.from_arrays(x_support=[xi[:, None] for xi in x], y_support=[yi[:, None] for yi in y])
     times = []

@@ -8,6 +8,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
+from .._checks import check_ints
 from ..tasks.batch import TaskBatch
 from .metrics import (
     CALIBRATION_LEVELS,
@@ -247,10 +248,7 @@ def evaluate(learner, tasks, shots=None, *, name: str | None = None, metrics=Non
     if unknown or not metrics:
         raise ValueError(f"metrics: unknown metric(s) {unknown}; choose from {METRICS}")
     levels = check_levels(levels)
-    for arg, v, low in (("num_tasks", num_tasks, 1), ("num_query", num_query, 1), ("chunk", chunk, 1),
-                        ("crps_samples", crps_samples, 2)):
-        if not isinstance(v, int) or v < low:
-            raise ValueError(f"{arg} must be an int >= {low}; got {v!r}")
+    check_ints(num_tasks=(num_tasks, 1), num_query=(num_query, 1), chunk=(chunk, 1), crps_samples=(crps_samples, 2))
     if oracle is None:
         oracle = tasks if hasattr(tasks, "oracle_predict") else None
     elif oracle is False:

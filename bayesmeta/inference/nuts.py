@@ -6,6 +6,7 @@ import pyro
 import torch
 from pyro.infer import MCMC, NUTS
 
+from .._checks import check_ints
 from .freeze import frozen
 
 __all__ = ["run_nuts"]
@@ -31,9 +32,7 @@ def run_nuts(model, x, y, mask=None, *, num_samples: int = 1000, num_warmup: int
         One finished :class:`pyro.infer.MCMC` per chain (convert each with ``az.from_pyro`` and
         join them with ``az.concat(..., dim="chain")``).
     """
-    for name, v, low in (("num_samples", num_samples, 1), ("num_warmup", num_warmup, 0), ("num_chains", num_chains, 1)):
-        if not isinstance(v, int) or v < low:
-            raise ValueError(f"{name} must be an int >= {low}; got {v!r}")
+    check_ints(num_samples=(num_samples, 1), num_warmup=(num_warmup, 0), num_chains=(num_chains, 1))
     if not 0 < target_accept_prob < 1:
         raise ValueError(f"target_accept_prob must be in (0, 1); got {target_accept_prob}")
     runs = []

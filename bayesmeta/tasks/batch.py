@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from .._checks import check_ints
+
 __all__ = ["TaskBatch", "as_float_tensor", "check_support", "pad_ragged", "zero_padding"]
 
 _FIELDS = ("x_support", "y_support", "mask_support", "x_query", "y_query", "mask_query")
@@ -261,8 +263,7 @@ class TaskBatch:
         Returns the K-shot batch (support width ``k``, all observed; query unchanged) and the
         indices ``[T']`` of the tasks kept, so callers can report the ones left out.
         """
-        if not isinstance(k, int) or k < 0:
-            raise ValueError(f"shots must be an int >= 0; got {k!r}")
+        check_ints(shots=(k, 0))
         keep = (self.mask_support.sum(-1) >= k).nonzero()[:, 0]  # [T']
         b = self[keep]
         order = torch.sort((~b.mask_support).to(torch.int8), dim=1, stable=True).indices[:, :k]  # observed first

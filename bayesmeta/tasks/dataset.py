@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._checks import check_ints
 from ..io import open_csv
 from .batch import TaskBatch, pad_ragged
 
@@ -428,8 +429,7 @@ class TaskDataset:
         Returns:
             ``(TaskBatch, kept task ids, skipped task ids)``.
         """
-        if not isinstance(shots, int) or shots < 0:
-            raise ValueError(f"shots must be an int >= 0; got {shots!r}")
+        check_ints(shots=(shots, 0))
         kept, skipped, parts = [], [], ([], [], [], [])
         for i, t in enumerate(self.task_ids):
             n = self.sizes[i]
