@@ -11,7 +11,9 @@ Families:
   ``theta``; with a correlated prior it inherits the prior's correlations.
 * ``"flow"``: a conditional normalizing flow on top of that Normal (affine coupling layers from
   :mod:`pyro.distributions.transforms`, conditioned on the set embedding), which can bend
-  around curved posteriors and split into several modes.
+  around curved posteriors and split into several modes. Each coupling's shift and log-scale
+  are multiplied by "the task has at least one point" (0 or 1), so on the empty set every
+  coupling is the identity and ``q`` is exactly the prior, as for ``"diagonal"``.
 """
 
 from __future__ import annotations
@@ -88,15 +90,18 @@ class AmortizedGuide(nn.Module):
         r = self.encoder(x, y, mask)  # [T, R]
         raw = self.head(r) - self.head(self.encoder.empty(r))  # [T, 2P]; zero for empty sets
         a, log_s = raw.split(self.param_dim, -1)
-        return {"a": a, "log_s": log_s, "context": r}
+        observed = mask.any(-1, keepdim=True).to(r.dtype)  # [T, 1]: 0 for an empty set (flows: identity)
+        return {"a": a, "log_s": log_s, "context": r, "observed": observed}
 
     def build(self, local: dict[str, torch.Tensor], *, widen: float = 1.0,
               plate_dim: bool = False) -> dist.Distribution:
         """``q`` from local parameters; batch ``[T]`` (``[T, 1]`` with ``plate_dim``)."""
         loc, scale, tril = prior_loc_tril(self.model[0].prior_distribution())
         a, s, ctx = local["a"], local["log_s"].exp() * widen, local["context"]
+        gate = local.get("observed")  # [T, 1]; absent: every task has points
         if plate_dim:
             a, s, ctx = a.unsqueeze(TASK_DIM), s.unsqueeze(TASK_DIM), ctx.unsqueeze(TASK_DIM)
+            gate = None if gate is None else gate.unsqueeze(TASK_DIM)
         if self.family == "diagonal":
             if tril is None:
                 return dist.Normal(loc + scale * a, scale * s).to_event(1)
@@ -104,7 +109,7 @@ class AmortizedGuide(nn.Module):
         base = dist.Normal(a, s).to_event(1)
         transforms = []
         for i, flow in enumerate(self.flows):
-            transforms.append(flow.condition(ctx))
+            transforms.append(_gated_coupling(flow, ctx, gate))
             if i < len(self.flows) - 1:
                 transforms.append(T.Permute(torch.arange(self.param_dim - 1, -1, -1, device=a.device)))
         if tril is None:
@@ -136,3 +141,15 @@ class AmortizedGuide(nn.Module):
                 name: pyro.sample(name, dist.Delta(v, event_dim=len(sites[name])))
                 for name, v in model.split(theta).items()
             }
+
+
+def _gated_coupling(flow: T.ConditionalAffineCoupling, context: torch.Tensor, gate: torch.Tensor | None):
+    """``flow`` conditioned on ``context`` with its shift and log-scale times ``gate`` (0: the identity)."""
+    if gate is None:
+        return flow.condition(context)
+
+    def hypernet(x1):
+        shift, log_scale = flow.nn(x1, context=context)
+        return shift * gate, log_scale * gate
+
+    return T.AffineCoupling(flow.split_dim, hypernet, **flow.kwargs)
