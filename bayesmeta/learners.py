@@ -152,8 +152,17 @@ class MetaLearner:
         std = self.standardization
         return {"standardization": None if std is None else std.to_dict(), "settings": self._settings()}
 
-    def to(self, device) -> MetaLearner:
+    def _modules(self) -> dict[str, torch.nn.Module | None]:
+        """The learner's modules by name: what ``to`` moves and a training checkpoint holds."""
         raise NotImplementedError
+
+    def to(self, device) -> MetaLearner:
+        """Move every module to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``); returns ``self``."""
+        self.device = resolve_device(device)
+        for module in self._modules().values():
+            if module is not None:
+                module.to(self.device)
+        return self
 
     def fit(self, source, steps: int | None = None, *, config: TrainConfig | None = None, checkpoint=None,
             resume: bool = False, on_checkpoint=None, distributed: bool = False, standardize: bool | None = None,
@@ -256,12 +265,8 @@ class BayesLearner(MetaLearner):
         return self.model.y_dim
 
     # ------------------------------------------------------------------ training
-    def to(self, device) -> BayesLearner:
-        self.device = resolve_device(device)
-        self.model.to(self.device)
-        if self.guide is not None:
-            self.guide.to(self.device)
-        return self
+    def _modules(self) -> dict[str, torch.nn.Module | None]:
+        return {"model": self.model, "guide": self.guide}
 
     def _settings(self) -> dict:
         return {"learner": "BayesLearner", "objective": self.objective, "num_particles": self.num_particles,

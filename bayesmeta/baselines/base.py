@@ -16,7 +16,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from ..inference.distributed import init_from_env
-from ..inference.loop import Batch, History, TaskStream, TrainConfig, resolve_device, train_loop
+from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
 from ..learners import MetaLearner, check_adapt_options
 from ..predictive import PosteriorPredictive
 from ..tasks.dataset import Standardization
@@ -157,8 +157,7 @@ class GradientMetaLearner(MetaLearner):
     def meta_parameters(self) -> list[torch.Tensor]:
         return list(self.net.parameters())
 
-    def _modules(self) -> dict[str, torch.nn.Module]:
-        """What a training checkpoint holds."""
+    def _modules(self) -> dict[str, torch.nn.Module | None]:
         return {"net": self.net}
 
     # ------------------------------------------------------------------ the Learner protocol
@@ -169,11 +168,6 @@ class GradientMetaLearner(MetaLearner):
     @property
     def y_dim(self) -> int:
         return self.net.y_dim
-
-    def to(self, device) -> GradientMetaLearner:
-        self.device = resolve_device(device)
-        self.net.to(self.device)
-        return self
 
     def _settings(self) -> dict:
         return {"learner": type(self).__name__, "inner_steps": self.inner_steps, "inner_lr": self.inner_lr}

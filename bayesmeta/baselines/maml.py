@@ -99,11 +99,6 @@ class MetaSGD(MAML):
     def _modules(self):
         return {"net": self.net, "rates": self.rates}
 
-    def to(self, device) -> MetaSGD:
-        super().to(device)
-        self.rates.to(self.device)
-        return self
-
 
 class Reptile(GradientMetaLearner):
     """Reptile: move the initialisation towards each task's adapted weights.
