@@ -107,8 +107,8 @@ class MetaLearner:
             raise ValueError("resume=True needs checkpoint= (the path to continue from)")
         state = load_checkpoint(checkpoint, map_location=self.device)
         saved, now = state["config"], asdict(cfg)
-        changed = sorted(k for k in now if k not in _MAY_CHANGE_ON_RESUME and k in saved and saved[k] != now[k])
-        changed = [(k, saved.get(k), now[k]) for k in changed]
+        changed = [(k, saved[k], now[k]) for k in sorted(now)
+                   if k not in _MAY_CHANGE_ON_RESUME and k in saved and saved[k] != now[k]]
         for k, v in self._settings().items():
             if k in state.get("settings", {}) and state["settings"][k] != v:
                 changed.append((k, state["settings"][k], v))
@@ -341,6 +341,7 @@ class BayesLearner(MetaLearner):
             with torch.no_grad():
                 return Posterior(self.model, x, y, mask, exact=self.model.exact_posterior(x, y, mask),
                                  standardization=std)
+        assert self.guide is not None  # every non-conjugate learner has one
         with torch.no_grad():
             local = self.guide.encode(x, y, mask)
         local = refine_local(self.guide, self.model, x, y, mask, local, steps=steps or 0,

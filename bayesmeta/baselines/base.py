@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 from numbers import Integral, Real
 
 import torch
@@ -103,9 +104,10 @@ class GradientMetaLearner(MetaLearner):
                        for h in hidden)
         if isinstance(inner_lr, bool) or not isinstance(inner_lr, Real) or not 0 < inner_lr < math.inf:
             raise ValueError(f"inner_lr must be > 0 (a finite number); got {inner_lr!r}")
-        self.net = GaussianMLP(x_dim, y_dim, hidden, noise=noise)
-        self.inner_steps, self.inner_lr = inner_steps, float(inner_lr)
-        self.adapt_steps = inner_steps if adapt_steps is None else adapt_steps
+        self.net: GaussianMLP = GaussianMLP(x_dim, y_dim, hidden, noise=noise)
+        self.inner_steps: int = inner_steps
+        self.inner_lr: float = float(inner_lr)
+        self.adapt_steps: int = inner_steps if adapt_steps is None else adapt_steps
         self.history, self.device = History(), torch.device("cpu")
         self.standardization: Standardization | None = None  # set by fit on a TaskBatch pool
 
@@ -113,7 +115,7 @@ class GradientMetaLearner(MetaLearner):
     def params(self) -> dict[str, torch.Tensor]:
         return dict(self.net.named_parameters())
 
-    def inner_rates(self) -> dict[str, torch.Tensor | float]:
+    def inner_rates(self) -> dict[str, Any]:
         """Inner learning rate per parameter tensor (Meta-SGD learns these)."""
         return dict.fromkeys(self.params(), self.inner_lr)
 
@@ -187,8 +189,8 @@ class GradientMetaLearner(MetaLearner):
                 return self.compute_gradients(b.x, b.y, support, query)
             return step
 
-        return train_loop(None, self._modules(), self.meta_parameters(), source, cfg, device=self.device,
-                          x_dim=self.x_dim, y_dim=self.y_dim, min_points=2, grad_mean=True, make_step=make_step,
+        return train_loop(make_step, self._modules(), self.meta_parameters(), source, cfg, device=self.device,
+                          x_dim=self.x_dim, y_dim=self.y_dim, min_points=2, grad_mean=True,
                           checkpoint=checkpoint, resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
                           extra_state=self._extra_state(), desc=f"meta-training {type(self).__name__}")
 

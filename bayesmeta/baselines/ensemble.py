@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ class Ensemble:
     ensemble costs the same wall-clock time as one learner.
     """
 
-    def __init__(self, factory: Callable[[], object], n: int = 5, *, seed: int = 0) -> None:
+    def __init__(self, factory: Callable[[], Any], n: int = 5, *, seed: int = 0) -> None:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n (ensemble size) must be an int >= 1; got {n!r}")
         if not callable(factory):

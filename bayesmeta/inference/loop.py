@@ -129,7 +129,7 @@ class TrainConfig:
              "an int with 1 <= min_shots <= max_shots"),
             ("encoder_subsets", isinstance(self.encoder_subsets, bool), "true or false"),
             ("seed", _is_int(self.seed, 0), "an int >= 0"),
-            ("device", self.device is None or (isinstance(self.device, str) and _DEVICE.fullmatch(self.device)),
+            ("device", self.device is None or (isinstance(self.device, str) and bool(_DEVICE.fullmatch(self.device))),
              "None, 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"),
             ("progress", isinstance(self.progress, bool), "true or false"),
             ("log_every", _is_int(self.log_every, 1), "an int >= 1"),
@@ -204,7 +204,8 @@ class TaskStream:
                 )
             if self.min_points > cfg.max_points:
                 raise ValueError(f"max_points must be >= {self.min_points} for this learner; got {cfg.max_points}")
-            self.family, self.pool = source, None
+            self.family: TaskFamily | None = source
+            self.pool: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         elif isinstance(source, TaskBatch):
             x, y, mask = pool_points(source, x_dim, y_dim)
             if world_size > len(x):
@@ -221,11 +222,12 @@ class TaskStream:
     def next(self) -> Batch:
         cfg, g = self.cfg, self.gen
         if self.pool is None:
+            assert self.family is not None
             b = self.family.sample(cfg.tasks_per_step, shots=cfg.max_points, generator=g)
             n = torch.randint(self.min_points, cfg.max_points + 1, (cfg.tasks_per_step,), generator=g)
             mask = torch.arange(cfg.max_points)[None] < n[:, None]  # [T, S]
             return Batch(b.x_support.to(self.device), b.y_support.to(self.device), mask.to(self.device), None)
-        m = self.pool_size
+        m = self.pool[0].shape[0]
         t = min(cfg.tasks_per_step, m)
         idx = torch.randperm(m, generator=g)[:t].to(self.device)
         x, y, mask = (v[idx] for v in self.pool)
@@ -276,17 +278,18 @@ class _Run:
         return 1 if self.distributed is None else self.distributed.world_size
 
 
-def train_loop(step_fn: StepFunction, modules: dict[str, torch.nn.Module | None], params: list[torch.Tensor],
-               source, cfg: TrainConfig, *, device: torch.device, x_dim: int, y_dim: int,
-               min_points: int | None = None, grad_mean: bool = False, make_step=None, checkpoint=None,
+def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[str, torch.nn.Module | None],
+               params: list[torch.Tensor], source, cfg: TrainConfig, *, device: torch.device, x_dim: int, y_dim: int,
+               min_points: int | None = None, grad_mean: bool = False, checkpoint=None,
                resume: dict | None = None, on_checkpoint=None, distributed: DistributedContext | None = None,
                extra_state: dict | None = None, desc: str = "meta-training") -> History:
     """Run meta-training; returns the :class:`History`.
 
     Args:
-        step_fn: ``step_fn(batch) -> loss per task``; it must put the gradients on ``params``
-            (the loop zeroes them before, then all-reduces, clips and steps). Or ``None`` with
-            ``make_step(stream) -> step_fn`` when the step needs the stream (random subsets).
+        make_step: ``make_step(stream) -> step``, the learner's step function:
+            ``step(batch) -> loss per task`` puts the gradients of the meta-objective on
+            ``params`` (the loop zeroes them before, then all-reduces, clips and steps); the
+            stream is there for the step's own randomness (``stream.gen``, random subsets).
         modules: what a checkpoint holds, by name (``None`` entries are skipped).
         params: the parameters the optimiser updates.
         source: a ``TaskFamily`` or a ``TaskBatch`` pool.
@@ -321,7 +324,7 @@ def train_loop(step_fn: StepFunction, modules: dict[str, torch.nn.Module | None]
     if distributed is not None:
         check_same_config(distributed, {k: v for k, v in asdict(cfg).items() if k != "progress"}, device)
         broadcast_parameters(params)
-    step_fn = make_step(stream) if step_fn is None else step_fn
+    step_fn = make_step(stream)
     run = _Run(cfg, params, OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr), stream, distributed, grad_mean,
                time.perf_counter(), History(), torch.zeros((), dtype=torch.int64, device=device))
     first = 1
@@ -370,8 +373,8 @@ def _steps(step_fn: StepFunction, run: _Run, first: int, save, desc: str) -> tup
     return step, loss
 
 
-def _one_step(step_fn: StepFunction, run: _Run, step: int):
-    """Gradients, all-reduce, clipping, update; returns the loss per task and the "time is up" flag (or votes)."""
+def _one_step(step_fn: StepFunction, run: _Run, step: int) -> tuple[torch.Tensor, bool | torch.Tensor]:
+    """Gradients, all-reduce, clipping, update; returns the loss per task and "time is up" (distributed: the votes)."""
     batch = run.stream.next()
     run.optim.zero_grad(set_to_none=True)
     try:
@@ -385,13 +388,20 @@ def _one_step(step_fn: StepFunction, run: _Run, step: int):
         reduced = all_reduce_(run.params, loss, float(time_up))
         if run.grad_mean:
             for p in run.params:
-                p.grad.div_(run.world)
-        loss, time_up = reduced[0] / run.world, reduced[1]
+                p.grad.div_(run.world)  # type: ignore[union-attr]  # all_reduce_ set every grad
+        loss, votes = reduced[0] / run.world, reduced[1]
+        run.bad_steps += ~torch.isfinite(loss)
+        _clip_and_step(run)
+        return loss, votes
     run.bad_steps += ~torch.isfinite(loss)  # counted on the device: no host sync here
+    _clip_and_step(run)
+    return loss, time_up
+
+
+def _clip_and_step(run: _Run) -> None:
     if run.cfg.clip_norm is not None:
         torch.nn.utils.clip_grad_norm_(run.params, run.cfg.clip_norm)
     run.optim.step()
-    return loss, time_up
 
 
 def _raise_if_bad(bad_steps: torch.Tensor, step: int) -> None:

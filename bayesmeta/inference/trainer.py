@@ -75,8 +75,8 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
 
     modules = {"model": model, "guide": guide}
     params = list(model.parameters()) + guide_params
-    return train_loop(None, modules, params, source, config, device=device, x_dim=model.x_dim, y_dim=model.y_dim,
-                      make_step=make_step, checkpoint=checkpoint, resume=resume, on_checkpoint=on_checkpoint,
+    return train_loop(make_step, modules, params, source, config, device=device, x_dim=model.x_dim, y_dim=model.y_dim,
+                      checkpoint=checkpoint, resume=resume, on_checkpoint=on_checkpoint,
                       distributed=distributed, extra_state=extra_state)
 
 
