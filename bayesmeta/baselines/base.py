@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 from numbers import Integral, Real
+from typing import Any
 
 import torch
 from torch.func import functional_call, grad, vmap
