@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .benchmarks.sinusoid import evaluate_on_family
+from .benchmarks.sinusoid import amortized_learner, evaluate_on_family
 from .diagnostics import (
     compare_posteriors,
     plot_prediction_bands,
@@ -26,8 +26,6 @@ from .diagnostics import (
 )
 from .diagnostics.reference import reference_diagnostics
 from .io import atomic_write_text
-from .learners import BayesLearner
-from .models import LatentCodeRegression
 from .tasks import Sinusoid
 
 __all__ = ["demo_diagnostics", "run_demo"]
@@ -110,7 +108,7 @@ def run_demo(out="demo_out", *, max_time: float = 240.0, steps: int = 1_000_000,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     family = Sinusoid(noise_std=0.1)
-    learner = BayesLearner(LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=8))
+    learner = amortized_learner()
     _say(f"meta-training for up to {max_time:.0f} s on {family} ...", verbose)
     learner.fit(family, steps=steps, max_time=max_time, device=device, seed=seed, progress=progress)
     _say(f"evaluating on {num_tasks} test tasks per shot count (1, 5, 10) ...", verbose)

@@ -22,9 +22,8 @@ from ..diagnostics import plot_calibration_curve, plot_method_comparison
 from ..evaluation import Evaluation, evaluate, make_test_sets
 from ..evaluation.results import markdown_table, plus_minus
 from ..io import atomic_write_text
-from ..learners import BayesLearner
-from ..models import LatentCodeRegression
 from ..tasks import HierarchicalLinear, Sinusoid
+from .sinusoid import amortized_learner
 
 __all__ = ["COMPARE_FAMILIES", "COMPARE_METHODS", "run_compare", "maml_classic", "vectorisation_speed"]
 
@@ -58,16 +57,18 @@ def _sweep(name: str, family, *, seconds: float, seed: int, device) -> tuple[dic
 
 
 def _train(method: str, family, *, budget: float, seed: int, device, settings: dict):
+    """``(learner meta-trained for budget seconds, its tasks per step)``; baselines with their swept settings."""
     if method == "bayes":
-        learner = BayesLearner(LatentCodeRegression(x_dim=family.x_dim, y_dim=family.y_dim, latent_dim=8))
-        return learner.fit(family, 10**9, max_time=budget, seed=seed, device=device, progress=False), 32
-    if method == "ensemble":
-        s = settings["maml"]
-        ens = Ensemble(lambda: _baseline("maml", family, s["inner_lr"]), n=5)
-        return ens.fit(family, 10**9, max_time=budget, lr=s["lr"], seed=seed, device=device, progress=False), 25
-    s = settings[method]
-    learner = _baseline(method, family, s["inner_lr"])
-    return learner.fit(family, 10**9, max_time=budget, lr=s["lr"], seed=seed, device=device, progress=False), 25
+        learner, options, tasks_per_step = amortized_learner(family.x_dim, family.y_dim), {}, 32
+    else:
+        s = settings["maml" if method == "ensemble" else method]
+        options, tasks_per_step = {"lr": s["lr"]}, 25
+        if method == "ensemble":
+            learner = Ensemble(lambda: _baseline("maml", family, s["inner_lr"]), n=5)
+        else:
+            learner = _baseline(method, family, s["inner_lr"])
+    learner.fit(family, 10**9, max_time=budget, seed=seed, device=device, progress=False, **options)
+    return learner, tasks_per_step
 
 
 def _throughput(learner, tasks_per_step: int) -> float:

@@ -20,7 +20,7 @@ from ..learners import BayesLearner
 from ..models import LatentCodeRegression
 from ..tasks import Sinusoid
 
-__all__ = ["SINUSOID_VARIANTS", "evaluate_on_family", "make_test_sets", "run_sinusoid"]
+__all__ = ["SINUSOID_VARIANTS", "amortized_learner", "evaluate_on_family", "make_test_sets", "run_sinusoid"]
 
 # name -> (learner options, prediction methods evaluated)
 SINUSOID_VARIANTS = {
@@ -31,6 +31,12 @@ SINUSOID_VARIANTS = {
     "dreg-diagonal": ({"objective": "iwae-dreg", "guide": "diagonal"}, ("guide", "importance")),
     "dreg-flow": ({"objective": "iwae-dreg", "guide": "flow"}, ("guide", "importance")),
 }
+
+
+def amortized_learner(x_dim: int = 1, y_dim: int = 1, **options) -> BayesLearner:
+    """The amortized learner of the benchmarks and the demo: ``LatentCodeRegression`` with an
+    8-dimensional task code and the library's defaults (``options`` go to :class:`BayesLearner`)."""
+    return BayesLearner(LatentCodeRegression(x_dim=x_dim, y_dim=y_dim, latent_dim=8), **options)
 
 
 def evaluate_on_family(learner, family, *, name: str = "default", shots=(1, 5, 10), num_tasks=1000,
@@ -64,7 +70,7 @@ def run_sinusoid(*, variants=None, max_time: float = 540.0, steps: int = 1_000_0
     test_sets = make_test_sets(family, shots, num_tasks=num_tasks)
     for name in variants:
         options, methods = SINUSOID_VARIANTS[name]
-        learner = BayesLearner(LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=8), **options)
+        learner = amortized_learner(**options)
         learner.fit(family, steps=steps, max_time=max_time, device=device, seed=seed, progress=progress)
         h = learner.history
         meta[name] = {"train_steps": h.step[-1], "train_seconds": h.time[-1], "final_loss": h.loss[-1],

@@ -30,11 +30,10 @@ LEARNERS = ("amortized", "maml")
 
 def _make(kind: str):
     from ..baselines import MAML
-    from ..learners import BayesLearner
-    from ..models import LatentCodeRegression
+    from .sinusoid import amortized_learner
 
     if kind == "amortized":
-        return BayesLearner(LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=8))
+        return amortized_learner()
     return MAML(x_dim=1, y_dim=1, hidden=(40, 40))
 
 
