@@ -113,7 +113,7 @@ def test_fit_on_missing_cuda_creates_nothing_and_a_retry_works(run, tmp_path, ca
 
 
 @pytest.mark.parametrize(("extra", "needle"), [
-    (["--device", "gpu"], "config: train.device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'; got 'gpu'"),
+    (["--device", "gpu"], "config: train.device must be None, 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'; got 'gpu'"),
     (["--set", "data.val_fraction=0.9"], "training task(s) after the validation split; need at least 2"),
     (["--config", "."], ".: is a directory, not a config file"),
 ])
