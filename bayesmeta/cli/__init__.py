@@ -25,7 +25,8 @@ config file (TOML; every key optional, flags override it, --set overrides both):
   [data]  path, task, x = [..], y = [..], val_fraction, split_seed, standardize
   [model] kind = "latent" | "linear" | "bayes-head", latent_dim, hidden = [..], heteroscedastic,
           guide = "diagonal" | "flow", objective = "elbo" | "iwae" | "iwae-dreg", num_particles
-  [train] steps, max_time (0: none), tasks_per_step, lr, seed, device, checkpoint_every
+  [train] the fields of bayesmeta.inference.TrainConfig: steps, max_time (0: none), tasks_per_step,
+          lr, final_lr_fraction, clip_norm (0: none), optimizer, seed, device, checkpoint_every, ...
 """
 EVALUATE_EPILOG = """examples:
   bayesmeta evaluate runs/sleep --data test.csv --shots 1 5 10
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--x", nargs="+", help="input column(s)")
     f.add_argument("--y", nargs="+", help="output column(s)")
     f.add_argument("--model", choices=["latent", "linear", "bayes-head"], help="model kind (default: latent)")
-    f.add_argument("--steps", type=int, help="training steps (default: 5000)")
+    f.add_argument("--steps", type=int, help="training steps (default: 2000)")
     f.add_argument("--max-time", type=float, help="training seconds at most (default: no limit)")
     f.add_argument("--seed", type=int)
     f.add_argument("--device", help="cpu, cuda, cuda:N or auto")
