@@ -21,6 +21,7 @@ from ..baselines import BASELINES, MAML, Ensemble
 from ..diagnostics import plot_calibration_curve, plot_method_comparison
 from ..evaluation import Evaluation, evaluate, make_test_sets
 from ..evaluation.results import markdown_table, plus_minus
+from ..inference import TrainConfig
 from ..io import atomic_write_text
 from ..tasks import HierarchicalLinear, Sinusoid
 from .sinusoid import amortized_learner
@@ -58,16 +59,18 @@ def _sweep(name: str, family, *, seconds: float, seed: int, device) -> tuple[dic
 
 def _train(method: str, family, *, budget: float, seed: int, device, settings: dict):
     """``(learner meta-trained for budget seconds, its tasks per step)``; baselines with their swept settings."""
+    tasks_per_step = TrainConfig().tasks_per_step  # every method: the one default
     if method == "bayes":
-        learner, options, tasks_per_step = amortized_learner(family.x_dim, family.y_dim), {}, 32
+        learner, options = amortized_learner(family.x_dim, family.y_dim), {}
     else:
         s = settings["maml" if method == "ensemble" else method]
-        options, tasks_per_step = {"lr": s["lr"]}, 25
+        options = {"lr": s["lr"]}
         if method == "ensemble":
             learner = Ensemble(lambda: _baseline("maml", family, s["inner_lr"]), n=5)
         else:
             learner = _baseline(method, family, s["inner_lr"])
-    learner.fit(family, 10**9, max_time=budget, seed=seed, device=device, progress=False, **options)
+    learner.fit(family, 10**9, max_time=budget, tasks_per_step=tasks_per_step, seed=seed, device=device, progress=False,
+                **options)
     return learner, tasks_per_step
 
 
