@@ -137,6 +137,10 @@ class GaussianMixture:
         torch.Size([2, 3])
     """
 
+    _affine: tuple[torch.Tensor, torch.Tensor] | None  # (scale, shift) of :meth:`affine`
+    _moments: tuple[torch.Tensor, torch.Tensor] | None  # (mean, variance), computed on first use
+    _dense: tuple[torch.Tensor, torch.Tensor] | None  # (loc, scale), computed on first use
+
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor | float, log_weights: torch.Tensor | None = None,
                  *, block_elements: int = BLOCK_ELEMENTS) -> None:
         if loc.dim() != 4:
@@ -242,7 +246,7 @@ class GaussianMixture:
         small allocation behind its temporaries (which fragments the C heap: gigabytes over
         thousands of blocks).
         """
-        out = None
+        out: torch.Tensor | None = None
         for b in self._blocks:
             loc, scale = self._components(b)
             res = fn(b, loc, scale, b.log_w.exp()[:, :, None, None])
@@ -252,6 +256,7 @@ class GaussianMixture:
                 out = res.new_empty(shape)
             out.narrow(dim, b.tasks.start, b.tasks.stop - b.tasks.start).copy_(res)
             del res, loc, scale
+        assert out is not None, "a mixture has at least one task, hence one block"
         return out
 
     # ------------------------------------------------------------------ shapes and weights
@@ -403,11 +408,13 @@ class GaussianMixture:
 
     def resample_components(self, num: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``loc, scale [num, T, N, E]`` of ``num`` equally weighted components (systematic resampling)."""
-        loc = scale = None
+        loc: torch.Tensor | None = None
+        scale: torch.Tensor | None = None
         for tasks, loc_b, scale_b in self.iter_resampled(num):
-            if loc is None:
+            if loc is None or scale is None:
                 loc, scale = loc_b.new_empty(num, *self._shape), scale_b.new_empty(num, *self._shape)
             loc[:, tasks], scale[:, tasks] = loc_b, scale_b
+        assert loc is not None and scale is not None, "a mixture has at least one task, hence one block"
         return loc, scale
 
     def iter_resampled(self, num: int) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:

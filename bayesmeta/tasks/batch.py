@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -229,20 +230,26 @@ class TaskBatch:
 
     @property
     def query(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not self.has_query:
+        x, y, mask = self.x_query, self.y_query, self.mask_query
+        if x is None:
             raise ValueError("this TaskBatch has no query set")
-        return self.x_query, self.y_query, self.mask_query
+        if y is None or mask is None:
+            missing = [f for f, v in (("y_query", y), ("mask_query", mask)) if v is None]
+            raise ValueError(f"this TaskBatch has x_query but no {' or '.join(missing)}")
+        return x, y, mask
 
     def all_points(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Support and query concatenated per task (padding stays masked)."""
         if not self.has_query:
             return self.support
-        x = torch.cat([self.x_support, self.x_query], 1)  # [T, S+Q, D]
-        y = torch.cat([self.y_support, self.y_query], 1)  # [T, S+Q, E]
-        return x, y, torch.cat([self.mask_support, self.mask_query], 1)
+        xq, yq, mq = self.query
+        x = torch.cat([self.x_support, xq], 1)  # [T, S+Q, D]
+        y = torch.cat([self.y_support, yq], 1)  # [T, S+Q, E]
+        return x, y, torch.cat([self.mask_support, mq], 1)
 
     def _map(self, fn) -> TaskBatch:
-        kwargs = {f: (None if getattr(self, f) is None else fn(getattr(self, f))) for f in _FIELDS}
+        # Any: the optional query fields stay None.
+        kwargs: dict[str, Any] = {f: (None if getattr(self, f) is None else fn(getattr(self, f))) for f in _FIELDS}
         return replace(self, **kwargs, params={k: fn(v) for k, v in self.params.items()})
 
     def to(self, device: torch.device | str) -> TaskBatch:
@@ -279,19 +286,20 @@ class TaskBatch:
         """
         check_support(*self.support, min_points=min_support, prefix="support ")
         if self.has_query:
-            if self.x_query.shape[0] != len(self):
+            xq, yq, mq = self.query
+            if xq.shape[0] != len(self):
                 raise ValueError(
-                    f"query set has {self.x_query.shape[0]} tasks, support set {len(self)}"
+                    f"query set has {xq.shape[0]} tasks, support set {len(self)}"
                 )
             check_support(
-                *self.query, x_dim=self.x_dim, y_dim=self.y_dim, min_points=min_query,
+                xq, yq, mq, x_dim=self.x_dim, y_dim=self.y_dim, min_points=min_query,
                 prefix="query ",
             )
         self._zero_padding()
         return self
 
     def __repr__(self) -> str:
-        q = f", Q={self.x_query.shape[1]}" if self.has_query else ""
+        q = f", Q={self.x_query.shape[1]}" if self.x_query is not None else ""
         return (
             f"TaskBatch(T={len(self)}, S={self.x_support.shape[1]}{q}, D={self.x_dim}, "
             f"E={self.y_dim}, device={self.device})"

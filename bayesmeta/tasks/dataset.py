@@ -430,7 +430,8 @@ class TaskDataset:
             ``(TaskBatch, kept task ids, skipped task ids)``.
         """
         check_ints(shots=(shots, 0))
-        kept, skipped, parts = [], [], ([], [], [], [])
+        kept, skipped = [], []
+        parts: tuple[list, list, list, list] = ([], [], [], [])  # x, y of support; x, y of query
         for i, t in enumerate(self.task_ids):
             n = self.sizes[i]
             if n <= shots:

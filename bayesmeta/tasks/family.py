@@ -54,5 +54,6 @@ class TaskFamily:
         xs, xq = x[:, :shots], x[:, shots:]
         ys, yq = y[:, :shots], y[:, shots:]
         ones = lambda n: torch.ones(num_tasks, n, dtype=torch.bool)  # noqa: E731
-        query = (xq, yq, ones(num_query)) if num_query else (None, None, None)
-        return TaskBatch(xs, ys, ones(shots), *query, params=params)
+        if num_query:
+            return TaskBatch(xs, ys, ones(shots), xq, yq, ones(num_query), params=params)
+        return TaskBatch(xs, ys, ones(shots), params=params)

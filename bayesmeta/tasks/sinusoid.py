@@ -123,15 +123,16 @@ class Sinusoid(TaskFamily):
             raise ValueError(f"x_query must have shape [{x.shape[0]}, N, 1]; got {tuple(xq.shape)}")
         out_dtype = xq.dtype if xq.is_floating_point() else torch.float32
         per_group = max(1, _GRID_ELEMENTS // grid**2)
-        params, logws = [], []
+        groups: list[torch.Tensor] = []
+        logws: list[torch.Tensor] = []
         for start in range(0, x.shape[0], per_group):
             sl = slice(start, start + per_group)
             logw, amp, ph = self.oracle_log_weights(x[sl], y[sl], mask[sl], grid=grid)  # [G, T_g]
             idx = heaviest(logw, mass)  # [m, T_g]
-            params.append(torch.stack([amp[idx], ph[idx]], -1))  # [m, T_g, 2]
+            groups.append(torch.stack([amp[idx], ph[idx]], -1))  # [m, T_g, 2]
             logws.append(torch.gather(logw, 0, idx))
-        m = max(p.shape[0] for p in params)
-        padded = [pad_components(p, lw, m) for p, lw in zip(params, logws, strict=True)]
+        m = max(p.shape[0] for p in groups)
+        padded = [pad_components(p, lw, m) for p, lw in zip(groups, logws, strict=True)]
         params = torch.cat([p for p, _ in padded], 1)  # [m, T, 2]
         logw = torch.cat([lw for _, lw in padded], 1)  # [m, T]
         xq64, noise = xq.to(params), self.noise_std

@@ -47,6 +47,19 @@ def test_from_arrays_errors_name_task_and_field(kwargs, message):
         bm.TaskBatch.from_arrays(**kwargs)
 
 
+def test_query_set_without_its_mask_is_named():
+    # A query set needs x, y and mask: a missing one is named, not returned as None.
+    x = torch.zeros(2, 3, 1)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    b = bm.TaskBatch(x, x, mask, x_query=x, y_query=x)
+    with pytest.raises(ValueError, match="no mask_query"):
+        _ = b.query
+    with pytest.raises(ValueError, match="no mask_query"):
+        b.all_points()
+    with pytest.raises(ValueError, match="no query set"):
+        _ = bm.TaskBatch(x, x, mask).query
+
+
 def test_validate_min_points_names_task():
     b = bm.TaskBatch.from_arrays(x_support=[[0.0, 1.0], [2.0]], y_support=[[1.0, 2.0], [3.0]])
     with pytest.raises(ValueError, match="task 1 has 1 observed support points; this method needs at least 2"):
