@@ -25,6 +25,8 @@ class GaussianMLP(nn.Module):
             predictive scale is the running RMS of query residuals seen in training).
     """
 
+    residual_scale: torch.Tensor  # buffer [E]
+
     def __init__(self, x_dim: int, y_dim: int, hidden: Sequence[int] = (40, 40), *, noise: str = "global",
                  min_scale: float = 1e-3) -> None:
         super().__init__()

@@ -44,5 +44,4 @@ class SetEncoder(nn.Module):
 
     def empty(self, like: torch.Tensor) -> torch.Tensor:
         """Embedding of the empty set ``[R]`` (what a task with no points gets)."""
-        width = self.rho[0].in_features
-        return self.rho(like.new_zeros(width))
+        return self.rho(like.new_zeros(self.rho.in_dim))

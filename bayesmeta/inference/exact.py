@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import Any
 
 import torch
 
@@ -74,7 +75,7 @@ def _lbfgs(model, x, y, mask, *, max_iter: int, grad_tol: float, init: bool) -> 
     optim = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
                               tolerance_grad=grad_tol, tolerance_change=1e-14)
     history, start = History(), time.perf_counter()
-    best = {"loss": float("inf"), "state": None, "grad": float("inf")}
+    best: dict[str, Any] = {"loss": float("inf"), "state": None, "grad": float("inf")}
 
     def closure():
         optim.zero_grad(set_to_none=True)

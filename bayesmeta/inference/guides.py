@@ -35,7 +35,7 @@ __all__ = ["AmortizedGuide", "GUIDE_FAMILIES", "prior_loc_tril"]
 GUIDE_FAMILIES = ("diagonal", "flow")
 
 
-def prior_loc_tril(prior: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def prior_loc_tril(prior: dist.TorchDistribution) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(loc, scale, tril)`` of a flat Gaussian prior: ``scale`` for diagonal, ``tril`` for full."""
     if isinstance(prior, dist.MultivariateNormal):
         return prior.loc, None, prior.scale_tril
@@ -94,7 +94,7 @@ class AmortizedGuide(nn.Module):
         return {"a": a, "log_s": log_s, "context": r, "observed": observed}
 
     def build(self, local: dict[str, torch.Tensor], *, widen: float = 1.0,
-              plate_dim: bool = False) -> dist.Distribution:
+              plate_dim: bool = False) -> dist.TorchDistribution:
         """``q`` from local parameters; batch ``[T]`` (``[T, 1]`` with ``plate_dim``)."""
         loc, scale, tril = prior_loc_tril(self.model[0].prior_distribution())
         a, s, ctx = local["a"], local["log_s"].exp() * widen, local["context"]
@@ -104,6 +104,7 @@ class AmortizedGuide(nn.Module):
             gate = None if gate is None else gate.unsqueeze(TASK_DIM)
         if self.family == "diagonal":
             if tril is None:
+                assert scale is not None, "prior_loc_tril returns a scale or a tril"
                 return dist.Normal(loc + scale * a, scale * s).to_event(1)
             return dist.MultivariateNormal(loc + (tril @ a[..., None]).squeeze(-1), scale_tril=tril * s[..., None, :])
         base = dist.Normal(a, s).to_event(1)
@@ -113,12 +114,13 @@ class AmortizedGuide(nn.Module):
             if i < len(self.flows) - 1:
                 transforms.append(T.Permute(torch.arange(self.param_dim - 1, -1, -1, device=a.device)))
         if tril is None:
+            assert scale is not None, "prior_loc_tril returns a scale or a tril"
             transforms.append(T.AffineTransform(loc, scale, event_dim=1))
         else:
             transforms.append(T.LowerCholeskyAffine(loc, tril))
         return dist.TransformedDistribution(base, transforms)
 
-    def distribution(self, x, y, mask, *, widen: float = 1.0) -> dist.Distribution:
+    def distribution(self, x, y, mask, *, widen: float = 1.0) -> dist.TorchDistribution:
         """``q(theta_i | D_i)`` over flat task parameters: batch ``[T]``, event ``[P]``."""
         return self.build(self.encode(x, y, mask), widen=widen)
 
@@ -143,8 +145,10 @@ class AmortizedGuide(nn.Module):
             }
 
 
-def _gated_coupling(flow: T.ConditionalAffineCoupling, context: torch.Tensor, gate: torch.Tensor | None):
-    """``flow`` conditioned on ``context`` with its shift and log-scale times ``gate`` (0: the identity)."""
+def _gated_coupling(flow: nn.Module, context: torch.Tensor, gate: torch.Tensor | None):
+    """``flow`` (a ``ConditionalAffineCoupling``) conditioned on ``context`` with its shift and log-scale
+    times ``gate`` (0: the identity)."""
+    assert isinstance(flow, T.ConditionalAffineCoupling), "the guide's flows are affine couplings"
     if gate is None:
         return flow.condition(context)
 

@@ -34,10 +34,11 @@ class TaskImportanceELBO(ELBO):
         return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        particles, scale = [], 1.0
+        particles: list[torch.Tensor] = []
+        scale = 1.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-            log_w = 0.0
+            log_w: torch.Tensor | float = 0.0
             for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
                 for site in trace.nodes.values():
                     if site["type"] == "sample":
@@ -46,6 +47,7 @@ class TaskImportanceELBO(ELBO):
                         lp = scale_and_mask(site["unscaled_log_prob"], 1.0, site["mask"])
                         log_w = log_w + sign * torch_sum(lp, sum_dims)
                         scale = site["scale"]
+            assert isinstance(log_w, torch.Tensor), "a model and guide with sample sites"
             particles.append(log_w)
         if self.vectorize_particles and self.num_particles > 1:
             log_w = particles[0]  # [K, T, 1...]

@@ -45,7 +45,7 @@ class HierarchicalModel(PyroModule):
         self.config: dict = {"x_dim": x_dim, "y_dim": y_dim}
 
     # ------------------------------------------------------------------ to implement
-    def site_priors(self) -> dict[str, dist.Distribution]:
+    def site_priors(self) -> dict[str, dist.TorchDistribution]:
         """Prior of each task site, event shape ``task_sites[name]``, no batch shape."""
         raise NotImplementedError
 
@@ -95,7 +95,7 @@ class HierarchicalModel(PyroModule):
             parts.append(v.reshape(*v.shape[: v.dim() - len(shape)], -1))
         return torch.cat(parts, -1)
 
-    def prior_distribution(self) -> dist.Distribution:
+    def prior_distribution(self) -> dist.TorchDistribution:
         """The learned prior over the flat task parameters ``[P]`` (a Gaussian)."""
         priors = self.site_priors()
         if len(priors) == 1:
@@ -145,7 +145,7 @@ def _drop_point_dim(v: torch.Tensor, event_dims: int) -> torch.Tensor:
     return v.squeeze(-1 - event_dims)
 
 
-def _flat_gaussian(priors: list[dist.Distribution]) -> dist.Distribution:
+def _flat_gaussian(priors: list[dist.TorchDistribution]) -> dist.TorchDistribution:
     """Concatenate independent Gaussian site priors into one flat Gaussian."""
     locs, trils, diag = [], [], True
     for p in priors:

@@ -49,7 +49,7 @@ class LatentCodeRegression(HierarchicalModel):
         raw = softplus_inv(init_scale - min_scale)
         if heteroscedastic:
             with torch.no_grad():
-                self.decoder[-1].bias[y_dim:] = raw
+                self.decoder.output_layer.bias[y_dim:] = raw
         self.prior = nn.ParameterDict({
             "loc": nn.Parameter(torch.zeros(latent_dim)),
             "raw_scale": nn.Parameter(torch.full((latent_dim,), softplus_inv(1.0))),

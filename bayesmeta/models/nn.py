@@ -26,6 +26,14 @@ class MLP(nn.Sequential):
             nn.init.zeros_(last.bias)
         layers.append(last)
         super().__init__(*layers)
+        self.in_dim, self.out_dim = in_dim, out_dim
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The last ``Linear`` (e.g. to initialise its bias)."""
+        last = self[-1]
+        assert isinstance(last, nn.Linear)
+        return last
 
 
 def softplus_inv(x: float) -> float:
