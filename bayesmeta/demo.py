@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,7 +47,7 @@ def demo_diagnostics(learner, family, *, sbc_simulations: int = 200, reference_t
         ``{"sbc": SBCResult}`` and ``{"reference": {"diagnostics": ..., "comparison": ...}}``
         for the parts that ran.
     """
-    out = {}
+    out: dict[str, Any] = {}
     if sbc_simulations:
         _say(f"simulation-based calibration ({sbc_simulations} simulations, K=5) ...", verbose)
         x = family.sample_inputs(sbc_simulations, 5, torch.Generator().manual_seed(seed + 11))
@@ -67,7 +68,8 @@ def demo_diagnostics(learner, family, *, sbc_simulations: int = 200, reference_t
 def _prediction_bands(learner, family):
     """The learner's K=5 predictive bands on six fixed tasks: ``(figure, posterior)``."""
     test = family.sample(6, shots=5, num_query=0, generator=torch.Generator().manual_seed(7)).to(learner.device)
-    grid = torch.linspace(*family.x_range, 200, device=learner.device)
+    lo, hi = family.x_range
+    grid = torch.linspace(lo, hi, 200, device=learner.device)
     xg = grid.reshape(1, -1, 1).expand(6, -1, -1)  # [6, 200, 1]
     post = learner.adapt(test)
     fig = plot_prediction_bands(post.predict(xg, seed=0), grid, test.x_support, test.y_support,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ from ..tasks import Sinusoid
 __all__ = ["SINUSOID_VARIANTS", "amortized_learner", "evaluate_on_family", "make_test_sets", "run_sinusoid"]
 
 # name -> (learner options, prediction methods evaluated)
-SINUSOID_VARIANTS = {
+SINUSOID_VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "default": ({}, ("guide", "importance")),  # BayesLearner(model) as a user gets it
     "elbo-diagonal": ({"objective": "elbo", "guide": "diagonal"}, ("guide", "importance")),
     "iwae-diagonal": ({"objective": "iwae", "guide": "diagonal"}, ("guide", "importance")),

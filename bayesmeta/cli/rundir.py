@@ -15,11 +15,15 @@ import os
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import ModuleType
 
 from ..io import atomic_write_bytes, file_error
 
+fcntl: ModuleType | None
 try:  # POSIX: the kernel releases an flock when its process dies
-    import fcntl
+    import fcntl as _fcntl
+
+    fcntl = _fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 

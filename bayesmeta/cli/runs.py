@@ -275,6 +275,7 @@ def cmd_fit(args) -> Path:
         lock.acquire()
         if not args.resume:
             _check_new_out(out, force=args.force, ignore=(LOCK_NAME,))  # again, now that the run is ours
+            assert undo is not None  # made above for every new run
             undo.snapshot(FIT_FILES, dirs=["checkpoints"])
             _write_run(plan, out)
         _train(plan, args, out, distributed=distributed, main=True)
@@ -378,6 +379,7 @@ def cmd_evaluate(args) -> Evaluation:
     check_writable(run)
     methods = [("bayes", standardised_predictor(learner, std))]
     for name in args.baseline or ():
+        assert base_data is not None  # read above whenever a baseline is asked for
         base = BASELINES[name](x_dim=base_data.x_dim, y_dim=base_data.y_dim)
         _say(f"training baseline {name} for {args.baseline_steps} steps on the run's training tasks ...")
         base.fit(base_data.to_batch(std), args.baseline_steps, seed=cfg.train.seed, progress=not args.no_progress,

@@ -56,8 +56,8 @@ def reference_diagnostics(idata: az.InferenceData) -> dict:
     rhat, ess_bulk = az.rhat(idata), az.ess(idata, method="bulk")
     ess_tail = az.ess(idata, method="tail")
     sites = {name: {"max_rhat": float(rhat[name].max()), "min_ess_bulk": float(ess_bulk[name].min()),
-                    "min_ess_tail": float(ess_tail[name].min())} for name in idata.posterior.data_vars}
-    div = int(idata.sample_stats["diverging"].sum()) if "sample_stats" in idata.groups() else 0
+                    "min_ess_tail": float(ess_tail[name].min())} for name in idata["posterior"].data_vars}
+    div = int(idata["sample_stats"]["diverging"].sum()) if "sample_stats" in idata.groups() else 0
     return {"max_rhat": max(s["max_rhat"] for s in sites.values()),
             "min_ess_bulk": min(s["min_ess_bulk"] for s in sites.values()),
             "min_ess_tail": min(s["min_ess_tail"] for s in sites.values()),
@@ -84,12 +84,12 @@ def compare_posteriors(amortized: az.InferenceData, reference: az.InferenceData,
     Returns:
         One dict per (site, element) with the coordinates and these numbers.
     """
-    names = list(reference.posterior.data_vars) if var_names is None else list(var_names)
+    names = list(reference["posterior"].data_vars) if var_names is None else list(var_names)
     rows = []
     for name in names:
-        if name not in amortized.posterior:
+        if name not in amortized["posterior"]:
             raise ValueError(f"var_names: site {name!r} is not in the amortized posterior "
-                             f"(has {list(amortized.posterior.data_vars)})")
+                             f"(has {list(amortized['posterior'].data_vars)})")
         a, r = _draws(amortized, name), _draws(reference, name)
         if a.shape[1:] != r.shape[1:]:
             raise ValueError(f"site {name!r}: shapes {a.shape[1:]} (amortized) and {r.shape[1:]} (reference) differ")
@@ -99,8 +99,8 @@ def compare_posteriors(amortized: az.InferenceData, reference: az.InferenceData,
         stats = {"mean": a.mean(0), "sd": a.std(0, ddof=1), "mean_ref": r.mean(0), "sd_ref": sd_r,
                  "mean_error_sd": (a.mean(0) - r.mean(0)) / sd_r, "sd_ratio": a.std(0, ddof=1) / sd_r,
                  "wasserstein_sd": np.abs(qa - qr).mean(0) / sd_r}
-        dims = [d for d in reference.posterior[name].dims if d not in ("chain", "draw")]
-        coords = [reference.posterior[d].values for d in dims]
+        dims = [d for d in reference["posterior"][name].dims if d not in ("chain", "draw")]
+        coords = [reference["posterior"][d].values for d in dims]
         for idx in np.ndindex(*a.shape[1:]):
             row = {"site": name, **{d: c[i].item() for d, c, i in zip(dims, coords, idx, strict=True)}}
             row.update({key: float(v[idx]) for key, v in stats.items()})

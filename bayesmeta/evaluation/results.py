@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -140,7 +141,7 @@ class Evaluation:
     def table(self) -> str:
         """The summary as a Markdown table (mean ± s.e. over tasks; coverage pooled)."""
         has = lambda key: any(key in r for r in self.summary)  # noqa: E731
-        cols = [("method", lambda r: r["method"]), ("K", lambda r: str(r["shots"])),
+        cols: list[tuple[str, Callable[..., str]]] = [("method", lambda r: r["method"]), ("K", lambda r: str(r["shots"])),
                 ("tasks", lambda r: str(r["num_tasks"]))]
         for key, label in (("nll", "NLL"), ("oracle_nll", "oracle NLL"), ("gap", "gap"), ("mse", "MSE"),
                            ("crps", "CRPS")):

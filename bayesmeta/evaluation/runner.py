@@ -127,7 +127,7 @@ def _test_sets(tasks, shots, *, num_tasks: int, num_query: int, seed: int):
 def _drop_empty_queries(batch: TaskBatch, ids: torch.Tensor, skipped: list, k) -> tuple:
     if not batch.has_query:
         raise ValueError(f"tasks: the {k}-shot test tasks have no query set to score")
-    has_q = batch.mask_query.any(-1)
+    has_q = batch.query[2].any(-1)  # [T]
     if not has_q.all():
         skipped = sorted(skipped + ids[~has_q].tolist())
         batch, ids = batch[has_q], ids[has_q]
