@@ -7,6 +7,7 @@ import math
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Self
 
 import torch
 
@@ -156,7 +157,7 @@ class MetaLearner:
         """The learner's modules by name: what ``to`` moves and a training checkpoint holds."""
         raise NotImplementedError
 
-    def to(self, device) -> MetaLearner:
+    def to(self, device) -> Self:
         """Move every module to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``); returns ``self``."""
         self.device = resolve_device(device)
         for module in self._modules().values():
@@ -166,7 +167,7 @@ class MetaLearner:
 
     def fit(self, source, steps: int | None = None, *, config: TrainConfig | None = None, checkpoint=None,
             resume: bool = False, on_checkpoint=None, distributed: bool = False, standardize: bool | None = None,
-            **options) -> MetaLearner:
+            **options) -> Self:
         """Meta-train on a task family (an endless stream) or a ``TaskBatch`` pool; returns ``self``.
 
         Stops after ``steps`` or ``max_time`` seconds, whichever comes first. The options are the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -74,12 +74,12 @@ class Ensemble:
     def history(self):
         return {f"member {i}": m.history for i, m in enumerate(self.members)}
 
-    def to(self, device) -> Ensemble:
+    def to(self, device) -> Self:
         for m in self.members:
             m.to(device)
         return self
 
-    def fit(self, source, steps: int = 2000, *, max_time: float | None = None, seed: int = 0, **options) -> Ensemble:
+    def fit(self, source, steps: int = 2000, *, max_time: float | None = None, seed: int = 0, **options) -> Self:
         for i, m in enumerate(self.members):
             m.fit(source, steps, max_time=None if max_time is None else max_time / self.n, seed=seed + i, **options)
         return self

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,12 +25,13 @@ from ..evaluation import Evaluation, evaluate, make_test_sets
 from ..evaluation.results import markdown_table, plus_minus
 from ..inference import TrainConfig
 from ..io import atomic_write_text
+from ..learners import MetaLearner
 from ..tasks import HierarchicalLinear, Sinusoid
 from .sinusoid import amortized_learner
 
 __all__ = ["COMPARE_FAMILIES", "COMPARE_METHODS", "run_compare", "maml_classic", "vectorisation_speed"]
 
-COMPARE_FAMILIES = {"sinusoid": lambda: Sinusoid(noise_std=0.1), "linear": lambda: HierarchicalLinear(dim=1)}
+COMPARE_FAMILIES: dict[str, Callable[[], Sinusoid | HierarchicalLinear]] = {"sinusoid": lambda: Sinusoid(noise_std=0.1), "linear": lambda: HierarchicalLinear(dim=1)}
 COMPARE_METHODS = ("bayes", *BASELINES, "ensemble")
 # (inner_lr, outer lr): the published setting first (MAML: 0.01 / 1e-3; Reptile here: 0.02 / 1e-3)
 SWEEP = {"maml": [(0.01, 1e-3), (0.001, 1e-3), (0.001, 3e-3)],
@@ -60,6 +63,7 @@ def _sweep(name: str, family, *, seconds: float, seed: int, device) -> tuple[dic
 def _train(method: str, family, *, budget: float, seed: int, device, settings: dict):
     """``(learner meta-trained for budget seconds, its tasks per step)``; baselines with their swept settings."""
     tasks_per_step = TrainConfig().tasks_per_step  # every method: the one default
+    learner: MetaLearner | Ensemble
     if method == "bayes":
         learner, options = amortized_learner(family.x_dim, family.y_dim), {}
     else:
@@ -83,7 +87,8 @@ def compare_family(family_name: str, *, methods, budget: float, sweep_seconds: f
                    device) -> tuple[Evaluation, dict]:
     family = COMPARE_FAMILIES[family_name]()
     tests = make_test_sets(family, (1, 5, 10), num_tasks=num_tasks, num_query=100, seed=1)
-    settings, meta = {}, {"family": repr(family), "budget_seconds": budget, "methods": {}}
+    settings: dict[str, dict] = {}
+    meta: dict[str, Any] = {"family": repr(family), "budget_seconds": budget, "methods": {}}
     for name in {"maml" if m == "ensemble" else m for m in methods} & set(BASELINES):
         t0 = time.perf_counter()
         settings[name], trials = _sweep(name, family, seconds=sweep_seconds, seed=seed, device=device)
@@ -111,8 +116,9 @@ def maml_classic(*, budget: float = 150.0, seed: int = 0, device="cpu", num_task
     test = family.sample(num_tasks, shots=10, num_query=100, generator=torch.Generator().manual_seed(2024))
     out = {"budget_seconds": budget, "train_steps": maml.history.step[-1]}
     for steps in (0, 1, 10):
-        pred = maml.adapt(test, steps=steps).predict(test.x_query.to(maml.device))
-        out[f"mse_after_{steps}_steps"] = float(((pred.mean.cpu() - test.y_query) ** 2).mean())
+        x_query, y_query, _ = test.query
+        pred = maml.adapt(test, steps=steps).predict(x_query.to(maml.device))
+        out[f"mse_after_{steps}_steps"] = float(((pred.mean.cpu() - y_query) ** 2).mean())
     return out
 
 
@@ -122,7 +128,8 @@ def vectorisation_speed(*, tasks_per_step: int = 25, repeats: int = 20, seed: in
     family = Sinusoid(noise_std=0.1)
     maml = MAML(x_dim=1, y_dim=1, hidden=(40, 40)).to(device)
     b = family.sample(tasks_per_step, shots=10, num_query=10, generator=torch.Generator().manual_seed(seed)).to(device)
-    x, y = torch.cat([b.x_support, b.x_query], 1), torch.cat([b.y_support, b.y_query], 1)
+    x_query, y_query, _ = b.query
+    x, y = torch.cat([b.x_support, x_query], 1), torch.cat([b.y_support, y_query], 1)
     support = torch.zeros(x.shape[:2], dtype=torch.bool, device=device)
     support[:, :10] = True
     out = {}
@@ -158,7 +165,7 @@ def run_compare(*, families=("sinusoid", "linear"), methods=COMPARE_METHODS, bud
                          f"methods: {list(COMPARE_METHODS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "compare", "budget_seconds": budget, "sweep_seconds": sweep_seconds,
+    result: dict[str, Any] = {"benchmark": "compare", "budget_seconds": budget, "sweep_seconds": sweep_seconds,
               "torch_threads": torch.get_num_threads(), "families": {}}
     tables = []
     for fam in families:

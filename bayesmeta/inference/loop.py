@@ -388,7 +388,8 @@ def _one_step(step_fn: StepFunction, run: _Run, step: int) -> tuple[torch.Tensor
         reduced = all_reduce_(run.params, loss, float(time_up))
         if run.grad_mean:
             for p in run.params:
-                p.grad.div_(run.world)  # type: ignore[union-attr]  # all_reduce_ set every grad
+                assert p.grad is not None  # all_reduce_ set every grad
+                p.grad.div_(run.world)
         loss, votes = reduced[0] / run.world, reduced[1]
         run.bad_steps += ~torch.isfinite(loss)
         _clip_and_step(run)
