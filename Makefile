@@ -30,6 +30,7 @@ test-slow: install
 
 lint: install
 	$(VENV)/bin/ruff check bayesmeta tests examples
+	$(PY) -m mypy
 
 bench: install
 	$(VENV)/bin/bayesmeta bench sinusoid
