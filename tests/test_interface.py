@@ -154,3 +154,12 @@ def test_an_ensemble_of_mixtures_with_different_sizes_is_their_equal_weight_mixt
     expected = torch.stack([p.log_prob(y) for p in mixtures]).logsumexp(0) - torch.log(torch.tensor(3.0))
     assert ens.num_components == 15 and torch.allclose(ens.log_prob(y), expected, atol=1e-5)
     assert torch.allclose(ens.mean, torch.stack([p.mean for p in mixtures]).mean(0), atol=1e-5)
+
+
+def test_a_diverging_run_says_so_and_what_to_try():
+    pool = bm.tasks.HierarchicalLinear(dim=1, noise_std=0.5).sample(16, shots=6, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)  # lr 0.05 is 50x the default: the guide's scales overflow within a few steps
+    learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), num_particles=4)
+    with pytest.raises(FloatingPointError, match=r"diverged at step \d+: .*lr=0.05\) is likely too large") as info:
+        learner.fit(pool, steps=30, tasks_per_step=3, lr=0.05, progress=False)
+    assert "scale_tril" in str(info.value) and isinstance(info.value.__cause__, ValueError)

@@ -379,8 +379,9 @@ def _one_step(step_fn: StepFunction, run: _Run, step: int) -> tuple[torch.Tensor
     run.optim.zero_grad(set_to_none=True)
     try:
         loss = step_fn(batch)
-    except (RuntimeError, ValueError):  # e.g. a Cholesky of parameters a non-finite step spoiled
+    except (RuntimeError, ValueError) as err:  # e.g. a Cholesky of parameters a non-finite step spoiled
         _raise_if_bad(run.bad_steps, step - 1)
+        _raise_if_diverged(err, step, run.cfg)
         raise
     loss = loss.detach()
     time_up = run.cfg.max_time is not None and time.perf_counter() - run.start >= run.cfg.max_time
@@ -403,6 +404,18 @@ def _clip_and_step(run: _Run) -> None:
     if run.cfg.clip_norm is not None:
         torch.nn.utils.clip_grad_norm_(run.params, run.cfg.clip_norm)
     run.optim.step()
+
+
+def _raise_if_diverged(err: Exception, step: int, cfg: TrainConfig) -> None:
+    """A distribution refusing inf/nan parameters mid-training: say what it means (divergence), not only where."""
+    text = str(err)
+    if not ("invalid values" in text or "nan" in text.lower() or "inf" in text.lower()):
+        return
+    first = text.splitlines()[0] if text else type(err).__name__
+    raise FloatingPointError(
+        f"meta-training diverged at step {step}: parameters became too large or non-finite ({first}). The "
+        f"learning rate (lr={cfg.lr}) is likely too large for this model: try a smaller lr (default 1e-3) or a "
+        "tighter clip_norm; the last checkpoint (if any) holds earlier parameters") from err
 
 
 def _raise_if_bad(bad_steps: torch.Tensor, step: int) -> None:
