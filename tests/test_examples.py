@@ -153,6 +153,7 @@ def test_eight_schools_nuts_matches_the_reference():
     assert out["nuts_diagnostics"]["max_rhat"] < 1.01
 
 
+@pytest.mark.slow  # 800 training steps (~10 s): a statistical check; the default suite runs the example for 30 steps
 def test_custom_model_learns_the_prior_means():
     """The multi-site custom model (auxiliary flow guide) meta-trains to the right prior."""
     mod = _load("custom_model")
