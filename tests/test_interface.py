@@ -163,3 +163,18 @@ def test_a_diverging_run_says_so_and_what_to_try():
     with pytest.raises(FloatingPointError, match=r"diverged at step \d+: .*lr=0.05\) is likely too large") as info:
         learner.fit(pool, steps=30, tasks_per_step=3, lr=0.05, progress=False)
     assert "scale_tril" in str(info.value) and isinstance(info.value.__cause__, ValueError)
+
+
+def test_other_errors_of_a_step_pass_through_unchanged():
+    from bayesmeta.inference.loop import train_loop
+
+    net = torch.nn.Linear(1, 1)
+
+    def make_step(stream):
+        def step(batch):
+            raise ValueError("pyro.infer: information about nan handling")  # words, not a divergence
+        return step
+
+    with pytest.raises(ValueError, match="pyro.infer: information"):
+        train_loop(make_step, {"net": net}, list(net.parameters()), bm.tasks.Sinusoid(), TrainConfig(steps=2, progress=False),
+                   device=torch.device("cpu"), x_dim=1, y_dim=1)

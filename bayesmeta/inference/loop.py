@@ -381,7 +381,7 @@ def _one_step(step_fn: StepFunction, run: _Run, step: int) -> tuple[torch.Tensor
         loss = step_fn(batch)
     except (RuntimeError, ValueError) as err:  # e.g. a Cholesky of parameters a non-finite step spoiled
         _raise_if_bad(run.bad_steps, step - 1)
-        _raise_if_diverged(err, step, run.cfg)
+        _raise_if_diverged(err, step, run)
         raise
     loss = loss.detach()
     time_up = run.cfg.max_time is not None and time.perf_counter() - run.start >= run.cfg.max_time
@@ -406,15 +406,19 @@ def _clip_and_step(run: _Run) -> None:
     run.optim.step()
 
 
-def _raise_if_diverged(err: Exception, step: int, cfg: TrainConfig) -> None:
-    """A distribution refusing inf/nan parameters mid-training: say what it means (divergence), not only where."""
+def _raise_if_diverged(err: Exception, step: int, run: _Run) -> None:
+    """Divergence mid-training (a distribution refusing inf/nan arguments, or non-finite parameters): say so.
+
+    Any other error of the step passes through unchanged.
+    """
     text = str(err)
-    if not ("invalid values" in text or "nan" in text.lower() or "inf" in text.lower()):
+    refused = "found invalid values" in text  # torch.distributions' argument validation
+    if not refused and all(bool(torch.isfinite(p).all()) for p in run.params):  # error path only: syncs are fine
         return
     first = text.splitlines()[0] if text else type(err).__name__
     raise FloatingPointError(
         f"meta-training diverged at step {step}: parameters became too large or non-finite ({first}). The "
-        f"learning rate (lr={cfg.lr}) is likely too large for this model: try a smaller lr (default 1e-3) or a "
+        f"learning rate (lr={run.cfg.lr}) is likely too large for this model: try a smaller lr (default 1e-3) or a "
         "tighter clip_norm; the last checkpoint (if any) holds earlier parameters") from err
 
 
