@@ -17,6 +17,7 @@ from .diagnostics import (
     to_inference_data,
 )
 from .evaluation import Evaluation, evaluate
+from .inference import MetaOverfittingWarning, TrainConfig
 from .learners import BayesLearner
 from .mixture import GaussianMixture
 from .predictive import Posterior, PosteriorPredictive, deprecated_alias
@@ -34,6 +35,8 @@ __all__ = [
     "BayesLearner",
     "Evaluation",
     "GaussianMixture",
+    "MetaOverfittingWarning",
+    "TrainConfig",
     "Posterior",
     "PosteriorPredictive",
     "TaskBatch",

@@ -37,7 +37,7 @@ class DataConfig:
     task: str = ""
     x: tuple[str, ...] = ()
     y: tuple[str, ...] = ()
-    val_fraction: float = 0.1
+    val_fraction: float = 0.2
     split_seed: int = 0
     standardize: bool = True
 
@@ -88,7 +88,9 @@ class FitConfig:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-_NONE_IS_ZERO = {"max_time", "clip_norm"}  # TOML has no null: 0 means none for these
+_NONE_IS_ZERO = {"max_time", "clip_norm", "val_every", "patience"}  # TOML has no null: 0 means none for these
+# the command line holds out whole groups itself (split.json), so [train] val_fraction has no say there
+_ELSEWHERE = {"train.val_fraction": "data.val_fraction (the share of groups held out for validation)"}
 
 
 def _coerce(section: str, f, value):
@@ -128,7 +130,10 @@ def config_from_dict(data: dict, base: FitConfig | None = None) -> FitConfig:
         values = data.get(section, {})
         if not isinstance(values, dict):
             raise ValueError(f"config: [{section}] must be a table of keys")
-        known = {f.name: f for f in fields(cls)}
+        known = {f.name: f for f in fields(cls) if f"{section}.{f.name}" not in _ELSEWHERE}
+        for k in values:
+            if f"{section}.{k}" in _ELSEWHERE:
+                raise ValueError(f"config: {section}.{k} is not a command-line setting; use {_ELSEWHERE[f'{section}.{k}']}")
         bad = sorted(set(values) - set(known))
         if bad:
             raise ValueError(f"config: unknown key(s) {[f'{section}.{k}' for k in bad]}; allowed in [{section}]: "
@@ -197,6 +202,7 @@ def to_toml(cfg: FitConfig) -> str:
     for section, values in asdict(cfg).items():
         lines.append(f"[{section}]")
         values = {k: 0 if v is None and k in _NONE_IS_ZERO else v for k, v in values.items()}
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]  # absent: None
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()  # absent: None
+                  if v is not None and f"{section}.{k}" not in _ELSEWHERE]
         lines.append("")
     return "\n".join(lines)

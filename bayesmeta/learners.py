@@ -29,11 +29,13 @@ from .models.base import HierarchicalModel
 from .predictive import Posterior
 from .tasks.batch import TaskBatch, check_support
 from .tasks.dataset import Standardization, standardize_pool
+from .validation import ValidationSet, hold_out
 
 __all__ = ["BayesLearner", "MetaLearner"]
 
 _FORMAT = "bayesmeta.BayesLearner/1"
-_MAY_CHANGE_ON_RESUME = {"progress", "steps", "max_time", "log_every", "checkpoint_every", "device"}
+_MAY_CHANGE_ON_RESUME = {"progress", "steps", "max_time", "log_every", "checkpoint_every", "device", "patience",
+                         "val_every", "restore_best"}
 _FIELDS = tuple(TrainConfig.__dataclass_fields__)
 _RENAMED = {"refine_steps": "steps", "refine_lr": "lr"}
 
@@ -118,6 +120,35 @@ class MetaLearner:
             raise ValueError(f"resume: the checkpoint was trained with other settings ({detail})")
         return state
 
+    def _validates(self, source, distributed: bool) -> bool:
+        """Whether validation applies to this fit (it does unless a learner says otherwise)."""
+        return True
+
+    def _validation_predict_options(self) -> dict:
+        """``predict`` options of validation during training (the defaults unless a learner says otherwise)."""
+        return {}
+
+    def _validation(self, source, validation, cfg: TrainConfig, distributed: bool):
+        """``(training source, validate callable or None)``: hold out part of a pool unless told otherwise."""
+        name = type(self).__name__
+        if validation is False:
+            return source, None
+        if validation is None:
+            if not isinstance(source, TaskBatch) or not self._validates(source, distributed):
+                return source, None
+            source, validation = hold_out(source, cfg.val_fraction, seed=cfg.seed)
+            if validation is None:
+                return source, None
+        elif not isinstance(validation, TaskBatch):
+            raise TypeError(f"{name}.fit: validation must be a TaskBatch, None (hold out val_fraction of a pool) or "
+                            f"False (none); got {type(validation).__name__}")
+        elif not self._validates(source, distributed):
+            raise ValueError(f"{name}.fit: validation does not apply to this fit (the exact type-II ML fit of a "
+                             "conjugate model has no training trajectory to stop early)")
+        held = ValidationSet(validation, cfg.val_shots, x_dim=self.x_dim, y_dim=self.y_dim, device=self.device,
+                             seed=cfg.seed, predict_options=self._validation_predict_options())
+        return source, lambda: held.score(self)
+
     def _prepare_source(self, source, state: dict | None, standardize: bool | None, *, default: bool):
         """Standardise a pool (or keep the standardisation a resumed run started with)."""
         if state is not None:
@@ -165,10 +196,18 @@ class MetaLearner:
                 module.to(self.device)
         return self
 
-    def fit(self, source, steps: int | None = None, *, config: TrainConfig | None = None, checkpoint=None,
-            resume: bool = False, on_checkpoint=None, distributed: bool = False, standardize: bool | None = None,
-            **options) -> Self:
+    def fit(self, source, steps: int | None = None, *, config: TrainConfig | None = None, validation=None,
+            checkpoint=None, resume: bool = False, on_checkpoint=None, distributed: bool = False,
+            standardize: bool | None = None, **options) -> Self:
         """Meta-train on a task family (an endless stream) or a ``TaskBatch`` pool; returns ``self``.
+
+        A finite pool can be memorised (meta-overfitting), so by default ``fit`` holds out
+        ``val_fraction`` (20 %) of a pool's tasks and scores them every ``val_every`` steps the
+        way new tasks are scored -- adapt on a support set, predict the query set -- at a few
+        shot counts; the learner ends with the weights of the best validation NLL, stops after
+        ``patience`` validations without improvement, and warns (``MetaOverfittingWarning``)
+        when the validation NLL rises while the training loss falls. ``self.history.validation``
+        holds the scores and ``self.history.best_step`` the step kept.
 
         Stops after ``steps`` or ``max_time`` seconds, whichever comes first. The options are the
         fields of :class:`~bayesmeta.inference.TrainConfig` (``max_time``, ``tasks_per_step``,
@@ -180,6 +219,9 @@ class MetaLearner:
             source: a :class:`~bayesmeta.tasks.TaskFamily` or a :class:`~bayesmeta.TaskBatch`.
             steps: optimiser steps at most (default: ``config.steps``, 2000).
             config: a :class:`~bayesmeta.inference.TrainConfig` (default: the defaults).
+            validation: held-out tasks (a ``TaskBatch`` in the same units as ``source``) to
+                validate on; ``None`` (default): hold out ``val_fraction`` of a pool's tasks (a
+                family: no validation); ``False``: no validation.
             checkpoint: path of a training checkpoint, written atomically every
                 ``checkpoint_every`` steps and at the end (weights, optimiser, RNG states).
             resume: continue from ``checkpoint`` (which must exist) instead of starting over.
@@ -202,14 +244,15 @@ class MetaLearner:
         """
         cfg = self._train_config(source, config, steps, options, distributed)
         self.to(self.device if cfg.device is None else cfg.device)  # None: train where the learner is
+        source, validate = self._validation(source, validation, cfg, distributed)
         state = self._resume_state(checkpoint, resume, cfg)
         self.history = self._meta_train(source, cfg, state=state, standardize=standardize, checkpoint=checkpoint,
-                                        on_checkpoint=on_checkpoint, distributed=distributed)
+                                        on_checkpoint=on_checkpoint, distributed=distributed, validate=validate)
         self.train_config = asdict(cfg)
         return self
 
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool) -> History:
+                    distributed: bool, validate=None) -> History:
         raise NotImplementedError
 
 
@@ -281,11 +324,19 @@ class BayesLearner(MetaLearner):
             why = "the exact type-II ML fit is a deterministic full-batch L-BFGS; steps bounds its iterations"
             unused.update(dict.fromkeys(
                 ("max_time", "tasks_per_step", "optimizer", "lr", "final_lr_fraction", "clip_norm", "min_points",
-                 "max_points", "seed", "log_every", "checkpoint_every"), why))
+                 "max_points", "seed", "log_every", "checkpoint_every", "weight_decay", "val_fraction", "val_shots",
+                 "val_every", "patience", "restore_best"), why))
         return unused
 
+    def _validates(self, source, distributed: bool) -> bool:
+        return not self._fits_exactly(source, distributed)
+
+    def _validation_predict_options(self) -> dict:
+        # importance-corrected, as at test time, with a quarter of the default draws: validation runs often
+        return {} if self.conjugate else {"num_samples": 250}
+
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool) -> History:
+                    distributed: bool, validate=None) -> History:
         """SVI on the ELBO (or the exact marginal likelihood); exact type-II ML where it applies.
 
         With ``conjugate=True``, a model with fixed features (``HierarchicalLinearRegression``)
@@ -307,7 +358,7 @@ class BayesLearner(MetaLearner):
         return meta_train(self.model, self.guide, source, cfg, device=self.device, objective=self.objective,
                           num_particles=self.num_particles, conjugate=self.conjugate, checkpoint=checkpoint,
                           resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
-                          extra_state=self._extra_state())
+                          extra_state=self._extra_state(), validate=validate)
 
     def _fits_exactly(self, source, distributed: bool) -> bool:
         """Conjugate model with fixed features on a finite pool: full-batch type-II ML (L-BFGS)."""

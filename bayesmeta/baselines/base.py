@@ -178,7 +178,7 @@ class GradientMetaLearner(MetaLearner):
         return {"encoder_subsets": f"{type(self).__name__} has no encoder"}
 
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool) -> History:
+                    distributed: bool, validate=None) -> History:
         """Each step splits every task at random into ``U{min_shots..max_shots}`` support points and a query set."""
         source = self._prepare_source(source, state, standardize, default=True)
         ctx = init_from_env(self.device) if distributed else None
@@ -192,7 +192,8 @@ class GradientMetaLearner(MetaLearner):
         return train_loop(make_step, self._modules(), self.meta_parameters(), source, cfg, device=self.device,
                           x_dim=self.x_dim, y_dim=self.y_dim, min_points=2, grad_mean=True,
                           checkpoint=checkpoint, resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
-                          extra_state=self._extra_state(), desc=f"meta-training {type(self).__name__}")
+                          extra_state=self._extra_state(), validate=validate,
+                          desc=f"meta-training {type(self).__name__}")
 
     def _update_residual_scale(self, x, y, query, adapted) -> None:
         """The ``"mse"`` head's predictive scale: running RMS of query residuals (no host sync)."""

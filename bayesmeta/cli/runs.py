@@ -151,19 +151,30 @@ def read_standardisation(run: Path) -> Standardization:
         raise ValueError(f"{path}: {err}" if str(path) not in str(err) else str(err)) from None
 
 
-def _read_split(run: Path) -> list:
+def _read_split(run: Path, part: str = "train") -> list:
+    """The task ids of one part (``"train"`` or ``"validation"``) of a run's split."""
     path = run / "split.json"
     split = read_json(path, "run's task split")
     if not isinstance(split, dict) or not isinstance(split.get("train"), list):
         raise ValueError(f"{path}: not a task split (no 'train' list)")
-    return split["train"]
+    return split.get(part) or []
 
 
 def _write_metrics(out: Path, history) -> None:
+    """One JSON line per logged step; validation scores (``val_nll``, ...) on their steps' lines."""
     h = history.as_dict()
-    lines = [json.dumps({"step": s, "loss": lo, "time": t, "lr": lr})
+    val = {v["step"]: v for v in h.get("validation", [])}
+    lines = [json.dumps({"step": s, "loss": lo, "time": t, "lr": lr, **_val_fields(val.pop(s, None))})
              for s, lo, t, lr in zip(h["step"], h["loss"], h["time"], h["lr"], strict=True)]
+    lines += [json.dumps({"step": s, **_val_fields(v)}) for s, v in sorted(val.items())]  # between log steps
     atomic_write_text("\n".join(lines) + ("\n" if lines else ""), out / "metrics.jsonl")
+
+
+def _val_fields(v: dict | None) -> dict:
+    if v is None:
+        return {}
+    return {"val_nll": v["nll"], "val_coverage_90": v["coverage_90"],
+            **{f"val_nll_K{s['shots']}": s["nll"] for s in v["per_shot"]}}
 
 
 def _launch() -> tuple[bool, bool]:
@@ -182,6 +193,7 @@ class _FitPlan:
     std: Standardization
     validation: list
     learner: BayesLearner
+    val_data: TaskDataset | None = None
 
 
 def _fit_config(args, out: Path) -> FitConfig:
@@ -206,7 +218,9 @@ def _plan_fit(args, out: Path) -> _FitPlan:
     if len(data) < 2:
         raise ValueError(f"{path}: only {len(data)} task ({d.task}={data.task_ids}); meta-learning needs at least 2")
     if args.resume:
-        train, val, std = data.subset(_read_split(out)), None, read_standardisation(out)
+        train, std = data.subset(_read_split(out)), read_standardisation(out)
+        val_ids = _read_split(out, "validation")
+        val = data.subset(val_ids) if val_ids else None
         _check_checkpoint(out)
     else:
         train, val = data.split((1 - d.val_fraction, d.val_fraction), seed=d.split_seed) if d.val_fraction else (data, None)
@@ -218,7 +232,8 @@ def _plan_fit(args, out: Path) -> _FitPlan:
     resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)  # the initial weights too: the same config gives the same run
     learner = build_learner(cfg.model, data.x_dim, data.y_dim)
-    return _FitPlan(cfg, path, train, std, [] if val is None else val.task_ids, learner)
+    return _FitPlan(cfg, path, train, std, [] if val is None else val.task_ids, learner,
+                    val if val is not None and len(val) else None)
 
 
 def _train(plan: _FitPlan, args, out: Path, *, distributed: bool, main: bool) -> None:
@@ -226,7 +241,9 @@ def _train(plan: _FitPlan, args, out: Path, *, distributed: bool, main: bool) ->
     if main:
         _say(f"fitting {plan.cfg.model.kind} model on {len(plan.train)} tasks ({sum(plan.train.sizes)} rows) "
              f"from {plan.data_path} ...")
+    validation = False if plan.val_data is None else plan.val_data.to_batch(plan.std)  # the held-out groups
     plan.learner.fit(plan.train.to_batch(plan.std), config=replace(t, progress=t.progress and not args.no_progress),
+                     validation=validation,
                      checkpoint=out / CHECKPOINT, resume=args.resume, distributed=distributed,
                      on_checkpoint=lambda step, history: _write_metrics(out, history),
                      standardize=False)  # the run standardised the data itself (standardisation.json)
@@ -245,7 +262,8 @@ def _write_results(plan: _FitPlan, out: Path) -> None:
     _write_metrics(out, h)
     info = {"data": str(plan.data_path.resolve()), "tasks_train": len(plan.train), "rows_train": sum(plan.train.sizes),
             "model": plan.cfg.model.kind, "train_steps": h.step[-1], "train_seconds": round(h.time[-1], 1),
-            "final_loss": round(h.loss[-1], 4)}
+            "final_loss": round(h.loss[-1], 4), "best_validation_step": h.best_step,
+            "validation_groups": len(plan.validation), "notes": h.notes}
     atomic_write_text(json.dumps(info, indent=1), out / "run.json")
     _say(f"wrote {out}/ (learner.pt, config.toml, metrics.jsonl, checkpoints/); {h.step[-1]} steps in {h.time[-1]:.0f} s")
 

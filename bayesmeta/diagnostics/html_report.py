@@ -33,11 +33,13 @@ MANIFEST = ".bayesmeta-report.json"
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 7px;
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
-figure{margin:1em 0 2em}figcaption{color:#555;font-size:13px}"""
+figure{margin:1em 0 2em}figcaption{color:#555;font-size:13px}
+.warn{background:#fff3cd;border-left:4px solid #d39e00;padding:6px 10px}"""
 
 _CAPTIONS = {
     "training": "Training loss per task (negative bound): it should fall and flatten; a late rise or spikes mean "
-                "the learning rate is too high.",
+                "the learning rate is too high. Dashed (right axis): validation NLL on held-out tasks; it rising "
+                "while the training loss falls is meta-overfitting, and the dotted line marks the weights kept.",
     "calibration": "Observed vs nominal coverage of central intervals. On the diagonal: calibrated; below: "
                    "overconfident; above: underconfident.",
     "pit": "PIT histograms with the band a uniform histogram stays in (99 %). U shape: overconfident; hump: "
@@ -152,7 +154,7 @@ def report(out_dir, *, evaluation: Evaluation | None = None, learner=None, histo
     out.mkdir(parents=True, exist_ok=True)
     for name, data in written.items():
         atomic_write_bytes(data, out / "plots" / f"{name}.png")
-    page = _html(title, info, evaluation, sbc, reference, pngs)
+    page = _html(title, info, evaluation, sbc, reference, pngs, history)
     path = atomic_write_text(page, out / "report.html")
     previous = set()
     if (out / MANIFEST).exists():
@@ -161,11 +163,35 @@ def report(out_dir, *, evaluation: Evaluation | None = None, learner=None, histo
     return path
 
 
-def _html(title, info, evaluation, sbc, reference, pngs: dict) -> str:
+def _training_section(history) -> str:
+    """Validation during training: the best step, the scores, and every warning training raised."""
+    runs = history if isinstance(history, dict) and "step" not in history else {"": history}
+    parts = []
+    for name, h in runs.items():
+        h = h if isinstance(h, dict) else h.as_dict()
+        val, notes = h.get("validation") or [], h.get("notes") or []
+        if not val and not notes:
+            continue
+        label = f" ({html.escape(name)})" if name else ""
+        parts += [f"<p class='warn'><b>Warning:</b> {html.escape(n)}</p>" for n in notes if "overfitting" in n]
+        parts += [f"<p>{html.escape(n)}</p>" for n in notes if "overfitting" not in n]
+        if val:
+            rows = [{"step": v["step"], "train_loss": v.get("train_loss"), "val_nll": v["nll"],
+                     "val_coverage_90": v["coverage_90"],
+                     **{f"nll_K{s['shots']}": s["nll"] for s in v["per_shot"]}} for v in val]
+            best = h.get("best_step")
+            parts.append(f"<p>Validation{label}: {len(val)} validations on held-out tasks (adapt on K support points, "
+                         f"predict the rest); best validation NLL at step {best}.</p>" + _table(rows, digits=3))
+    return "<h2>Training and validation</h2>" + "".join(parts) if parts else ""
+
+
+def _html(title, info, evaluation, sbc, reference, pngs: dict, history=None) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     if info:
         parts.append(_table([{"": k, "value": v} for k, v in info.items()], columns=["", "value"]))
+    if _has_history(history):
+        parts.append(_training_section(history))
     if evaluation is not None:
         cols = ["method", "shots", "num_tasks", "nll", "nll_se", "oracle_nll", "gap", "gap_se", "mse", "crps",
                 *[c for c in evaluation.summary[0] if c.startswith("coverage_") and not c.endswith("task_sd")],

@@ -70,7 +70,8 @@ def _moving_average(v: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def plot_elbo_trace(history, *, smooth: int = 20, title: str | None = None) -> Figure:
-    """Training loss (negative ELBO or bound per task) against step, raw and moving-averaged.
+    """Training loss (negative ELBO or bound per task) against step, raw and moving-averaged, and
+    the validation NLL (right axis) with the best validation step, when the fit validated.
 
     Args:
         history: a learner's ``history`` (``step``, ``loss``, ``time``), its ``as_dict()``, or
@@ -99,9 +100,29 @@ def plot_elbo_trace(history, *, smooth: int = 20, title: str | None = None) -> F
     pad = 0.05 * (max(highs) - min(lows) + 1e-9)
     ax.set_ylim(min(lows) - pad, max(highs) + pad)
     ax.set(xlabel="step", ylabel="loss per task (negative bound)", title=title or "training")
-    ax.legend(fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    vals = {name: (h if isinstance(h, dict) else h.as_dict()) for name, h in runs.items()}
+    if any(v.get("validation") for v in vals.values()):
+        twin = ax.twinx()
+        for i, (name, h) in enumerate(vals.items()):
+            _plot_validation(twin, h, f"C{i}", name)
+        twin.set_ylabel("validation NLL per point")
+        more_h, more_l = twin.get_legend_handles_labels()
+        handles, labels = handles + more_h, labels + more_l
+    ax.legend(handles, labels, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _plot_validation(ax, h: dict, color: str, name: str) -> None:
+    """Validation NLL against step (dashed, markers) and the step whose weights were kept (dotted line)."""
+    val = h.get("validation") or []
+    if not val:
+        return
+    ax.plot([v["step"] for v in val], [v["nll"] for v in val], color=color, ls="--", marker="o", ms=3, lw=1,
+            label=f"{name} validation NLL".strip())
+    if h.get("best_step") is not None:
+        ax.axvline(h["best_step"], color=color, ls=":", lw=1, label=f"{name} best validation step".strip())
 
 
 def plot_shrinkage(posterior, *, num_samples: int = 500, method: str | None = None, max_coordinates: int = 8,

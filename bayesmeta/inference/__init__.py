@@ -1,5 +1,6 @@
 """Layer 3: set encoders, amortized guides, objectives, the one training loop, refinement, importance sampling."""
 
+from .early_stopping import EarlyStopping, MetaOverfittingWarning
 from .encoder import SetEncoder
 from .exact import ConvergenceWarning, fit_type2_ml
 from .guides import GUIDE_FAMILIES, AmortizedGuide
@@ -11,6 +12,8 @@ from .trainer import meta_train
 
 __all__ = [
     "ConvergenceWarning",
+    "EarlyStopping",
+    "MetaOverfittingWarning",
     "fit_type2_ml",
     "SetEncoder",
     "AmortizedGuide",

@@ -1,159 +1,39 @@
-"""The one meta-training loop every learner uses, and its one options class, :class:`TrainConfig`.
+"""The one meta-training loop every learner uses (options: :class:`~bayesmeta.inference.TrainConfig`).
 
 A learner supplies a *step function*: given a mini-batch of tasks it puts the gradients of its
 meta-objective on its parameters and returns the loss per task. Everything else is here, once:
 seeds, the task stream, the learning-rate schedule, the optimiser, gradient clipping, progress,
-the history, the time budget, non-finite checks, atomic checkpoints and resume, and the
-distributed all-reduce (gradients, loss and every rank's "time is up" vote in one message).
+the history, the time budget, non-finite checks, validation with early stopping and the best
+weights, atomic checkpoints and resume, and the distributed all-reduce (gradients, loss and every
+rank's "time is up" vote in one message).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import re
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
-from ..io import atomic_torch_save
 from ..tasks.batch import TaskBatch
 from ..tasks.family import TaskFamily
+from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, all_reduce_, broadcast_parameters, check_same_config
+from .early_stopping import EarlyStopping, MetaOverfittingWarning, Validator
+from .options import OPTIMIZERS, History, TrainConfig, resolve_device
 
 __all__ = [
-    "OPTIMIZERS", "Batch", "History", "TaskStream", "TrainConfig", "load_checkpoint", "pool_points", "resolve_device",
-    "save_checkpoint", "set_lr", "train_loop",
+    "CHECKPOINT_FORMAT", "OPTIMIZERS", "Batch", "History", "TaskStream", "TrainConfig", "load_checkpoint",
+    "pool_points", "resolve_device", "save_checkpoint", "set_lr", "train_loop",
 ]
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-_DEVICE = re.compile(r"cpu|auto|mps|meta|cuda(:\d+)?")
-
-
-def resolve_device(device) -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` or a ``torch.device`` -> ``torch.device``."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device: unknown device {device!r}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available")
-    return dev
-
-
-def _is_int(v, low: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Options of meta-training, shared by every learner, the CLI's ``[train]`` section and the benchmarks.
-
-    Validated on construction: a bad value is a ``ValueError`` naming the field and what is allowed.
-    ``learner.fit(source, steps, **options)`` builds one from its keyword arguments (or takes
-    ``config=TrainConfig(...)``); a learner that does not use a field refuses it by name.
-
-    Attributes:
-        steps: optimiser steps at most.
-        max_time: seconds at most (``None``: no limit); training stops at whichever comes first.
-        tasks_per_step: tasks in each mini-batch.
-        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
-        lr: initial learning rate; cosine decay to ``lr * final_lr_fraction`` over ``steps`` (or
-            ``max_time``, if that fraction is larger).
-        final_lr_fraction: in ``(0, 1]``; 1 keeps the rate constant.
-        clip_norm: global gradient-norm clipping (``None``: none).
-        min_points, max_points: tasks drawn from a family have ``max_points`` points, of which
-            ``U{min_points..max_points}`` are observed (the Bayesian learners: every set size
-            the encoder will meet); the gradient-based baselines observe at least 2.
-        min_shots, max_shots: gradient-based baselines split each task at random into
-            ``U{min_shots..max_shots}`` support points and a query set of the rest.
-        encoder_subsets: Bayesian learners on a ``TaskBatch`` pool: also train the encoder on
-            random subsets of each task's points (a guide-only term).
-        seed: seed of the initial random state and of the task stream.
-        device: where to train (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"auto"``);
-            ``None`` keeps the learner where it is.
-        progress: show a progress bar.
-        log_every: steps between history entries (and non-finite checks).
-        checkpoint_every: steps between checkpoints, when a checkpoint path is given.
-    """
-
-    steps: int = 2000
-    max_time: float | None = None
-    tasks_per_step: int = 32
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    final_lr_fraction: float = 0.1
-    clip_norm: float | None = 10.0
-    min_points: int = 0
-    max_points: int = 20
-    min_shots: int = 1
-    max_shots: int = 10
-    encoder_subsets: bool = True
-    seed: int = 0
-    device: str | None = None
-    progress: bool = True
-    log_every: int = 50
-    checkpoint_every: int = 500
-
-    def __post_init__(self) -> None:
-        if isinstance(self.device, torch.device):
-            object.__setattr__(self, "device", str(self.device))
-        for name, ok, allowed in self._checks():
-            if not ok:
-                raise ValueError(f"{name} must be {allowed}; got {getattr(self, name)!r}")
-
-    def _checks(self) -> list[tuple[str, bool, str]]:
-        positive = lambda v: _is_number(v) and v > 0  # noqa: E731
-        return [
-            ("steps", _is_int(self.steps, 1), "an int >= 1"),
-            ("max_time", self.max_time is None or positive(self.max_time), "None or > 0 seconds"),
-            ("tasks_per_step", _is_int(self.tasks_per_step, 1), "an int >= 1"),
-            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {tuple(OPTIMIZERS)}"),
-            ("lr", positive(self.lr), "a finite number > 0"),
-            ("final_lr_fraction", positive(self.final_lr_fraction) and self.final_lr_fraction <= 1, "in (0, 1]"),
-            ("clip_norm", self.clip_norm is None or positive(self.clip_norm), "None or > 0"),
-            ("max_points", _is_int(self.max_points, 1), "an int >= 1"),
-            ("min_points", _is_int(self.min_points, 0) and self.min_points <= self.max_points,
-             "an int with 0 <= min_points <= max_points"),
-            ("max_shots", _is_int(self.max_shots, 1), "an int >= 1"),
-            ("min_shots", _is_int(self.min_shots, 1) and self.min_shots <= self.max_shots,
-             "an int with 1 <= min_shots <= max_shots"),
-            ("encoder_subsets", isinstance(self.encoder_subsets, bool), "true or false"),
-            ("seed", _is_int(self.seed, 0), "an int >= 0"),
-            ("device", self.device is None or (isinstance(self.device, str) and bool(_DEVICE.fullmatch(self.device))),
-             "None, 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"),
-            ("progress", isinstance(self.progress, bool), "true or false"),
-            ("log_every", _is_int(self.log_every, 1), "an int >= 1"),
-            ("checkpoint_every", _is_int(self.checkpoint_every, 1), "an int >= 1"),
-        ]
-
-
-@dataclass
-class History:
-    """Training trace, one entry every ``log_every`` steps: the loss per task (a negative bound)."""
-
-    step: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    time: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, list]:
-        return {"step": self.step, "loss": self.loss, "time": self.time, "lr": self.lr}
-
-    def append(self, step: int, loss: float, seconds: float, lr: float) -> None:
-        self.step.append(step)
-        self.loss.append(loss)
-        self.time.append(seconds)
-        self.lr.append(lr)
+logger = logging.getLogger(__name__)
 
 
 class Batch(NamedTuple):
@@ -272,6 +152,9 @@ class _Run:
     start: float
     history: History
     bad_steps: torch.Tensor
+    modules: dict
+    validate: Validator | None = None
+    stopper: EarlyStopping | None = None
 
     @property
     def world(self) -> int:
@@ -282,7 +165,8 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
                params: list[torch.Tensor], source, cfg: TrainConfig, *, device: torch.device, x_dim: int, y_dim: int,
                min_points: int | None = None, grad_mean: bool = False, checkpoint=None,
                resume: dict | None = None, on_checkpoint=None, distributed: DistributedContext | None = None,
-               extra_state: dict | None = None, desc: str = "meta-training") -> History:
+               extra_state: dict | None = None, validate: Validator | None = None,
+               desc: str = "meta-training") -> History:
     """Run meta-training; returns the :class:`History`.
 
     Args:
@@ -310,6 +194,12 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
         distributed: a :class:`~bayesmeta.inference.distributed.DistributedContext`: this rank
             trains on its own tasks; only rank 0 checkpoints and shows progress.
         extra_state: stored in every checkpoint as well (e.g. the learner's standardisation).
+        validate: ``validate() -> scores`` scores held-out tasks with the learner's test-time
+            procedure (:mod:`bayesmeta.inference.early_stopping`): called every
+            ``cfg.validation_interval`` steps and at the last step; the loop keeps the best
+            weights (restored at the end with ``cfg.restore_best``), stops after ``cfg.patience``
+            validations without improvement and warns once (:class:`MetaOverfittingWarning`)
+            when the learner starts to memorise its training tasks.
         desc: the progress bar's label.
 
     Raises:
@@ -325,14 +215,16 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
         check_same_config(distributed, {k: v for k, v in asdict(cfg).items() if k != "progress"}, device)
         broadcast_parameters(params)
     step_fn = make_step(stream)
-    run = _Run(cfg, params, OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr), stream, distributed, grad_mean,
-               time.perf_counter(), History(), torch.zeros((), dtype=torch.int64, device=device))
+    run = _Run(cfg, params, _optimizer(params, cfg), stream, distributed, grad_mean, time.perf_counter(), History(),
+               torch.zeros((), dtype=torch.int64, device=device), modules, validate,
+               None if validate is None else EarlyStopping(cfg.patience, cfg.validation_interval))
     first = 1
     if resume is not None:
         first = _restore(resume, modules, run) + 1
     save = lambda step: save_checkpoint(  # noqa: E731
         checkpoint, step, modules, run.optim, run.history, cfg, elapsed=time.perf_counter() - run.start,
-        stream=stream, on_checkpoint=on_checkpoint, extra=extra_state)
+        stream=stream, on_checkpoint=on_checkpoint,
+        extra={**(extra_state or {}), "early_stopping": None if run.stopper is None else run.stopper.state_dict()})
     step, loss = _steps(step_fn, run, first, save if checkpoint is not None and rank == 0 else None, desc)
     if step >= first:
         _raise_if_bad(run.bad_steps, step)
@@ -340,7 +232,37 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
             run.history.append(step, float(loss), time.perf_counter() - run.start, run.optim.param_groups[0]["lr"])
     if checkpoint is not None and rank == 0 and step % cfg.checkpoint_every != 0:
         save(step)
+    if run.stopper is not None and cfg.restore_best:
+        run.stopper.restore(modules)  # the training checkpoint keeps the last weights (and the best ones)
     return run.history
+
+
+def _optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser; with ``weight_decay``, on the weight matrices (ndim >= 2) only."""
+    if not cfg.weight_decay:
+        return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, **({"weight_decay": 0.0} if cfg.optimizer == "adamw" else {}))
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return OPTIMIZERS[cfg.optimizer]([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+def _validate(run: _Run, step: int, bar, main: bool) -> bool:
+    """Score the held-out tasks, keep the best weights; returns True to stop (patience exhausted)."""
+    assert run.validate is not None and run.stopper is not None
+    scores = run.validate()
+    stop, message = run.stopper.update(step, scores, run.modules, run.history)
+    if message is not None and main:
+        warnings.warn(message, MetaOverfittingWarning, stacklevel=4)
+    flag = {"warning": "meta-overfitting"} if run.stopper.warned else {}
+    bar.set_postfix(loss=f"{run.history.loss[-1]:.3f}" if run.history.loss else "-", val_nll=f"{scores['nll']:.3f}",
+                    best=run.stopper.best_step, **flag)
+    if stop:
+        note = (f"stopped early at step {step}: no better validation NLL in {run.cfg.patience} validations "
+                f"(best {run.stopper.best_nll:.3f} at step {run.stopper.best_step})")
+        run.history.notes.append(note)
+        if main:
+            logger.info(note)
+    return stop
 
 
 def _steps(step_fn: StepFunction, run: _Run, first: int, save, desc: str) -> tuple[int, torch.Tensor]:
@@ -348,6 +270,7 @@ def _steps(step_fn: StepFunction, run: _Run, first: int, save, desc: str) -> tup
     cfg = run.cfg
     main = run.distributed is None or run.distributed.rank == 0
     bar = tqdm(total=cfg.steps, initial=first - 1, disable=not (cfg.progress and main), desc=desc, leave=False)
+    interval = cfg.validation_interval
     step, loss = first - 1, torch.zeros(())
     try:
         for step in range(first, cfg.steps + 1):
@@ -364,9 +287,11 @@ def _steps(step_fn: StepFunction, run: _Run, first: int, save, desc: str) -> tup
                 run.history.append(step, float(loss), time.perf_counter() - run.start,
                                    run.optim.param_groups[0]["lr"])
                 bar.set_postfix(loss=f"{float(loss):.3f}")
+            stop = run.validate is not None and (step % interval == 0 or step == cfg.steps or bool(time_up)) \
+                and _validate(run, step, bar, main)
             if saving:
                 save(step)
-            if time_up:
+            if time_up or stop:
                 break
     finally:
         bar.close()
@@ -429,55 +354,6 @@ def _raise_if_bad(bad_steps: torch.Tensor, step: int) -> None:
                                  "the last checkpoint (if any) holds finite parameters")
 
 
-CHECKPOINT_FORMAT = "bayesmeta.checkpoint/1"
-
-
-def _rng_states(stream) -> dict:
-    states = {"torch": torch.get_rng_state(), "stream": stream.gen.get_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def save_checkpoint(path, step: int, modules: dict, optim, history: History, cfg: TrainConfig, *,
-                    elapsed: float | None = None, stream: TaskStream | None = None, on_checkpoint=None,
-                    extra: dict | None = None) -> None:
-    """Write a training checkpoint atomically: each module's ``state_dict`` under its name, the
-    optimiser, history, config and random states. ``optim`` and ``stream`` may be ``None`` (a fit
-    without them, e.g. exact type-II ML)."""
-    rng = _rng_states(stream) if stream is not None else {"torch": torch.get_rng_state()}
-    state = {"format": CHECKPOINT_FORMAT, "step": step,
-             "elapsed": elapsed if elapsed is not None else (history.time[-1] if history.time else 0.0),
-             "config": asdict(cfg), "optimizer": None if optim is None else optim.state_dict(),
-             "history": history.as_dict(), "rng": rng, "modules": sorted(modules),
-             **{name: None if m is None else m.state_dict() for name, m in modules.items()}, **(extra or {})}
-    atomic_torch_save(state, path)
-    if on_checkpoint is not None:
-        on_checkpoint(step, history)
-
-
-def load_checkpoint(path, *, map_location="cpu") -> dict:
-    """Read a training checkpoint written by :func:`train_loop` (``weights_only`` loading).
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        OSError: the file cannot be read (permissions, I/O).
-        ValueError: not a bayesmeta checkpoint, or a corrupt or truncated one (naming ``path``).
-    """
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from") from None
-    except OSError:
-        raise
-    except Exception as err:  # torch.load fails in many ways on damaged files (never retry unsafely)
-        raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}); it cannot be "
-                         f"resumed") from err
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a bayesmeta training checkpoint ({CHECKPOINT_FORMAT})")
-    return state
-
-
 def _restore(state: dict, modules: dict, run: _Run) -> int:
     """Load a checkpoint into the modules, optimiser, history and random streams; returns its step."""
     for name, m in modules.items():
@@ -486,6 +362,8 @@ def _restore(state: dict, modules: dict, run: _Run) -> int:
                 raise ValueError(f"resume: the checkpoint holds no {name!r} (it was written by another learner)")
             m.load_state_dict(state[name])
     run.optim.load_state_dict(state["optimizer"])
+    if run.stopper is not None and state.get("early_stopping") is not None:
+        run.stopper.load_state_dict(state["early_stopping"])
     step = int(state["step"])
     run.start -= state["elapsed"]
     run.history = History(**state["history"])

@@ -161,7 +161,7 @@ def test_pool_in_natural_units_is_standardised_for_baselines():
     y = 250 + 25 * torch.randn(30, 1, 1, generator=g) + 10 * x + 5 * torch.randn(30, 10, 1, generator=g)
     pool = bm.TaskBatch(x_support=x, y_support=y, mask_support=torch.ones(30, 10, dtype=torch.bool))
     torch.manual_seed(0)
-    maml = bm.baselines.MAML(x_dim=1, y_dim=1, hidden=(16,)).fit(pool, steps=200, progress=False)
+    maml = bm.baselines.MAML(x_dim=1, y_dim=1, hidden=(16,)).fit(pool, steps=200, progress=False, validation=False)
     assert maml.standardization is not None and abs(maml.standardization.y_mean[0] - float(y.mean())) < 1e-3
     pred = maml.adapt(pool[:4]).predict(x[:4])
     assert float((pred.mean - y[:4]).abs().mean()) < 40  # natural units: near the data, not near 0
