@@ -26,6 +26,8 @@ def test_each_benchmark_has_only_its_own_flags():
     assert _flags("throughput") == SHARED | {"--batch-sizes", "--learners", "--seconds", "--processes",
                                              "--predict-batches", "--device"}
     assert _flags("exact-fit") == SHARED | {"--repeats", "--seed"}
+    assert _flags("pools") == SHARED | {"--cases", "--steps", "--last-tasks", "--seed", "--device", "--num-tasks",
+                                        "--no-progress"}
 
 
 def test_defaults_and_values_reach_the_namespace():
@@ -79,3 +81,16 @@ def test_exact_fit_tiny_run(tmp_path, capsys):
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["benchmark"] == "exact-fit" and max(res["relative_error"].values()) < 1e-3
     assert "| ours |" in capsys.readouterr().out
+
+
+def test_pools_benchmark_runs_with_tiny_arguments(tmp_path, capsys):
+    import json
+
+    main(["bench", "pools", "--cases", "linear-100", "--steps", "60", "--num-tasks", "4", "--last-tasks", "2",
+          "--out", str(tmp_path), "--no-progress"])
+    result = json.loads((tmp_path / "results.json").read_text())
+    case = result["cases"]["linear-100"]
+    assert case["pool_tasks"] == 100 and case["validations"] >= 1 and case["best_step"] is not None
+    rows = {(r["method"], r["shots"]) for r in result["summary"]}
+    assert {("linear-100/best-validation", k) for k in (1, 5, 10)} <= rows
+    assert "linear-100" in capsys.readouterr().out

@@ -2,11 +2,12 @@
 
 from .compare import COMPARE_FAMILIES, COMPARE_METHODS, run_compare
 from .exact_fit import run_exact_fit
+from .pools import POOL_CASES, run_pools
 from .sinusoid import SINUSOID_VARIANTS, evaluate_on_family, run_sinusoid
 from .throughput import run_throughput
 
 BENCHMARKS = {"sinusoid": run_sinusoid, "compare": run_compare, "throughput": run_throughput,
-              "exact-fit": run_exact_fit}
+              "exact-fit": run_exact_fit, "pools": run_pools}
 
-__all__ = ["BENCHMARKS", "COMPARE_FAMILIES", "COMPARE_METHODS", "SINUSOID_VARIANTS", "evaluate_on_family",
-           "run_compare", "run_exact_fit", "run_sinusoid", "run_throughput"]
+__all__ = ["BENCHMARKS", "COMPARE_FAMILIES", "COMPARE_METHODS", "POOL_CASES", "SINUSOID_VARIANTS",
+           "evaluate_on_family", "run_compare", "run_exact_fit", "run_pools", "run_sinusoid", "run_throughput"]

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ..benchmarks import COMPARE_FAMILIES, COMPARE_METHODS, SINUSOID_VARIANTS
+from ..benchmarks import COMPARE_FAMILIES, COMPARE_METHODS, POOL_CASES, SINUSOID_VARIANTS
 from ..benchmarks.throughput import LEARNERS
 
 __all__ = ["BENCH_EPILOG", "add_bench_parser", "run_bench"]
@@ -25,6 +25,8 @@ BENCH_EPILOG = """examples:
   bayesmeta bench throughput                        # tasks/s and memory vs batch size and processes
   bayesmeta bench throughput --seconds 5 --batch-sizes 8 256 --learners amortized
   bayesmeta bench exact-fit --repeats 3             # exact type-II ML against an independent scipy fit
+  bayesmeta bench pools                             # finite pools: calibrated on fresh tasks? (~1 h)
+  bayesmeta bench pools --cases sinusoid-50 --steps 4000 --num-tasks 200
   bayesmeta bench NAME --help                       # the flags of one benchmark
 """
 
@@ -99,6 +101,18 @@ def _run_exact_fit(args) -> dict:
     return result
 
 
+def _run_pools(args) -> dict:
+    from ..benchmarks import run_pools
+
+    result = run_pools(cases=args.cases, steps=args.steps, num_tasks=args.num_tasks, last_tasks=args.last_tasks,
+                       out_dir=args.out, seed=args.seed, progress=not args.no_progress, device=args.device)
+    print(result["evaluation"].table())
+    for name, c in result["cases"].items():
+        print(f"{name}: {c['steps']} steps in {c['train_seconds']:.0f} s, best validation step {c['best_step']}; "
+              f"{len(c['notes'])} note(s)")
+    return result
+
+
 def add_bench_parser(sub) -> argparse.ArgumentParser:
     """``bayesmeta bench``: a sub-command per benchmark under the command line's sub-parsers ``sub``."""
     b = sub.add_parser("bench", help="run a reproducible benchmark (prints a table, writes JSON)",
@@ -140,6 +154,13 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
              _run_exact_fit)
     e.add_argument("--repeats", type=int, default=5, help="timed fits (default: 5)")
     _shared_flags(e, "exact-fit", device=False)
+
+    pl = _sub(bench, "pools", "finite pools of tasks: library defaults, scored on fresh tasks", _run_pools)
+    pl.add_argument("--cases", nargs="+", default=None, help=f"cases (default: all): {', '.join(POOL_CASES)}")
+    pl.add_argument("--steps", type=int, default=20_000, help="training steps at most (default: 20000)")
+    pl.add_argument("--last-tasks", type=int, default=200,
+                    help="test tasks per shot count for the last step's weights (0: skip; default: 200)")
+    _shared_flags(pl, "pools", num_tasks=True, progress=True)
     return b
 
 

@@ -79,7 +79,7 @@ class TrainConfig:
             every step cannot be memorised).
         val_shots: shot counts at which validation tasks are split into support and query
             (``()``: automatic, 1 and about a third and two thirds of a validation task's points).
-        val_every: steps between validations (``None``: ``steps // 10``, between 50 and 1000).
+        val_every: steps between validations (``None``: ``steps // 20``, between 50 and 500).
         patience: stop after this many validations without a better validation NLL
             (``None``: never stop early).
         restore_best: end with the weights of the best validation step (else the last).
@@ -154,10 +154,10 @@ class TrainConfig:
 
     @property
     def validation_interval(self) -> int:
-        """Steps between validations: ``val_every``, or ``steps // 10`` clipped to ``[min(50, steps), 1000]``."""
+        """Steps between validations: ``val_every``, or ``steps // 20`` clipped to ``[min(50, steps), 500]``."""
         if self.val_every is not None:
             return self.val_every
-        return max(min(50, self.steps), min(1000, self.steps // 10))
+        return max(min(50, self.steps), min(500, self.steps // 20))
 
 
 @dataclass
