@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
-__all__ = ["check_ints"]
+import sys
+from pathlib import Path
+from types import FrameType
+
+__all__ = ["check_ints", "user_stacklevel"]
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` that points at the first frame outside bayesmeta.
+
+    For warnings raised deep inside the library (e.g. during training), so that the message
+    names the user's line (their ``fit`` call), whatever the path through the library.
+    """
+    frame: FrameType | None = sys._getframe(1)  # the caller of this function: the one calling warnings.warn
+    level = 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_ints(**bounds: tuple[object, int]) -> None:

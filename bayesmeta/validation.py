@@ -10,11 +10,13 @@ scores a learner on them.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
 import torch
 
+from ._checks import user_stacklevel
 from .tasks.batch import TaskBatch
 
 __all__ = ["MAX_VALIDATION_TASKS", "MIN_VALIDATION_TASKS", "ValidationSet", "auto_val_shots", "hold_out"]
@@ -27,6 +29,7 @@ error is small against the changes that matter, cheap enough to score often. A `
 set given to ``fit`` is used whole."""
 _LEVEL = 0.9
 _SEED = 7_654_321  # validation's own random stream: never the training stream
+logger = logging.getLogger(__name__)
 
 
 def hold_out(pool: TaskBatch, fraction: float, *, seed: int) -> tuple[TaskBatch, TaskBatch | None]:
@@ -45,7 +48,7 @@ def hold_out(pool: TaskBatch, fraction: float, *, seed: int) -> tuple[TaskBatch,
             f"fit: a pool of {m} tasks is too small to hold out validation tasks (val_fraction={fraction} gives "
             f"{n_val}; at least {MIN_VALIDATION_TASKS} are needed, and as many left to train on): training on all "
             "of them without validation, so meta-overfitting cannot be detected. Pass validation=TaskBatch(...) "
-            "with tasks of your own, or val_fraction=0 to silence this", UserWarning, stacklevel=4)
+            "with tasks of your own, or val_fraction=0 to silence this", UserWarning, stacklevel=user_stacklevel())
         return pool, None
     perm = torch.randperm(m, generator=torch.Generator().manual_seed(seed + _SEED))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
@@ -67,8 +70,9 @@ class ValidationSet:
 
     Each task's observed points (support and query together) are put in one random order, fixed
     for the whole run; at ``k`` shots the first ``k`` are the support set and the rest the query
-    set. Tasks with fewer than ``k + 1`` points are skipped at ``k`` (with a warning that lists
-    them); a shot count no task can serve is an error.
+    set. Tasks with fewer than ``k + 1`` points are skipped at ``k`` (listed in a warning for
+    shot counts the user chose, in the log for automatic ones); a shot count no task can serve is
+    an error.
 
     Args:
         tasks: the validation tasks (natural units, as given to ``fit``).
@@ -91,6 +95,7 @@ class ValidationSet:
                              f"x_dim={x_dim}, y_dim={y_dim}")
         x, y, mask = tasks.all_points()  # [V, N, D], [V, N, E], [V, N]
         n = mask.sum(-1)  # [V]
+        chosen = bool(shots)
         shots = shots or auto_val_shots(n)
         g = torch.Generator().manual_seed(seed + _SEED)
         u = torch.where(mask.cpu(), torch.rand(mask.shape, generator=g), torch.full(mask.shape, 2.0))
@@ -115,8 +120,11 @@ class ValidationSet:
             self.sets[k] = (keep.to(device), batch.to(device))
         if self.skipped:
             detail = "; ".join(f"K={k}: tasks {v}" for k, v in self.skipped.items())
-            warnings.warn(f"validation: tasks with too few points for a shot count are skipped there ({detail})",
-                          UserWarning, stacklevel=4)
+            message = f"validation: tasks with too few points for a shot count are skipped there ({detail})"
+            if chosen:  # the user's shot counts: say so; automatic ones follow the median task (logged)
+                warnings.warn(message, UserWarning, stacklevel=user_stacklevel())
+            else:
+                logger.info(message)
 
     @property
     def shots(self) -> tuple[int, ...]:

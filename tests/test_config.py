@@ -41,7 +41,10 @@ def test_every_control_character_is_escaped():
 @pytest.mark.parametrize("text", ["", "\\", '"', '\\"', "\\n", '"""', "'''", "a\r\nb", "#not a comment", "x = 1\n[model]"])
 def test_strings_that_look_like_toml_syntax_stay_strings(text):
     cfg = _config(text)
-    assert tomllib.loads(to_toml(cfg)) == {s: _toml_ready(v) for s, v in asdict(cfg).items()}
+    expected = {s: _toml_ready(v) for s, v in asdict(cfg).items()}
+    expected["train"]["val_every"] = 0  # None is written as 0 (TOML has no null)
+    del expected["train"]["val_fraction"]  # the command line holds out groups with data.val_fraction
+    assert tomllib.loads(to_toml(cfg)) == expected
 
 
 def _toml_ready(section: dict) -> dict:
@@ -53,3 +56,14 @@ def test_defaults_and_numbers_round_trip(tmp_path):
     for cfg in (FitConfig(), replace(_config("s"), train=replace(_config("s").train, lr=1e-300, max_time=1e300))):
         path.write_text(to_toml(cfg), encoding="utf-8")
         assert load_config(path) == cfg
+
+
+def test_train_val_fraction_is_refused_and_zero_means_none_for_validation_options():
+    from bayesmeta.config import config_from_dict
+
+    with pytest.raises(ValueError, match="train.val_fraction is not a command-line setting; use data.val_fraction"):
+        config_from_dict({"train": {"val_fraction": 0.3}})
+    cfg = config_from_dict({"train": {"val_every": 0, "patience": 0, "val_shots": [1, 4], "weight_decay": 0.5}})
+    assert (cfg.train.val_every, cfg.train.patience, cfg.train.val_shots, cfg.train.weight_decay) == (None, None, (1, 4), 0.5)
+    with pytest.raises(ValueError, match="config: train.patience must be None"):
+        config_from_dict({"train": {"patience": -1}})

@@ -49,7 +49,13 @@ def test_fit_evaluate_predict_report_end_to_end(data, tmp_path, capsys):
     cfg = bm.config.load_config(run / "config.toml")
     assert cfg.data.x == ("time",) and cfg.model.hidden == (16,) and cfg.train.steps == 20
     split = json.loads((run / "split.json").read_text())
-    assert len(split["train"]) == 18 and len(split["validation"]) == 2  # tasks, not rows, are split
+    assert len(split["train"]) == 16 and len(split["validation"]) == 4  # tasks, not rows, are split
+    # the held-out groups are validated on as the run trains: scores on their steps' metrics lines
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    scored = [line for line in lines if "val_nll" in line]
+    assert [line["step"] for line in scored] == [20] and {"val_coverage_90", "val_nll_K1"} <= set(scored[0])
+    info = json.loads((run / "run.json").read_text())
+    assert info["best_validation_step"] == 20 and info["validation_groups"] == 4
     assert main(["evaluate", str(run), "--data", str(data["test"]), "--shots", "1", "3", "--baseline", "fomaml",
                  "--baseline-steps", "3"]) == 0
     ev = bm.Evaluation.from_json(run / "eval.json")

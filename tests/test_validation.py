@@ -253,5 +253,11 @@ def test_weight_decay_is_a_gaussian_prior_on_weight_matrices_only():
     assert torch.equal(net.bias, torch.ones(2))
 
 
+def test_warnings_from_deep_inside_fit_name_the_users_line():
+    with pytest.warns(UserWarning, match="too small to hold out") as record:
+        _latent_learner().fit(_pool(5), 2, progress=False)
+    assert record[0].filename == __file__
+
+
 def test_meta_overfitting_warning_is_exported():
     assert bm.MetaOverfittingWarning is MetaOverfittingWarning and issubclass(MetaOverfittingWarning, UserWarning)

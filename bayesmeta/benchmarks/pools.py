@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,11 +47,12 @@ def _case(name: str, *, steps: int, num_tasks: int, last_tasks: int, out: Path, 
     learner.fit(pool, steps, seed=seed, device=device, progress=progress, checkpoint=ckpt, **options)
     h = learner.history
     sets = make_test_sets(family, (1, 5, 10), num_tasks=num_tasks, seed=seed + 1)
-    kw = {"oracle": family, "seed": seed + 1, "device": learner.device, "progress": progress}
+    kw: dict[str, Any] = {"oracle": family, "seed": seed + 1, "device": learner.device, "progress": progress}
     evs = [evaluate(learner, sets, name=f"{name}/best-validation", **kw)]
     state = load_checkpoint(ckpt, map_location=learner.device)  # the last step's weights
     if last_tasks and h.best_step is not None and h.best_step != state["step"]:
         learner.model.load_state_dict(state["model"])
+        assert learner.guide is not None  # the amortized learner has one
         learner.guide.load_state_dict(state["guide"])
         evs.append(evaluate(learner, _subset(sets, last_tasks), name=f"{name}/last-step", **kw))
     meta = {"pool_tasks": m, "points": n, "steps": h.step[-1], "train_seconds": h.time[-1], "best_step": h.best_step,

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from .._checks import user_stacklevel
 from ..tasks.batch import TaskBatch
 from ..tasks.family import TaskFamily
 from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
@@ -252,7 +253,7 @@ def _validate(run: _Run, step: int, bar, main: bool) -> bool:
     scores = run.validate()
     stop, message = run.stopper.update(step, scores, run.modules, run.history)
     if message is not None and main:
-        warnings.warn(message, MetaOverfittingWarning, stacklevel=4)
+        warnings.warn(message, MetaOverfittingWarning, stacklevel=user_stacklevel())
     flag = {"warning": "meta-overfitting"} if run.stopper.warned else {}
     bar.set_postfix(loss=f"{run.history.loss[-1]:.3f}" if run.history.loss else "-", val_nll=f"{scores['nll']:.3f}",
                     best=run.stopper.best_step, **flag)

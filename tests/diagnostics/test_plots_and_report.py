@@ -277,3 +277,30 @@ def test_report_of_an_ensemble_draws_every_member_trace(tmp_path):
         h = member if isinstance(member, dict) else member.as_dict()
         np.testing.assert_array_equal(raw.get_xdata(), h["step"])
         np.testing.assert_allclose(raw.get_ydata(), h["loss"], rtol=1e-12)
+
+
+def _validated_history():
+    val = [{"step": s, "nll": v, "coverage_90": c, "train_loss": lo, "per_shot": [{"shots": 1, "nll": v, "coverage_90": c,
+                                                                                   "tasks": 4}]}
+           for s, v, c, lo in ((20, 1.5, 0.9, 5.0), (40, 0.9, 0.88, 3.0), (60, 2.5, 0.7, 1.0))]
+    note = "meta-overfitting: validation NLL rose from 0.900 (step 40) to 2.500 (step 60)"
+    return {"step": [10, 20, 30, 40, 50, 60], "loss": [6.0, 5.0, 4.0, 3.0, 2.0, 1.0], "time": list(range(6)),
+            "lr": [1e-3] * 6, "validation": val, "best_step": 40, "notes": [note]}
+
+
+def test_training_plot_shows_validation_nll_and_the_step_kept():
+    h = _validated_history()
+    fig = dg.plot_elbo_trace(h)
+    twin = fig.axes[1]
+    val_line, best = twin.get_lines()
+    np.testing.assert_array_equal(val_line.get_xdata(), [20, 40, 60])
+    np.testing.assert_allclose(val_line.get_ydata(), [1.5, 0.9, 2.5])
+    assert list(best.get_xdata()) == [40, 40]  # the vertical line at the best validation step
+    assert twin.get_ylabel() == "validation NLL per point"
+
+
+def test_report_shows_validation_and_the_meta_overfitting_warning(tmp_path):
+    page = bm.report(tmp_path, history=_validated_history()).read_text()
+    assert "<h2>Training and validation</h2>" in page
+    assert "class='warn'><b>Warning:</b> meta-overfitting: validation NLL rose from 0.900" in page
+    assert "best validation NLL at step 40" in page and "<td>2.500</td>" in page
