@@ -27,7 +27,7 @@ def test_each_benchmark_has_only_its_own_flags():
                                              "--predict-batches", "--device"}
     assert _flags("exact-fit") == SHARED | {"--repeats", "--seed"}
     assert _flags("pools") == SHARED | {"--cases", "--steps", "--last-tasks", "--seed", "--device", "--num-tasks",
-                                        "--no-progress"}
+                                        "--no-progress", "--hidden", "--latent-dim", "--weight-decay"}
 
 
 def test_defaults_and_values_reach_the_namespace():
@@ -87,10 +87,11 @@ def test_pools_benchmark_runs_with_tiny_arguments(tmp_path, capsys):
     import json
 
     main(["bench", "pools", "--cases", "linear-100", "--steps", "60", "--num-tasks", "4", "--last-tasks", "2",
-          "--out", str(tmp_path), "--no-progress"])
+          "--out", str(tmp_path), "--no-progress", "--hidden", "16", "--latent-dim", "2", "--weight-decay", "0.01"])
     result = json.loads((tmp_path / "results.json").read_text())
     case = result["cases"]["linear-100"]
     assert case["pool_tasks"] == 100 and case["validations"] >= 1 and case["best_step"] is not None
+    assert result["options"] == {"steps": 60, "seed": 0, "model": {"hidden": [16], "latent_dim": 2}, "weight_decay": 0.01}
     rows = {(r["method"], r["shots"]) for r in result["summary"]}
     assert {("linear-100/best-validation", k) for k in (1, 5, 10)} <= rows
     assert "linear-100" in capsys.readouterr().out

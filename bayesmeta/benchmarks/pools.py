@@ -19,6 +19,8 @@ import torch
 from ..evaluation import Evaluation, evaluate, make_test_sets
 from ..inference.checkpoints import load_checkpoint
 from ..io import atomic_write_text
+from ..learners import BayesLearner
+from ..models import LatentCodeRegression
 from ..tasks import HierarchicalLinear, Sinusoid
 from .sinusoid import amortized_learner
 
@@ -37,12 +39,13 @@ def _subset(sets: dict, n: int) -> dict:
 
 
 def _case(name: str, *, steps: int, num_tasks: int, last_tasks: int, out: Path, seed: int, progress: bool,
-          device, options: dict) -> tuple[list[Evaluation], dict]:
+          device, model: dict, options: dict) -> tuple[list[Evaluation], dict]:
     make_family, m, n = POOL_CASES[name]
     family = make_family()
     pool = family.sample(m, shots=n, num_query=0, generator=torch.Generator().manual_seed(seed + 123))
     torch.manual_seed(seed)
-    learner = amortized_learner(family.x_dim, family.y_dim)
+    learner = amortized_learner(family.x_dim, family.y_dim) if not model else BayesLearner(
+        LatentCodeRegression(family.x_dim, family.y_dim, **{"latent_dim": 8, **model}))
     ckpt = out / f"{name}.ckpt.pt"
     learner.fit(pool, steps, seed=seed, device=device, progress=progress, checkpoint=ckpt, **options)
     h = learner.history
@@ -62,7 +65,8 @@ def _case(name: str, *, steps: int, num_tasks: int, last_tasks: int, out: Path, 
 
 
 def run_pools(*, cases=None, steps: int = 20_000, num_tasks: int = 1000, last_tasks: int = 200,
-              out_dir="bench_out/pools", seed: int = 0, progress: bool = True, device="cpu", **options) -> dict:
+              out_dir="bench_out/pools", seed: int = 0, progress: bool = True, device="cpu", model: dict | None = None,
+              **options) -> dict:
     """Meta-train on each finite pool with the library's defaults and score on fresh tasks; writes ``results.json``.
 
     Args:
@@ -70,6 +74,8 @@ def run_pools(*, cases=None, steps: int = 20_000, num_tasks: int = 1000, last_ta
         steps: training steps (the default learner stops earlier when validation says so).
         num_tasks: fresh test tasks per shot count for the final model.
         last_tasks: test tasks per shot count for the last step's weights (0: skip).
+        model: ``LatentCodeRegression`` options instead of the default learner's (e.g.
+            ``{"hidden": (64, 64), "latent_dim": 4}``).
         options: further ``fit`` options (e.g. ``weight_decay``), recorded in the results.
     """
     cases = list(POOL_CASES) if cases is None else list(cases)
@@ -81,9 +87,10 @@ def run_pools(*, cases=None, steps: int = 20_000, num_tasks: int = 1000, last_ta
     evaluations, meta = [], {}
     for name in cases:
         evs, meta[name] = _case(name, steps=steps, num_tasks=num_tasks, last_tasks=last_tasks, out=out, seed=seed,
-                                progress=progress, device=device, options=options)
+                                progress=progress, device=device, model=dict(model or {}), options=options)
         evaluations += evs
     ev = Evaluation.concat(evaluations)
-    result = {"cases": meta, "summary": ev.summary, "options": {"steps": steps, "seed": seed, **options}}
+    result = {"cases": meta, "summary": ev.summary,
+              "options": {"steps": steps, "seed": seed, "model": dict(model or {}), **options}}
     atomic_write_text(json.dumps(result, indent=1, default=str), out / "results.json")
     return {**result, "evaluation": ev}

@@ -104,8 +104,11 @@ def _run_exact_fit(args) -> dict:
 def _run_pools(args) -> dict:
     from ..benchmarks import run_pools
 
+    model = {k: v for k, v in (("hidden", args.hidden and tuple(args.hidden)), ("latent_dim", args.latent_dim)) if v}
+    options = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
     result = run_pools(cases=args.cases, steps=args.steps, num_tasks=args.num_tasks, last_tasks=args.last_tasks,
-                       out_dir=args.out, seed=args.seed, progress=not args.no_progress, device=args.device)
+                       out_dir=args.out, seed=args.seed, progress=not args.no_progress, device=args.device,
+                       model=model, **options)
     print(result["evaluation"].table())
     for name, c in result["cases"].items():
         print(f"{name}: {c['steps']} steps in {c['train_seconds']:.0f} s, best validation step {c['best_step']}; "
@@ -160,6 +163,9 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     pl.add_argument("--steps", type=int, default=20_000, help="training steps at most (default: 20000)")
     pl.add_argument("--last-tasks", type=int, default=200,
                     help="test tasks per shot count for the last step's weights (0: skip; default: 200)")
+    pl.add_argument("--hidden", type=int, nargs="+", default=None, help="decoder widths (default: 128 128 128)")
+    pl.add_argument("--latent-dim", type=int, default=None, help="task code size (default: 8)")
+    pl.add_argument("--weight-decay", type=float, default=None, help="fit's weight_decay (default: 0)")
     _shared_flags(pl, "pools", num_tasks=True, progress=True)
     return b
 
