@@ -261,3 +261,14 @@ def test_warnings_from_deep_inside_fit_name_the_users_line():
 
 def test_meta_overfitting_warning_is_exported():
     assert bm.MetaOverfittingWarning is MetaOverfittingWarning and issubclass(MetaOverfittingWarning, UserWarning)
+
+
+def test_baselines_validate_on_pools_the_same_way():
+    pool = _pool(20)
+    maml = bm.baselines.MAML(x_dim=1, y_dim=1, hidden=(16,)).fit(pool, 40, val_every=20, progress=False)
+    val = maml.history.validation
+    assert [v["step"] for v in val] == [20, 40] and [s["shots"] for s in val[0]["per_shot"]] == [1, 5, 10]
+    assert maml.history.best_step == min(val, key=lambda v: v["nll"])["step"]
+    held = hold_out(pool, 0.2, seed=0)[1]
+    again = ValidationSet(held, (), x_dim=1, y_dim=1, device=CPU).score(maml)  # the kept weights score as recorded
+    assert again["nll"] == pytest.approx(min(v["nll"] for v in val), abs=1e-5)
