@@ -84,13 +84,14 @@ def run_pools(*, cases=None, steps: int = 20_000, num_tasks: int = 1000, last_ta
         raise ValueError(f"unknown pool case(s) {unknown}; choose from {list(POOL_CASES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    evaluations, meta = [], {}
-    for name in cases:
+    evaluations: list[Evaluation] = []
+    meta: dict = {}
+    for name in cases:  # results.json is rewritten after each case: a long run keeps what it finished
         evs, meta[name] = _case(name, steps=steps, num_tasks=num_tasks, last_tasks=last_tasks, out=out, seed=seed,
                                 progress=progress, device=device, model=dict(model or {}), options=options)
         evaluations += evs
-    ev = Evaluation.concat(evaluations)
-    result = {"cases": meta, "summary": ev.summary,
-              "options": {"steps": steps, "seed": seed, "model": dict(model or {}), **options}}
-    atomic_write_text(json.dumps(result, indent=1, default=str), out / "results.json")
+        ev = Evaluation.concat(evaluations)
+        result = {"cases": meta, "summary": ev.summary,
+                  "options": {"steps": steps, "seed": seed, "model": dict(model or {}), **options}}
+        atomic_write_text(json.dumps(result, indent=1, default=str), out / "results.json")
     return {**result, "evaluation": ev}
