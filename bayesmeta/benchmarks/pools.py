@@ -80,8 +80,8 @@ def run_pools(*, cases=None, steps: int = 20_000, num_tasks: int = 1000, last_ta
     """
     cases = list(POOL_CASES) if cases is None else list(cases)
     unknown = sorted(set(cases) - set(POOL_CASES))
-    if unknown:
-        raise ValueError(f"unknown pool case(s) {unknown}; choose from {list(POOL_CASES)}")
+    if unknown or not cases:
+        raise ValueError(f"unknown pool case(s) {unknown or cases}; choose from {list(POOL_CASES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     evaluations: list[Evaluation] = []
