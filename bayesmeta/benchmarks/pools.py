@@ -60,7 +60,7 @@ def _case(name: str, *, steps: int, num_tasks: int, last_tasks: int, out: Path, 
         evs.append(evaluate(learner, _subset(sets, last_tasks), name=f"{name}/last-step", **kw))
     meta = {"pool_tasks": m, "points": n, "steps": h.step[-1], "train_seconds": h.time[-1], "best_step": h.best_step,
             "validations": len(h.validation), "notes": h.notes,
-            "validation": [{k: v for k, v in e.items()} for e in h.validation]}
+            "validation": h.validation}
     return evs, meta
 
 
