@@ -15,6 +15,7 @@ from .inference.distributed import init_from_env
 from .inference.exact import fit_type2_ml
 from .inference.guides import AmortizedGuide
 from .inference.objectives import OBJECTIVES
+from .inference.program import ModelProgram, program_of
 from .inference.refine import refine_local
 from .inference.trainer import (
     History,
@@ -25,7 +26,6 @@ from .inference.trainer import (
     save_checkpoint,
 )
 from .io import atomic_torch_save
-from .models.base import HierarchicalModel
 from .predictive import Posterior
 from .tasks.batch import TaskBatch, check_support
 from .tasks.dataset import Standardization, standardize_pool
@@ -155,8 +155,13 @@ class MetaLearner:
             saved = state.get("standardization")
             self.standardization = None if saved is None else Standardization.from_dict(saved)
             return source if self.standardization is None else self.standardization.batch(source)
-        source, self.standardization = standardize_pool(source, standardize, default=default)
+        y, keep_x = self._standardized_columns()
+        source, self.standardization = standardize_pool(source, standardize, default=default, y=y, keep_x=keep_x)
         return source
+
+    def _standardized_columns(self) -> tuple[bool, tuple[int, ...]]:
+        """Whether outputs are standardised, and the input columns that are not (default: all are)."""
+        return True, ()
 
     @property
     def x_dim(self) -> int:
@@ -260,15 +265,20 @@ class BayesLearner(MetaLearner):
     """Amortized (or exact) Bayesian meta-learner around a hierarchical model.
 
     Args:
-        model: a :class:`~bayesmeta.models.HierarchicalModel`.
+        model: a hierarchical model: any ``PyroModule`` whose ``forward(x, y=None, mask=None)``
+            samples task sites inside a tasks plate (dim -2) and one masked observation site
+            inside a points plate (dim -1) -- see :mod:`bayesmeta.inference.program` and
+            ``docs/custom-model.md`` -- e.g. one of :mod:`bayesmeta.models`.
         guide: ``"diagonal"`` or ``"flow"`` (an :class:`~bayesmeta.inference.AmortizedGuide`
-            of that family is built from ``model.task_sites``), or a guide instance.
+            of that family over all task sites), or a guide instance.
         conjugate: use the model's exact posterior (linear-Gaussian models): ``fit``
             maximises the exact marginal likelihood, ``adapt`` is exact, no guide is built.
         objective: ``"elbo"`` (``TraceMeanField_ELBO``, default), ``"iwae"`` (per-task
             importance-weighted bound) or ``"iwae-dreg"`` (the same with DReG gradients).
         num_particles: particles of the training objective (vectorised).
         guide_options: keyword arguments of :class:`~bayesmeta.inference.AmortizedGuide`.
+        x_dim, y_dim: input and output sizes when the model has no ``x_dim`` / ``y_dim``
+            attribute (``y_dim`` defaults to the observation site's event size).
 
     Example:
         >>> import bayesmeta as bm
@@ -276,10 +286,14 @@ class BayesLearner(MetaLearner):
         >>> _ = learner.fit(bm.tasks.Sinusoid(), steps=2, progress=False)
     """
 
-    def __init__(self, model: HierarchicalModel, *, guide="diagonal", conjugate: bool = False,
-                 objective: str = "elbo", num_particles: int = 8, guide_options: dict | None = None) -> None:
-        if not isinstance(model, HierarchicalModel):
-            raise TypeError(f"model must be a bayesmeta HierarchicalModel; got {type(model).__name__}")
+    def __init__(self, model: torch.nn.Module, *, guide="diagonal", conjugate: bool = False,
+                 objective: str = "elbo", num_particles: int = 8, guide_options: dict | None = None,
+                 x_dim: int | None = None, y_dim: int | None = None) -> None:
+        if isinstance(model, ModelProgram):
+            model = model.model
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a PyroModule (a Pyro program with forward(x, y=None, mask=None)); "
+                            f"got {type(model).__name__}")
         if conjugate and not getattr(model, "has_exact_posterior", False):
             raise ValueError(f"conjugate=True needs a model with an exact posterior; {type(model).__name__} has none")
         if objective not in OBJECTIVES:
@@ -287,30 +301,38 @@ class BayesLearner(MetaLearner):
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be an int >= 1; got {num_particles!r}")
         self.model, self.conjugate = model, conjugate
+        self.program = program_of(model, x_dim=x_dim, y_dim=y_dim)
         self.objective, self.num_particles = objective, num_particles
         if conjugate:
             self.guide = None
         elif isinstance(guide, AmortizedGuide):
             self.guide = guide
         elif isinstance(guide, str):
-            self.guide = AmortizedGuide(model, guide, **(guide_options or {}))
+            self.guide = AmortizedGuide(self.program, guide, **(guide_options or {}))
         else:
             raise TypeError(f"guide must be 'diagonal', 'flow' or an AmortizedGuide; got {guide!r}")
         self.history = History()
         self.standardization: Standardization | None = None
-        self.device = next(model.parameters()).device
+        first = next(iter(model.parameters()), None)
+        self.device = torch.device("cpu") if first is None else first.device
 
     @property
     def x_dim(self) -> int:
-        return self.model.x_dim
+        return self.program.x_dim
 
     @property
     def y_dim(self) -> int:
-        return self.model.y_dim
+        return self.program.y_dim
 
     # ------------------------------------------------------------------ training
     def _modules(self) -> dict[str, torch.nn.Module | None]:
         return {"model": self.model, "guide": self.guide}
+
+    def _standardized_columns(self) -> tuple[bool, tuple[int, ...]]:
+        # outputs on the real line only (not counts, labels or proportions); the model names inputs
+        # that must stay as they are (a number of trials, a log exposure) in ``raw_x_columns``
+        keep = tuple(c % self.x_dim for c in getattr(self.model, "raw_x_columns", ()))
+        return self.program.observation.real, keep
 
     def _settings(self) -> dict:
         return {"learner": "BayesLearner", "objective": self.objective, "num_particles": self.num_particles,
@@ -354,8 +376,11 @@ class BayesLearner(MetaLearner):
                 save_checkpoint(checkpoint, len(history.step), {"model": self.model, "guide": None}, None, history,
                                 cfg, on_checkpoint=on_checkpoint, extra=self._extra_state())
             return history
+        if isinstance(source, TaskBatch):
+            x, y, mask = source.all_points()
+            self.program.check_y(x.to(self.device), y.to(self.device), mask.to(self.device), what="task pool y")
         ctx = init_from_env(self.device) if distributed else None
-        return meta_train(self.model, self.guide, source, cfg, device=self.device, objective=self.objective,
+        return meta_train(self.program, self.guide, source, cfg, device=self.device, objective=self.objective,
                           num_particles=self.num_particles, conjugate=self.conjugate, checkpoint=checkpoint,
                           resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
                           extra_state=self._extra_state(), validate=validate)
@@ -386,19 +411,20 @@ class BayesLearner(MetaLearner):
         steps, lr = _renamed(deprecated, steps, lr)
         check_adapt_options(steps, lr)
         x, y, mask, std = self._support(x_support, y_support, mask_support, min_points=0)
+        self.program.check_y(x, y, mask, what="y_support")
         self.model.eval()
         if self.conjugate:
             if steps or lr is not None:
                 raise ValueError("adapt: steps and lr do not apply to a conjugate learner (its posterior is exact)")
             with torch.no_grad():
-                return Posterior(self.model, x, y, mask, exact=self.model.exact_posterior(x, y, mask),
-                                 standardization=std)
+                exact = getattr(self.model, "exact_posterior")(x, y, mask)  # noqa: B009 - any nn.Module
+                return Posterior(self.program, x, y, mask, exact=exact, standardization=std)
         assert self.guide is not None  # every non-conjugate learner has one
         with torch.no_grad():
             local = self.guide.encode(x, y, mask)
-        local = refine_local(self.guide, self.model, x, y, mask, local, steps=steps or 0,
+        local = refine_local(self.guide, self.program, x, y, mask, local, steps=steps or 0,
                              lr=1e-2 if lr is None else lr, num_particles=self.num_particles, objective=self.objective)
-        return Posterior(self.model, x, y, mask, guide=self.guide, local=local, standardization=std)
+        return Posterior(self.program, x, y, mask, guide=self.guide, local=local, standardization=std)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:
@@ -407,7 +433,7 @@ class BayesLearner(MetaLearner):
         state = {
             "format": _FORMAT,
             "model_class": f"{cls.__module__}:{cls.__qualname__}",
-            "model_config": self.model.config,
+            "model_config": getattr(self.model, "config", None),
             "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "conjugate": self.conjugate,
             "objective": self.objective,
@@ -450,8 +476,11 @@ class BayesLearner(MetaLearner):
             model_cls = importlib.import_module(module)
             for part in qualname.split("."):
                 model_cls = getattr(model_cls, part)
-            if not (isinstance(model_cls, type) and issubclass(model_cls, HierarchicalModel)):
-                raise ValueError(f"{path}: {state['model_class']} is not a HierarchicalModel")
+            if not (isinstance(model_cls, type) and issubclass(model_cls, torch.nn.Module)):
+                raise ValueError(f"{path}: {state['model_class']} is not a model (a torch Module)")
+            if state["model_config"] is None:
+                raise ValueError(f"{path}: the model {state['model_class']} has no `config` (its constructor "
+                                 "arguments), so it cannot be rebuilt; give the model a `config` dict")
             model = model_cls(**state["model_config"])
             model.load_state_dict(state["model_state"])
             guide = "diagonal"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from typing import Any
 
 import torch
 
+from .family_mixture import FamilyMixture
 from .inference.importance import defensive_importance, effective_sample_size, pareto_k
+from .inference.program import program_of, unwrap
 from .mixture import GaussianMixture, heaviest, pad_components, systematic_resample
 
 __all__ = ["Posterior", "PosteriorPredictive", "PREDICT_METHODS", "systematic_resample"]
@@ -112,7 +115,7 @@ class Posterior:
     def __init__(self, model, x, y, mask, *, guide=None, local=None, exact=None, standardization=None) -> None:
         if (exact is None) == (guide is None or local is None):
             raise ValueError("Posterior needs either guide and local parameters, or an exact posterior")
-        self.model, self.guide, self.local, self.exact = model, guide, local, exact
+        self.model, self.guide, self.local, self.exact = program_of(model), guide, local, exact
         self.x_support, self.y_support, self.mask_support = x, y, mask
         self.standardization = standardization  # support held on the model's (standardised) scale
 
@@ -178,7 +181,7 @@ class Posterior:
 
     @torch.no_grad()
     def predict(self, x, num_samples: int | None = None, *, method: str | None = None,
-                seed: int | None = None, min_ess: float = 100.0, max_draws: int | None = None) -> PosteriorPredictive:
+                seed: int | None = None, min_ess: float = 100.0, max_draws: int | None = None) -> PosteriorPredictive | FamilyMixture:
         """Posterior predictive at query inputs ``x`` ``[T, N, D]`` (or ``[N, D]`` for all tasks).
 
         Args:
@@ -197,7 +200,7 @@ class Posterior:
                              max_draws=max_draws)
         return pred if self.standardization is None else self.standardization.predictive(pred)
 
-    def _predict(self, x, num_samples, *, method, seed, min_ess, max_draws) -> PosteriorPredictive:
+    def _predict(self, x, num_samples, *, method, seed, min_ess, max_draws) -> PosteriorPredictive | FamilyMixture:
         """:meth:`predict` on the model's scale (``x`` already checked and standardised)."""
         method = self._method(method)
         if method == "exact":
@@ -210,6 +213,10 @@ class Posterior:
                              f"or with a smaller num_samples")
         with _seeded(seed, self.device):
             theta, log_w, ess, k, used = self._draws(method, n, min_ess=min_ess, max_draws=max_draws or 16 * n)
+        if self.model.observation.family != "Normal":
+            return FamilyMixture(theta, log_w, self._observation_components(x), shape=(*x.shape[:2], self.model.y_dim),
+                                 dtype=x.dtype, block_elements=_BLOCK_ELEMENTS, method=method, ess=ess, pareto_k=k,
+                                 num_draws=used)
         return PosteriorPredictive.from_parameters(
             theta, log_w, self._likelihood_components(x), shape=(*x.shape[:2], self.model.y_dim), dtype=x.dtype,
             block_elements=_BLOCK_ELEMENTS, method=method, ess=ess, pareto_k=k, num_draws=used)
@@ -249,12 +256,24 @@ class Posterior:
         Blocks beyond the predictive's cache are computed when used, from the model as it is then
         (a copy of ``x`` is kept); see :meth:`GaussianMixture.from_parameters`.
         """
-        model, x = self.model, x.clone()
+        program, x = self.model, x.clone()
 
         def components(params: torch.Tensor, tasks: slice):
             with torch.no_grad():
-                lik = model.likelihood(x[tasks], model.split(params))  # batch [n_b, T_b, N, E]
-            return lik.loc, lik.scale
+                base, _ = unwrap(program.observation_distribution(x[tasks], params))  # Normal [n_b, T_b, N(, E)]
+            loc, scale = base.loc, base.scale
+            if len(program.observation.event_shape) == 0:
+                loc, scale = loc.unsqueeze(-1), scale.unsqueeze(-1)
+            return loc, scale
+        return components
+
+    def _observation_components(self, x: torch.Tensor):
+        """``(params [n_b, T_b, P], tasks) -> observation distribution [n_b, T_b, N]`` on ``x``."""
+        program, x = self.model, x.clone()
+
+        def components(params: torch.Tensor, tasks: slice):
+            with torch.no_grad():
+                return program.observation_distribution(x[tasks], params)
         return components
 
     def _importance_draws(self, n: int, *, min_ess: float, max_draws: int, cap: int):
@@ -288,18 +307,38 @@ class Posterior:
         """``theta [n, T, P]`` and log weights ``[n, T]`` targeting the model's exact posterior."""
         x, y, m = self.x_support, self.y_support, self.mask_support
         chunk = max(1, _CHUNK_ELEMENTS // max(1, self.num_tasks * x.shape[1] * 64))
+        prior = self.model.gaussian_prior()
         return defensive_importance(
             lambda th: self.model.log_joint(x, y, m, th),
             self.distribution(),
             self.distribution(widen=2.0),
-            self.model.prior_distribution(),
+            _TracedPrior(self.model, x) if prior is None else prior,
             num_samples,
             chunk=chunk,
         )
 
     def _predict_exact(self, x) -> PosteriorPredictive:
-        if self.exact is None or not hasattr(self.model, "exact_predict"):
+        model: Any = self.model.model
+        if self.exact is None or not hasattr(model, "exact_predict"):
             raise ValueError("method='exact' needs an exact posterior (BayesLearner(..., conjugate=True))")
-        mu, sd = self.model.exact_predict(self.exact, x)  # [T, N, 1]
+        mu, sd = model.exact_predict(self.exact, x)  # [T, N, 1]
         return PosteriorPredictive(mu[None], sd[None], None, method="exact")
 
+
+
+class _TracedPrior:
+    """The prior over flat unconstrained task parameters of the tasks of ``x``, from the program:
+    ``sample((n, T))`` -> ``[n, T, P]`` and ``log_prob(u [n, T, P])`` -> ``[n, T]`` (for a prior that is
+    not Gaussian in those coordinates)."""
+
+    def __init__(self, program, x: torch.Tensor) -> None:
+        self.program, self.x = program, x
+
+    def sample(self, shape) -> torch.Tensor:
+        n, t = shape
+        if t != self.x.shape[0]:
+            raise ValueError(f"prior draws for {t} tasks; the support has {self.x.shape[0]}")
+        return self.program.sample_prior(self.x, n)
+
+    def log_prob(self, u: torch.Tensor) -> torch.Tensor:
+        return self.program.log_prior(self.x, u)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .._compat import arviz
+from ..inference.program import unwrap
 from ..predictive import Posterior
 from ..tasks.batch import TaskBatch
 
@@ -108,17 +109,41 @@ def _query_components(posterior, predictive, draws, x, n: int):
     if predictive is not None:
         yield from predictive.iter_resampled(n)
         return
-    x = posterior._query(x)
-    per_block = max(1, _BLOCK_ELEMENTS // max(1, n * x.shape[1]))
-    for start in range(0, x.shape[0], per_block):
-        tasks = slice(start, min(start + per_block, x.shape[0]))
-        with torch.no_grad():
-            lik = posterior.model.likelihood(x[tasks], {k: v[:, tasks] for k, v in draws.items()})  # [n, T_b, N, E]
-        loc, scale = lik.loc, lik.scale.expand_as(lik.loc)
+    for tasks, d in _observation_blocks(posterior, draws, x, n):
+        base, _ = unwrap(d)  # Normal [n, T_b, N(, E)]
+        loc, scale = base.loc, base.scale.expand_as(base.loc)
+        if loc.dim() == 3:
+            loc, scale = loc[..., None], scale[..., None]
         std = posterior.standardization
         if std is not None:  # the model's scale -> natural units
             loc, scale = std.y_inverse(loc), scale * torch.tensor(std.y_std, dtype=scale.dtype, device=scale.device)
         yield tasks, loc, scale
+
+
+def _observation_blocks(posterior, draws, x, n: int):
+    """``(tasks, observation distribution [n, T_b, N(, E)])`` on the model's scale, block by block."""
+    program = posterior.model
+    x = posterior._query(x)
+    flat = program.flatten(draws)  # [n, T, P]
+    per_block = max(1, _BLOCK_ELEMENTS // max(1, n * x.shape[1]))
+    for start in range(0, x.shape[0], per_block):
+        tasks = slice(start, min(start + per_block, x.shape[0]))
+        with torch.no_grad():
+            yield tasks, program.observation_distribution(x[tasks], flat[:, tasks])
+
+
+def _query_blocks(posterior, predictive, draws, x, y, n: int, gen):
+    """``(tasks, replicated y, log-likelihood)``, each ``[n, T_b, N, E]``, block by block."""
+    if posterior.model.observation.family == "Normal":
+        for tasks, loc, scale in _query_components(posterior, predictive, draws, x, n):
+            noise = torch.randn(loc.shape, generator=gen, dtype=loc.dtype, device=loc.device)
+            yield tasks, loc + scale * noise, torch.distributions.Normal(loc, scale).log_prob(y[tasks].to(loc))
+        return
+    program = posterior.model
+    scalar = len(program.observation.event_shape) == 0
+    for tasks, d in _observation_blocks(posterior, draws, x, n):  # counts, labels: never standardised
+        rep, lp = d.sample(), d.log_prob(program.model_y(y[tasks].to(x.dtype), None))
+        yield tasks, rep[..., None] if scalar else rep, lp[..., None] if scalar else lp
 
 
 def _add_query_groups(posterior, predictive, draws, query, groups, n, dims, seed):
@@ -130,12 +155,11 @@ def _add_query_groups(posterior, predictive, draws, query, groups, n, dims, seed
     total, e = int(m.sum()), y.shape[-1]
     y_rep, loglik = np.empty((n, total, e)), np.empty((n, total, e))
     start = 0
-    for tasks, loc, scale in _query_components(posterior, predictive, draws, x, n):  # bounded memory
+    for tasks, rep, lp in _query_blocks(posterior, predictive, draws, x, y, n, gen):  # bounded memory
         mb = m[tasks]
         stop = start + int(mb.sum())
-        noise = torch.randn(loc.shape, generator=gen, dtype=loc.dtype, device=loc.device)
-        y_rep[:, start:stop] = _np((loc + scale * noise)[:, mb])
-        loglik[:, start:stop] = _np(torch.distributions.Normal(loc, scale).log_prob(y[tasks].to(loc))[:, mb])
+        y_rep[:, start:stop] = _np(rep[:, mb])
+        loglik[:, start:stop] = _np(lp[:, mb])
         start = stop
     squeeze = (lambda a: a[..., 0]) if e == 1 else (lambda a: a)  # noqa: E731
     obs_dims = ["obs"] if e == 1 else ["obs", "y_dim"]

@@ -133,11 +133,15 @@ def plot_shrinkage(posterior, *, num_samples: int = 500, method: str | None = No
     as bands, each task's posterior mean ± 1 sd as an error bar, tasks ordered by their number of
     support points. Few points: posteriors near the prior band; many: narrow and spread out.
     """
-    model = posterior.model
+    model = posterior.model  # the model's program: flat unconstrained coordinates
     draws = model.flatten(posterior.sample(num_samples, method=method, seed=seed)).detach().cpu().double()  # [n, T, P]
-    prior = model.prior_distribution()
-    pm = prior.mean.detach().cpu().double()
-    psd = prior.variance.detach().cpu().double().sqrt()
+    prior = model.gaussian_prior()
+    if prior is not None:
+        pm, psd = prior.mean.detach().cpu().double(), prior.variance.detach().cpu().double().sqrt()
+    else:  # not Gaussian in these coordinates: moments of prior draws
+        with torch.no_grad():
+            u = model.sample_prior(posterior.x_support[:1], 4000)[:, 0].detach().cpu().double()  # [n, P]
+        pm, psd = u.mean(0), u.std(0)
     counts = posterior.mask_support.sum(-1).cpu()
     order = torch.argsort(counts, stable=True)
     mean, sd = draws.mean(0)[order], draws.std(0)[order]  # [T, P]

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._compat import arviz
 from ..inference.nuts import run_nuts
-from ..models.base import HierarchicalModel
+from ..inference.program import ModelError, program_of
 
 if TYPE_CHECKING:
     import arviz as az
@@ -22,9 +22,10 @@ def reference_posterior(model, x, y, mask=None, *, num_samples: int = 1000, num_
     """NUTS on a few tasks under the model's *learned* prior (its parameters held fixed).
 
     Args:
-        model: a bayesmeta ``HierarchicalModel`` (task sites come back with dims
-            ``(chain, draw, task, {site}_dim_0, ...)`` like :func:`to_inference_data`), or any
-            Pyro model ``model(x, y, mask)`` (sites keep ``az.from_pyro``'s default dims).
+        model: a hierarchical model (any model ``BayesLearner`` takes; task sites come back with
+            dims ``(chain, draw, task, {site}_dim_0, ...)`` like :func:`to_inference_data`;
+            continuous task sites only), or any other Pyro model ``model(x, y, mask)`` (sites keep
+            ``az.from_pyro``'s default dims).
         x, y, mask: the tasks' observed points ``[T, N, D]``, ``[T, N, E]``, ``[T, N]``; keep
             ``T`` small: NUTS costs milliseconds per step.
         num_samples, num_warmup, num_chains: per chain; R-hat needs ``num_chains >= 2``.
@@ -34,19 +35,22 @@ def reference_posterior(model, x, y, mask=None, *, num_samples: int = 1000, num_
         ``InferenceData`` (``az.from_pyro`` per chain, joined along ``chain``) with groups
         posterior and sample_stats (``diverging``). Check it with :func:`reference_diagnostics`.
     """
-    runs = run_nuts(model, x, y, mask, num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains,
-                    seed=seed, progress=progress, **nuts_options)
-    if not isinstance(model, HierarchicalModel):
-        az = arviz()
+    try:
+        program = program_of(model)
+    except ModelError:  # any other Pyro program model(x, y, mask): NUTS on it as it is
+        program = None
+    runs = run_nuts(model if program is None else program, x, y, mask, num_samples=num_samples,
+                    num_warmup=num_warmup, num_chains=num_chains, seed=seed, progress=progress, **nuts_options)
+    az = arviz()
+    if program is None:
         return az.concat([az.from_pyro(m, log_likelihood=False) for m in runs], dim="chain")
     t = x.shape[0]
     ids = np.arange(t) if task_ids is None else np.asarray(task_ids)
-    dims = {name: ["task", f"{name}_point"] + [f"{name}_dim_{i}" for i in range(len(shape))]
-            for name, shape in model.task_sites.items()}
-    az = arviz()
+    dims = {s.name: ["task", f"{s.name}_point"] + [f"{s.name}_dim_{i}" for i in range(len(s.shape))]
+            for s in program.sites}
     parts = [az.from_pyro(m, log_likelihood=False, coords={"task": ids}, dims=dims) for m in runs]
     idata = az.concat(parts, dim="chain")
-    idata.posterior = idata.posterior.squeeze([f"{n}_point" for n in model.task_sites], drop=True)
+    idata.posterior = idata.posterior.squeeze([f"{s.name}_point" for s in program.sites], drop=True)
     return idata
 
 

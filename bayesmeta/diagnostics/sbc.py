@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..inference.program import program_of
+
 __all__ = ["SBCResult", "simulation_based_calibration"]
 
 
@@ -106,7 +108,8 @@ def simulation_based_calibration(model, posterior, x, *, num_simulations: int = 
     """SBC of a posterior for ``model``'s learned prior on support inputs ``x``.
 
     Args:
-        model: the ``HierarchicalModel`` whose prior and likelihood simulate the data.
+        model: the model whose prior and likelihood simulate the data (any model ``BayesLearner``
+            takes); ranks are taken per flat unconstrained coordinate.
         posterior: a learner (``adapt(x, y, mask).sample(n, method=method)``) or a callable
             ``(x, y, mask, n) -> {site: [n, T, ...]}`` or flat ``[n, T, P]`` draws.
         x: support inputs ``[S, D]`` (the same for every simulation) or ``[num_simulations, S, D]``.
@@ -122,12 +125,15 @@ def simulation_based_calibration(model, posterior, x, *, num_simulations: int = 
     if not 2 <= bins <= num_posterior_samples + 1:
         raise ValueError(f"bins must be in [2, {num_posterior_samples + 1}]; got {bins}")
     x = _inputs(x, num_simulations)
-    device = next(model.parameters()).device
-    x = x.to(device=device, dtype=next(model.parameters()).dtype)
+    model = program_of(model)
+    first = next(model.parameters())
+    device = first.device
+    x = x.to(device=device, dtype=first.dtype)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        theta = model.prior_distribution().sample((num_simulations,))  # [T, P]
-        y = model.likelihood(x, model.split(theta)).sample()  # [T, S, E]
+        theta = model.sample_prior(x, 1)[0]  # [T, P], flat unconstrained
+        y = model.observation_distribution(x, theta[None]).sample()[0]  # [T, S] or [T, S, E]
+    y = (y[..., None] if len(model.observation.event_shape) == 0 else y).to(x.dtype)
     mask = torch.ones(x.shape[:2], dtype=torch.bool, device=device)
     draws = _posterior_draws(posterior, model, x, y, mask, num_posterior_samples, method, seed + 1)
     ranks = (draws < theta).sum(0).cpu()  # [T, P] in 0..L

@@ -1,9 +1,17 @@
-"""Amortized guides ``q(theta_i | D_i)`` built from a model's ``task_sites``.
+"""Amortized guides ``q(theta_i | D_i)`` over all task sites of a model, in flat unconstrained space.
 
-Every family works in the prior's *whitened* coordinates ``theta = mu + L u``, where ``mu`` and
-``L`` are the learned prior's mean and Cholesky factor: the encoder outputs a distribution over
-``u`` whose value on the empty set is ``N(0, I)``, so a task with no points gets exactly the
-prior, and the guide follows the prior as it is learned.
+The guide works on the flat unconstrained coordinates ``u`` of every task site together (see
+:class:`~bayesmeta.inference.program.ModelProgram`); a site with a constrained support gets its
+value through ``biject_to(support)``, with the log-Jacobian in the guide's density.
+
+Every family works in *whitened* coordinates ``u = mu + L v``: the encoder outputs a
+distribution over ``v`` whose value on the empty set is ``N(0, I)``. Where the prior over ``u``
+is Gaussian (Normal or MultivariateNormal sites on the real line), ``mu`` and ``L`` are the
+learned prior's mean and Cholesky factor, so a task with no points gets exactly the prior and
+the guide follows the prior as it is learned. Otherwise (a Gamma, Beta, LogNormal, Dirichlet...
+prior) ``mu`` and a diagonal ``L`` are guide parameters fitted to prior draws by maximum
+likelihood (:meth:`AmortizedGuide.prior_matching_loss`, a term the trainer adds): the empty set
+then gives the Gaussian closest to the prior in forward KL.
 
 Families:
 
@@ -24,11 +32,13 @@ import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
+from pyro import poutine
 from torch import nn
+from torch.distributions import constraints
 
-from ..models.base import TASK_DIM, HierarchicalModel
 from ..models.nn import MLP
 from .encoder import SetEncoder
+from .program import TASK_DIM, ModelProgram, program_of
 
 __all__ = ["AmortizedGuide", "GUIDE_FAMILIES", "prior_loc_tril"]
 
@@ -51,7 +61,8 @@ class AmortizedGuide(nn.Module):
     """Encoder-based guide for every task site of ``model``.
 
     Args:
-        model: a model following the protocol (``task_sites``, ``prior_distribution``).
+        model: a model (any ``PyroModule`` following :mod:`bayesmeta.inference.program`) or its
+            :class:`~bayesmeta.inference.program.ModelProgram`.
         family: ``"diagonal"`` or ``"flow"`` (see the module docstring).
         hidden: hidden widths of the set encoder and heads.
         embed_dim: size of the set embedding.
@@ -65,19 +76,24 @@ class AmortizedGuide(nn.Module):
         (torch.Size([3]), torch.Size([4]))
     """
 
-    def __init__(self, model: HierarchicalModel, family: str = "diagonal", *,
+    def __init__(self, model, family: str = "diagonal", *,
                  hidden: Sequence[int] = (128, 128), embed_dim: int = 128, flow_layers: int = 4) -> None:
         super().__init__()
         if family not in GUIDE_FAMILIES:
             raise ValueError(f"family must be one of {GUIDE_FAMILIES}; got {family!r}")
-        p = model.param_dim
+        program = program_of(model)
+        p = program.param_dim
         if family == "flow" and p < 2:
             raise ValueError(f"family='flow' needs at least 2 task parameters; the model has {p}")
-        self.model = [model]  # a list: the model's parameters are not the guide's
+        self.model = [program]  # a list: the model's parameters are not the guide's
         self.family, self.param_dim = family, p
         self.config = {"family": family, "hidden": list(hidden), "embed_dim": embed_dim,
                        "flow_layers": flow_layers}
-        self.encoder = SetEncoder(model.x_dim, model.y_dim, hidden, embed_dim)
+        self.gaussian_prior = program.gaussian_prior() is not None
+        if not self.gaussian_prior:  # the empty set's Gaussian, fitted to prior draws (prior_matching_loss)
+            self.empty_loc = nn.Parameter(torch.zeros(p))
+            self.empty_log_scale = nn.Parameter(torch.zeros(p))
+        self.encoder = SetEncoder(program.x_dim, program.y_dim, hidden, embed_dim)
         self.head = MLP(embed_dim, hidden[-1:], 2 * p, zero_last=True)
         self.flows = nn.ModuleList()
         if family == "flow":
@@ -93,10 +109,35 @@ class AmortizedGuide(nn.Module):
         observed = mask.any(-1, keepdim=True).to(r.dtype)  # [T, 1]: 0 for an empty set (flows: identity)
         return {"a": a, "log_s": log_s, "context": r, "observed": observed}
 
+    @property
+    def program(self) -> ModelProgram:
+        return self.model[0]
+
+    def whitening(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(loc, scale, tril)`` of the Gaussian the empty set gets (the prior where it is Gaussian)."""
+        prior = self.program.gaussian_prior()
+        if prior is not None:
+            return prior_loc_tril(prior)
+        # detached: the training objective moves the encoder; only prior_matching_loss moves these
+        return self.empty_loc.detach(), self.empty_log_scale.detach().exp(), None
+
+    def prior_matching_loss(self, x: torch.Tensor, num_draws: int = 8) -> torch.Tensor | None:
+        """``-mean log N(u; empty_loc, empty_scale)`` over prior draws ``u`` at the tasks of ``x``
+        (forward KL from the prior to the empty set's Gaussian, up to a constant); ``None`` where
+        the prior is Gaussian (the empty set then is the prior exactly). Only ``empty_loc`` and
+        ``empty_log_scale`` get gradients."""
+        if self.gaussian_prior:
+            return None
+        with torch.no_grad():
+            u = self.program.sample_prior(x, num_draws).reshape(-1, self.param_dim)  # [n T, P]
+        lp = dist.Normal(self.empty_loc, self.empty_log_scale.exp()).log_prob(u).sum(-1)
+        return -lp.mean()
+
     def build(self, local: dict[str, torch.Tensor], *, widen: float = 1.0,
               plate_dim: bool = False) -> dist.TorchDistribution:
-        """``q`` from local parameters; batch ``[T]`` (``[T, 1]`` with ``plate_dim``)."""
-        loc, scale, tril = prior_loc_tril(self.model[0].prior_distribution())
+        """``q`` over flat unconstrained parameters from local parameters; batch ``[T]`` (``[T, 1]``
+        with ``plate_dim``), event ``[P]``."""
+        loc, scale, tril = self.whitening()
         a, s, ctx = local["a"], local["log_s"].exp() * widen, local["context"]
         gate = local.get("observed")  # [T, 1]; absent: every task has points
         if plate_dim:
@@ -126,23 +167,40 @@ class AmortizedGuide(nn.Module):
 
     # ------------------------------------------------------------------ the Pyro guide
     def forward(self, x, y=None, mask=None, *, num_tasks: int | None = None):
-        """Pyro guide matching :meth:`HierarchicalModel.forward` (same plates and sites)."""
+        """Pyro guide matching :meth:`ModelProgram.forward` (same tasks plate and task sites).
+
+        ``y`` is ``[T, N, E]``; with ``num_tasks`` every site is scaled by ``num_tasks / T`` as
+        the model is. One real-valued vector site is sampled directly from ``q``; otherwise an
+        auxiliary flat site ``_theta`` is drawn and each site is a ``Delta`` at its constrained
+        value, whose log density ``-log|det J|`` makes the guide's density the one of the
+        constrained values.
+        """
         if y is None:
             raise ValueError("the amortized guide needs observed y to condition on")
         t = x.shape[0]
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        model = self.model[0]
+        program = self.program
         q = self.build(self.encode(x, y, mask), plate_dim=True)  # batch [T, 1]
-        with pyro.plate("tasks", num_tasks or t, subsample=torch.arange(t, device=x.device), dim=TASK_DIM):
-            sites = model.task_sites
-            if len(sites) == 1 and len(next(iter(sites.values()))) == 1:
-                return {next(iter(sites)): pyro.sample(next(iter(sites)), q)}
-            theta = pyro.sample("_theta", q, infer={"is_auxiliary": True})
+        scale = 1.0 if num_tasks is None else num_tasks / t
+        sites = program.sites
+        with poutine.scale(scale=scale), pyro.plate(program.task_plate, t, dim=TASK_DIM):
+            if len(sites) == 1 and len(sites[0].shape) == 1 and _real(sites[0]):
+                return {sites[0].name: pyro.sample(sites[0].name, q)}
+            theta = pyro.sample("_theta", q, infer={"is_auxiliary": True})  # [..., T, 1, P]
+            values, ldjs = program.constrain(theta)
             return {
-                name: pyro.sample(name, dist.Delta(v, event_dim=len(sites[name])))
-                for name, v in model.split(theta).items()
+                s.name: pyro.sample(s.name, dist.Delta(values[s.name], log_density=-ldjs[s.name],
+                                                       event_dim=len(s.shape)))
+                for s in sites
             }
+
+
+def _real(site) -> bool:
+    support = site.support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
 
 
 def _gated_coupling(flow: nn.Module, context: torch.Tensor, gate: torch.Tensor | None):

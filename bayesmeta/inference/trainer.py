@@ -47,7 +47,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
     """Maximise the meta-training objective of ``model`` and ``guide``; returns the :class:`History`.
 
     Args:
-        model: a hierarchical model (on ``device``).
+        model: the model's :class:`~bayesmeta.inference.program.ModelProgram` (on ``device``).
         guide: an :class:`~bayesmeta.inference.AmortizedGuide` (on ``device``), or ``None``
             with ``conjugate=True``.
         source: a ``TaskFamily`` or a ``TaskBatch`` pool.
@@ -57,7 +57,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
         checkpoint, resume, on_checkpoint, distributed, extra_state, validate: as in
             :func:`~bayesmeta.inference.loop.train_loop`.
     """
-    loss_fn = _conjugate_loss(model) if conjugate else make_objective(objective, num_particles)(model, guide)
+    loss_fn = _conjugate_loss(model.model) if conjugate else make_objective(objective, num_particles)(model, guide)
     guide_params = [] if guide is None else list(guide.parameters())
 
     def make_step(stream: TaskStream):
@@ -69,11 +69,14 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
             if subsets:
                 _add_guide_grads(loss_fn(b.x, b.y, stream.random_subset(b.mask), num_tasks=b.num_tasks),
                                  guide_params)
+            matching = None if guide is None else guide.prior_matching_loss(b.x)
+            if matching is not None:  # the empty set's Gaussian follows a non-Gaussian prior
+                matching.backward()
             return loss.detach() / (b.num_tasks or b.x.shape[0])
 
         return step
 
-    modules = {"model": model, "guide": guide}
+    modules = {"model": model.model, "guide": guide}  # checkpoints hold the user's model as it is
     params = list(model.parameters()) + guide_params
     return train_loop(make_step, modules, params, source, config, device=device, x_dim=model.x_dim, y_dim=model.y_dim,
                       checkpoint=checkpoint, resume=resume, on_checkpoint=on_checkpoint,

@@ -22,6 +22,7 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule
 
 __all__ = ["HierarchicalModel", "TASK_DIM", "POINT_DIM"]
@@ -122,16 +123,16 @@ class HierarchicalModel(PyroModule):
         plate then rescales the log density by ``num_tasks / T`` (task subsampling).
         Returns the sampled or observed ``y``.
         """
-        with pyro.settings.context(module_local_params=True):  # never the global param store
-            return self._program(x, y, mask, num_tasks)
+        scale = 1.0 if num_tasks is None else num_tasks / x.shape[0]
+        with pyro.settings.context(module_local_params=True), poutine.scale(scale=scale):  # never the global store
+            return self._program(x, y, mask)
 
-    def _program(self, x, y, mask, num_tasks):
+    def _program(self, x, y, mask):
         t, n = x.shape[:2]
         if mask is None:
             mask = torch.ones(t, n, dtype=torch.bool, device=x.device)
         theta = {}
-        tasks = pyro.plate("tasks", num_tasks or t, subsample=torch.arange(t, device=x.device), dim=TASK_DIM)
-        with tasks:
+        with pyro.plate("tasks", t, dim=TASK_DIM):
             for name, prior in self.site_priors().items():
                 v = pyro.sample(name, prior.expand([t, 1]))  # [..., T, 1, *event]
                 theta[name] = _drop_point_dim(v, len(prior.event_shape))

@@ -83,13 +83,17 @@ class Standardization:
 
     def predictive(self, pred):
         """A predictive on the standardised scale -> the original units (mixture loc and scale)."""
+        if all(m == 0 for m in self.y_mean) and all(s == 1 for s in self.y_std):
+            return pred  # outputs not standardised (counts, labels)
         t = lambda vals: torch.tensor(vals, dtype=pred.dtype, device=pred.device)  # noqa: E731
         return pred.affine(t(self.y_std), t(self.y_mean))
 
     @classmethod
-    def from_batch(cls, batch: TaskBatch) -> Standardization:
+    def from_batch(cls, batch: TaskBatch, *, outputs: bool = True, keep_x: tuple[int, ...] = ()) -> Standardization:
         """Mean and std of every column over a pool's observed points (support and query), in
-        float64; a constant column gets std 1."""
+        float64; a constant column gets std 1. ``outputs=False`` leaves the outputs as they are (counts,
+        labels, binary outcomes); ``keep_x`` lists input columns left as they are (a number of
+        trials, a log exposure)."""
         x, y, mask = batch.all_points()
         m = mask.reshape(-1)
         xs, ys = x.reshape(-1, x.shape[-1])[m].double(), y.reshape(-1, y.shape[-1])[m].double()
@@ -98,7 +102,11 @@ class Standardization:
             s = v.std(0, unbiased=False)
             return torch.where(s > 1e-12 * (1 + v.mean(0).abs()), s, torch.ones_like(s))
 
-        return cls(tuple(xs.mean(0).tolist()), tuple(sd(xs).tolist()), tuple(ys.mean(0).tolist()), tuple(sd(ys).tolist()))
+        x_mean, x_std = xs.mean(0), sd(xs)
+        for c in keep_x:
+            x_mean[c], x_std[c] = 0.0, 1.0
+        y_mean, y_std = (ys.mean(0), sd(ys)) if outputs else (torch.zeros(ys.shape[-1]), torch.ones(ys.shape[-1]))
+        return cls(tuple(x_mean.tolist()), tuple(x_std.tolist()), tuple(y_mean.tolist()), tuple(y_std.tolist()))
 
     def is_identity(self, tol: float = 1e-6) -> bool:
         return all(abs(v) < tol for v in self.x_mean + self.y_mean) and all(
@@ -199,7 +207,8 @@ def _read_rows(reader, wanted: dict[str, list[str]], source: str, single_task: s
     return ids, xs, ys, rows
 
 
-def standardize_pool(source, standardize: bool | None, *, default: bool):
+def standardize_pool(source, standardize: bool | None, *, default: bool, y: bool = True,
+                     keep_x: tuple[int, ...] = ()):
     """``(source, standardization)``: a ``TaskBatch`` pool standardised column by column, or as it was.
 
     ``standardize=None`` means ``default`` for a ``TaskBatch`` and off for anything else (a task
@@ -211,7 +220,7 @@ def standardize_pool(source, standardize: bool | None, *, default: bool):
         return source, None
     if not isinstance(source, TaskBatch):
         raise ValueError("standardize=True needs a TaskBatch pool (a task family sets its own scale)")
-    std = Standardization.from_batch(source.validate(min_support=0))
+    std = Standardization.from_batch(source.validate(min_support=0), outputs=y, keep_x=keep_x)
     return std.batch(source), std
 
 

@@ -1,0 +1,366 @@
+"""Mixtures over posterior draws of *any* observation family (Bernoulli, Poisson, Student-t, ...).
+
+The Gaussian case has its own, faster class (:class:`~bayesmeta.mixture.GaussianMixture`); this
+one works with any ``torch.distributions`` family through its ``log_prob``, ``mean``, ``variance``
+and ``sample``, and with closed-form CDFs where torch or SciPy has them. Components are held as
+their *parameters* (``[n, T, P]`` draws) and turned into a distribution block of tasks by block
+of tasks when a method needs them, so memory stays bounded for any number of tasks.
+
+Discrete outcomes (``support.is_discrete``): ``log_prob`` is the log pmf, ``cdf(y) = P(Y <= y)``,
+:meth:`FamilyMixture.pit` is the randomised PIT ``F(y - 1) + V (F(y) - F(y - 1))``,
+``V ~ U(0, 1)`` (uniform when calibrated), quantiles and intervals are integers, and Bernoulli or
+Categorical mixtures have :attr:`FamilyMixture.probs` (class probabilities ``[T, N, C]``).
+Imports nothing of ours (layer 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.distributions import constraints
+
+__all__ = ["FamilyMixture", "component_cdf"]
+
+BLOCK_ELEMENTS = 2**20  # components x query points (x outputs) of one block
+_MAX_SUM_TERMS = 100_000  # a discrete CDF summed term by term: at most this many values
+
+ComponentFn = Callable[[torch.Tensor, slice], Any]
+
+
+def _lower_bound(support) -> float | None:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    lb = getattr(support, "lower_bound", None)
+    if isinstance(lb, int | float):
+        return float(lb)
+    if support is constraints.positive or support is constraints.nonnegative or support is constraints.boolean:
+        return 0.0
+    if isinstance(support, constraints._IntegerGreaterThan | constraints._IntegerInterval):
+        return float(support.lower_bound)
+    return None
+
+
+def component_cdf(d: Any, y: torch.Tensor) -> torch.Tensor:
+    """``P(Y <= y)`` elementwise for a distribution ``d`` (batch broadcastable with ``y``).
+
+    torch's ``cdf`` where it exists; closed forms for Bernoulli, Categorical, Poisson
+    (regularised gamma), Binomial and negative binomial (regularised beta, SciPy), Student-t and
+    Beta (SciPy); other discrete families by summing the pmf from 0.
+    """
+    name = type(d).__name__
+    if name == "Bernoulli":
+        p = d.probs
+        return torch.where(y < 0, 0.0, torch.where(y < 1, 1 - p, torch.ones_like(p)))
+    if name == "Categorical":
+        cum = d.probs.cumsum(-1)  # [..., C]
+        shape = torch.broadcast_shapes(cum.shape[:-1], y.shape)
+        k = y.floor().clamp(-1, cum.shape[-1] - 1).long().expand(shape)
+        out = torch.gather(cum.expand(*shape, cum.shape[-1]), -1, k.clamp_min(0)[..., None])[..., 0]
+        return torch.where(k < 0, torch.zeros_like(out), out)
+    if name == "Poisson":
+        k = y.floor()
+        return torch.where(k < 0, 0.0, torch.special.gammaincc(k.clamp_min(0) + 1, d.rate))
+    if name in ("Binomial", "NegativeBinomial", "StudentT", "Beta"):
+        return _scipy_cdf(d, y)
+    try:
+        return d.cdf(y)
+    except NotImplementedError:
+        pass
+    if d.support.is_discrete:
+        return _summed_cdf(d, y)
+    raise NotImplementedError(f"no CDF for {name}: PIT and coverage need one")
+
+
+def _scipy_cdf(d, y: torch.Tensor) -> torch.Tensor:
+    """CDFs through SciPy's special functions (on CPU; for metrics, not hot paths)."""
+    from scipy import special
+
+    name = type(d).__name__
+    like = torch.broadcast_tensors(y, d.mean)[0]
+    yy = like.detach().double().cpu().numpy()
+    if name == "Binomial":
+        n, p = (torch.broadcast_to(v, like.shape).detach().double().cpu().numpy() for v in (d.total_count, d.probs))
+        k = yy.__floor__()
+        val = special.bdtr(k.clip(0, None), n, p)
+        val = (k >= 0) * val
+        val[k >= n] = 1.0
+    elif name == "NegativeBinomial":
+        r, p = (torch.broadcast_to(v, like.shape).detach().double().cpu().numpy() for v in (d.total_count, d.probs))
+        k = yy.__floor__()
+        val = (k >= 0) * special.betainc(r, k.clip(0, None) + 1, 1 - p)  # torch's p: the success probability
+    elif name == "StudentT":
+        df, loc, scale = (torch.broadcast_to(v, like.shape).detach().double().cpu().numpy()
+                          for v in (d.df, d.loc, d.scale))
+        val = special.stdtr(df, (yy - loc) / scale)
+    else:  # Beta
+        a, b = (torch.broadcast_to(v, like.shape).detach().double().cpu().numpy()
+                for v in (d.concentration1, d.concentration0))
+        val = special.betainc(a, b, yy.clip(0, 1))
+    return torch.as_tensor(val, dtype=like.dtype, device=like.device)
+
+
+def _summed_cdf(d, y: torch.Tensor) -> torch.Tensor:
+    top = int(y.max().clamp_min(0))
+    if top >= _MAX_SUM_TERMS:
+        raise ValueError(f"a {type(d).__name__} CDF at {top}: summing more than {_MAX_SUM_TERMS} pmf terms")
+    total = torch.zeros(torch.broadcast_shapes(y.shape, d.batch_shape), dtype=y.dtype, device=y.device)
+    for k in range(top + 1):
+        value = torch.full_like(total, float(k))
+        total = total + torch.where(y >= k, d.log_prob(value).exp(), 0.0)
+    return total.clamp_max(1.0)
+
+
+class FamilyMixture:
+    """Per-point mixture ``sum_s w_st p(y; component_st)`` of any observation family.
+
+    Args:
+        params: ``[n, T, P]`` parameters of every component (posterior draws).
+        log_weights: ``[n, T]`` unnormalised (``-inf``: padding); ``None``: equal weights.
+        components: ``components(params_b [n_b, T_b, P], tasks: slice)`` -> a distribution with
+            batch ``[n_b, T_b, N]`` and event ``()`` (scalar outcomes) or ``[E]``.
+        shape: ``(T, N, E)`` of the predictive (``E = 1`` for scalar outcomes).
+        dtype: of the results.
+
+    Example:
+        >>> import torch.distributions as D
+        >>> mix = FamilyMixture(torch.rand(5, 2, 1), None,
+        ...                     lambda p, sl: D.Bernoulli(probs=p[..., None, 0].expand(-1, -1, 3)), shape=(2, 3, 1))
+        >>> mix.probs.shape, mix.interval(0.9)[0].shape
+        (torch.Size([2, 3, 2]), torch.Size([2, 3, 1]))
+    """
+
+    method: str = "guide"
+    ess: torch.Tensor | None = None
+    pareto_k: torch.Tensor | None = None
+    num_draws: torch.Tensor | None = None
+
+    def __init__(self, params: torch.Tensor, log_weights: torch.Tensor | None, components: ComponentFn, *,
+                 shape, dtype: torch.dtype | None = None, block_elements: int = BLOCK_ELEMENTS, **attributes) -> None:
+        n, t = params.shape[:2]
+        self._shape, self._dtype, self._device = torch.Size(shape), dtype or params.dtype, params.device
+        if log_weights is None:
+            log_weights = params.new_zeros((n, t), dtype=self._dtype)
+        if tuple(log_weights.shape) != (n, t):
+            raise ValueError(f"log_weights must have shape {(n, t)}; got {tuple(log_weights.shape)}")
+        log_w = log_weights.to(self._dtype)
+        self._log_w = log_w - torch.logsumexp(log_w, 0, keepdim=True)
+        self._params, self._fn = params, components
+        per_block = max(1, block_elements // max(1, n * int(shape[1]) * int(shape[2])))
+        self._slices = [slice(s, min(s + per_block, t)) for s in range(0, t, per_block)]
+        probe = components(params[:1, :1], slice(0, 1))
+        self.scalar = len(probe.event_shape) == 0
+        self.support = probe.support
+        self.discrete = bool(probe.support.is_discrete)
+        self.family = type(probe).__name__
+        for key, value in attributes.items():
+            setattr(self, key, value)
+
+    # ------------------------------------------------------------------ blocks
+    def _blocks(self):
+        """``(tasks, distribution [n, T_b, N(, E)], weights [n, T_b])`` per block of tasks."""
+        for sl in self._slices:
+            lw = self._log_w[:, sl]
+            alive = torch.isfinite(lw).any(1)
+            params = self._params[:, sl]
+            if not bool(alive.all()):
+                rows = alive.nonzero()[:, 0]
+                lw, params = lw[rows], params[rows]
+            yield sl, self._fn(params, sl), lw
+
+    def _y(self, y: torch.Tensor, sl: slice) -> torch.Tensor:
+        """Observations ``[T, N, E]`` of a block in the family's format (``[T_b, N]`` for scalars)."""
+        yb = y[sl]
+        return yb[..., 0] if self.scalar else yb
+
+    def _out(self, v: torch.Tensor) -> torch.Tensor:
+        """A per-point result ``[..., T_b, N]`` (scalar) or ``[..., T_b, N, E]`` -> ``[..., T_b, N, E]``."""
+        return v.unsqueeze(-1) if self.scalar else v
+
+    def _collect(self, fn, dim: int = 0) -> torch.Tensor:
+        out: torch.Tensor | None = None
+        for sl, d, lw in self._blocks():
+            res = fn(sl, d, lw)
+            if out is None:
+                shape = list(res.shape)
+                shape[dim] = self._shape[0]
+                out = res.new_empty(shape)
+            out.narrow(dim, sl.start, sl.stop - sl.start).copy_(res)
+        assert out is not None, "a mixture has at least one task"
+        return out
+
+    # ------------------------------------------------------------------ shape and weights
+    @property
+    def shape(self) -> torch.Size:
+        """``[T, N, E]``: tasks, query points, outputs."""
+        return self._shape
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def num_components(self) -> int:
+        return self._params.shape[0]
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """Normalised log weights ``[n, T]``."""
+        return self._log_w
+
+    def _check_y(self, y) -> torch.Tensor:
+        y = torch.as_tensor(y)
+        if y.dim() == 2 and self._shape[-1] == 1:
+            y = y.unsqueeze(-1)
+        if tuple(y.shape) != tuple(self._shape):
+            raise ValueError(f"observations must have shape {tuple(self._shape)} (tasks, points, outputs); "
+                             f"got {tuple(y.shape)}")
+        return y.to(dtype=self._dtype, device=self._device)
+
+    # ------------------------------------------------------------------ moments and densities
+    def _moment(self, which: str) -> torch.Tensor:
+        def fn(sl, d, lw):
+            w = lw.exp()[..., None, None] if not self.scalar else lw.exp()[..., None]
+            mean = _mean(d).to(self._dtype)
+            if which == "mean":
+                return self._out((w * mean).sum(0))
+            m = (w * mean).sum(0)
+            second = (w * (_variance(d).to(self._dtype) + mean**2)).sum(0)
+            return self._out((second - m**2).clamp_min(0.0))
+        return self._collect(fn)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Predictive mean ``[T, N, E]`` (expected count, probability of 1, expected class index)."""
+        return self._moment("mean")
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Predictive variance ``[T, N, E]`` (law of total variance)."""
+        return self._moment("variance")
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.variance.sqrt()
+
+    def log_prob(self, y) -> torch.Tensor:
+        """Log predictive density (pmf for discrete outcomes) of each point ``[T, N]`` (outputs summed)."""
+        y = self._check_y(y)
+
+        def fn(sl, d, lw):
+            lp = d.log_prob(self._y(y, sl)).to(self._dtype)  # [n, T_b, N]
+            return torch.logsumexp(lp + lw[..., None], 0)
+        return self._collect(fn)
+
+    def cdf(self, y) -> torch.Tensor:
+        """``P(Y <= y)`` of each output ``[T, N, E]`` (for discrete outcomes a step function)."""
+        y = self._check_y(y)
+
+        def fn(sl, d, lw):
+            w = lw.exp()[..., None] if self.scalar else lw.exp()[..., None, None]
+            return self._out((w * component_cdf(d, self._y(y, sl)).to(self._dtype)).sum(0))
+        return self._collect(fn)
+
+    def pit(self, y, generator: torch.Generator | None = None) -> torch.Tensor:
+        """PIT values ``[T, N, E]``: ``F(y)`` for continuous outcomes; for discrete ones the
+        randomised PIT ``F(y - 1) + V (F(y) - F(y - 1))``, ``V ~ U(0, 1)``, uniform when calibrated."""
+        y = self._check_y(y)
+        upper = self.cdf(y)
+        if not self.discrete:
+            return upper
+        lower = self.cdf(y - 1)
+        v = torch.rand(upper.shape, generator=generator, dtype=upper.dtype, device=upper.device) if generator is None \
+            else torch.rand(upper.shape, generator=generator, dtype=upper.dtype).to(upper.device)
+        return lower + v * (upper - lower)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """Class probabilities ``[T, N, C]`` (Bernoulli: ``C = 2``, ``[P(0), P(1)]``)."""
+        if self.family not in ("Bernoulli", "Categorical"):
+            raise AttributeError(f"probs: a {self.family} predictive has no class probabilities")
+
+        def fn(sl, d, lw):
+            w = lw.exp()[..., None, None]
+            p = d.probs.to(self._dtype)
+            if self.family == "Bernoulli":
+                p = torch.stack([1 - p, p], -1)
+            return (w * p).sum(0)
+        return self._collect(fn)
+
+    # ------------------------------------------------------------------ quantiles and draws
+    def quantile(self, q: float, iters: int = 50) -> torch.Tensor:
+        """Marginal ``q``-quantile ``[T, N, E]``: the smallest ``y`` with ``F(y) >= q`` (an integer
+        for discrete outcomes), by bracketing and bisection on the mixture CDF."""
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"quantile level must be in (0, 1); got {q}")
+        mean, sd = self.mean, self.std.clamp_min(1e-6)
+        lb = _lower_bound(self.support)
+        lo, hi = mean - 4 * sd, mean + 4 * sd
+        if lb is not None:
+            lo = lo.clamp_min(lb - (1.0 if self.discrete else 0.0))
+        if self.discrete:
+            lo, hi = lo.floor(), hi.ceil()
+        for _ in range(64):  # widen until F(lo) < q <= F(hi)
+            below, above = self.cdf(lo) >= q, self.cdf(hi) < q
+            if not (below.any() or above.any()):
+                break
+            width = (hi - lo).clamp_min(1.0)
+            lo = torch.where(below, lo - width, lo)
+            if lb is not None:
+                lo = lo.clamp_min(lb - (1.0 if self.discrete else 0.0))
+                below = below & (lo > lb - 1.0)
+            hi = torch.where(above, hi + width, hi)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            if self.discrete:
+                mid = mid.floor()
+            ok = self.cdf(mid) >= q
+            lo, hi = torch.where(ok, lo, mid), torch.where(ok, mid, hi)
+            if self.discrete and bool(((hi - lo) <= 1).all()):
+                break
+        return hi if self.discrete else 0.5 * (lo + hi)
+
+    def interval(self, level: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
+        """Central interval holding at least ``level`` of the predictive mass, each ``[T, N, E]``."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"interval level must be in (0, 1); got {level}")
+        tail = 0.5 * (1.0 - level)
+        return self.quantile(tail), self.quantile(1.0 - tail)
+
+    def sample(self, num_samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``[num_samples, T, N, E]`` from the predictive (jointly over a task's points)."""
+        def fn(sl, d, lw):
+            idx = torch.multinomial(lw.exp().T, num_samples, replacement=True, generator=generator).T  # [s, T_b]
+            params = self._params[:, sl]
+            picked = torch.gather(params, 0, idx[..., None].expand(-1, -1, params.shape[-1]))
+            return self._out(self._fn(picked, sl).sample().to(self._dtype))  # [s, T_b, N, E]
+        return self._collect(fn, dim=1)
+
+    def nonfinite_tasks(self) -> torch.Tensor:
+        """``[T]`` bool: tasks whose components have a NaN or infinite mean."""
+        def fn(sl, d, lw):
+            m = _mean(d)
+            m = m if self.scalar else m.flatten(-2)
+            return (~torch.isfinite(m)).flatten(2).any(-1).any(0) if m.dim() > 2 else (~torch.isfinite(m)).any(0)
+        return self._collect(fn)
+
+
+def _mean(d) -> torch.Tensor:
+    if type(d).__name__ == "Categorical":  # the expected class index
+        p = d.probs
+        return (p * torch.arange(p.shape[-1], dtype=p.dtype, device=p.device)).sum(-1)
+    return d.mean
+
+
+def _variance(d) -> torch.Tensor:
+    if type(d).__name__ == "Categorical":
+        p = d.probs
+        k = torch.arange(p.shape[-1], dtype=p.dtype, device=p.device)
+        return (p * k**2).sum(-1) - _mean(d) ** 2
+    return d.variance
+
