@@ -2,9 +2,9 @@
 
 A fit is described by three sections::
 
-    [data]   path, task, x, y, val_fraction, split_seed, standardize
-    [model]  kind ("latent" | "linear" | "bayes-head"), latent_dim, hidden, heteroscedastic,
-             guide, objective, num_particles
+    [data]   path, task, x, y, trials, offset, val_fraction, split_seed, standardize
+    [model]  kind ("latent" | "linear" | "bayes-head"), likelihood, latent_dim, hidden,
+             heteroscedastic, guide, objective, num_particles
     [train]  the fields of :class:`~bayesmeta.inference.TrainConfig` (the options of every
              learner's ``fit``): steps, max_time (0: none), tasks_per_step, lr, seed, device, ...
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from .inference.loop import TrainConfig
 from .inference.objectives import OBJECTIVES
 from .io import file_error
+from .models.glm import LIKELIHOODS
 
 __all__ = ["DataConfig", "FitConfig", "ModelConfig", "TrainConfig", "MODEL_KINDS", "apply_overrides",
            "config_from_dict", "load_config", "to_toml"]
@@ -37,6 +38,8 @@ class DataConfig:
     task: str = ""
     x: tuple[str, ...] = ()
     y: tuple[str, ...] = ()
+    trials: str = ""
+    offset: str = ""
     val_fraction: float = 0.2
     split_seed: int = 0
     standardize: bool = True
@@ -57,6 +60,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     kind: str = "latent"
+    likelihood: str = "gaussian"
     latent_dim: int = 8
     hidden: tuple[int, ...] = (128, 128, 128)
     heteroscedastic: bool = True
@@ -68,6 +72,11 @@ class ModelConfig:
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if self.kind not in MODEL_KINDS:
             _fail("model.kind", f"one of {MODEL_KINDS}", self.kind)
+        if self.likelihood not in LIKELIHOODS:
+            _fail("model.likelihood", f"one of {LIKELIHOODS}", self.likelihood)
+        if self.likelihood != "gaussian" and self.kind != "linear":
+            _fail("model.kind", f"'linear' (a hierarchical GLM) with model.likelihood={self.likelihood!r} (the latent "
+                  "and bayes-head models have a Gaussian likelihood)", self.kind)
         if self.objective not in OBJECTIVES:
             _fail("model.objective", f"one of {OBJECTIVES}", self.objective)
         if self.num_particles < 1:
@@ -85,6 +94,16 @@ class FitConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def check_consistent(self) -> None:
+        """Raise if data and model sections do not fit together (trials, offset and the likelihood)."""
+        lik, d = self.model.likelihood, self.data
+        if (lik == "binomial") != bool(d.trials):
+            _fail("data.trials", "the column with each row's number of trials, exactly when model.likelihood is "
+                  f"'binomial' (model.likelihood={lik!r})", d.trials)
+        if d.offset and lik not in ("poisson", "negative-binomial"):
+            _fail("data.offset", f"empty unless model.likelihood is 'poisson' or 'negative-binomial' (it is {lik!r})",
+                  d.offset)
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

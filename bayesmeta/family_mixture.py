@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch.distributions import constraints
 
@@ -80,15 +81,16 @@ def _scipy_cdf(d, y: torch.Tensor) -> torch.Tensor:
     name = type(d).__name__
     like = torch.broadcast_tensors(y, d.mean)[0]
     yy = like.detach().double().cpu().numpy()
+    floor = np.floor(yy)
     if name == "Binomial":
         n, p = (torch.broadcast_to(v, like.shape).detach().double().cpu().numpy() for v in (d.total_count, d.probs))
-        k = yy.__floor__()
-        val = special.bdtr(k.clip(0, None), n, p)
-        val = (k >= 0) * val
-        val[k >= n] = 1.0
+        k = floor.clip(-1, None)
+        inside = (k >= 0) & (k < n)
+        val = np.where(k >= n, 1.0, 0.0)  # P(X <= k) = I_{1-p}(n - k, k + 1) for 0 <= k < n
+        val[inside] = special.betainc((n - k)[inside], (k + 1)[inside], (1 - p)[inside])
     elif name == "NegativeBinomial":
         r, p = (torch.broadcast_to(v, like.shape).detach().double().cpu().numpy() for v in (d.total_count, d.probs))
-        k = yy.__floor__()
+        k = floor
         val = (k >= 0) * special.betainc(r, k.clip(0, None) + 1, 1 - p)  # torch's p: the success probability
     elif name == "StudentT":
         df, loc, scale = (torch.broadcast_to(v, like.shape).detach().double().cpu().numpy()

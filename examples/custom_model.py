@@ -1,9 +1,12 @@
-"""Define your own hierarchical model, meta-train it, and predict for new tasks.
+"""Define your own hierarchical model in plain Pyro, meta-train it, and predict for new tasks.
 
 A hierarchical quadratic regression with two task sites (an intercept and two coefficients),
 each with its own learned Gaussian prior, and a learned noise scale:
 
     y_ij = c_i + b_i x_ij + a_i x_ij^2 + eps,   c_i ~ N(mu_c, s_c^2),  (b_i, a_i) ~ N(mu, diag s^2)
+
+The model is nothing but its ``forward``: bayesmeta traces it to find the task sites, the
+observation and everything else it needs (docs/custom-model.md).
 
 Run:  python examples/custom_model.py --steps 2000
 """
@@ -12,39 +15,37 @@ from __future__ import annotations
 
 import argparse
 
+import pyro
 import pyro.distributions as dist
 import torch
+from pyro.nn import PyroModule
 from torch import nn
 from torch.nn import functional as F
 
 import bayesmeta as bm
 
 
-class HierarchicalQuadratic(bm.models.HierarchicalModel):
-    """The four lines of the protocol: learned prior, task sites, likelihood, (inherited) forward."""
+class HierarchicalQuadratic(PyroModule):
+    """Learned priors are module parameters; task sites in the tasks plate; y in the points plate."""
+
+    x_dim = 1
 
     def __init__(self) -> None:
-        super().__init__(x_dim=1, y_dim=1)
-        self.task_sites = {"intercept": torch.Size([1]), "coef": torch.Size([2])}
-        self.prior = nn.ParameterDict({
-            "c_loc": nn.Parameter(torch.zeros(1)), "c_raw": nn.Parameter(torch.zeros(1)),
-            "coef_loc": nn.Parameter(torch.zeros(2)), "coef_raw": nn.Parameter(torch.zeros(2)),
-            "raw_noise": nn.Parameter(torch.zeros(())),
-        })
-        self.config = {}  # constructor arguments, for save/load
+        super().__init__()
+        self.c_loc, self.c_raw = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+        self.coef_loc, self.coef_raw = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
+        self.raw_noise = nn.Parameter(torch.zeros(()))
+        self.config: dict = {}  # constructor arguments, for save/load
 
-    def site_priors(self):
-        p = self.prior
-        return {
-            "intercept": dist.Normal(p["c_loc"], F.softplus(p["c_raw"])).to_event(1),
-            "coef": dist.Normal(p["coef_loc"], F.softplus(p["coef_raw"])).to_event(1),
-        }
-
-    def likelihood(self, x, theta):
-        c, coef = theta["intercept"], theta["coef"]  # [..., T, 1], [..., T, 2]
-        xs = x[..., 0]  # [T, N]
-        mean = c + coef[..., :1] * xs + coef[..., 1:] * xs**2  # [..., T, N]
-        return dist.Normal(mean[..., None], F.softplus(self.prior["raw_noise"]) + 1e-3)
+    def forward(self, x, y=None, mask=None):
+        with pyro.plate("tasks", x.shape[0], dim=-2):
+            c = pyro.sample("intercept", dist.Normal(self.c_loc, F.softplus(self.c_raw)).to_event(1))  # [..., T, 1, 1]
+            coef = pyro.sample("coef", dist.Normal(self.coef_loc, F.softplus(self.coef_raw)).to_event(1))  # [..., T, 1, 2]
+            xs = x[..., 0]  # [T, N]
+            mean = c[..., 0] + coef[..., 0] * xs + coef[..., 1] * xs**2  # [..., T, N]
+            with pyro.plate("points", x.shape[1], dim=-1):
+                noise = F.softplus(self.raw_noise) + 1e-3
+                return pyro.sample("y", dist.Normal(mean, noise).mask(mask), obs=y)
 
 
 class QuadraticTasks(bm.tasks.TaskFamily):
@@ -74,8 +75,8 @@ def main(args) -> dict:
     learner = bm.BayesLearner(model, guide="flow")  # joint flow over both sites
     learner.fit(family, steps=args.steps, tasks_per_step=32, max_points=10, lr=args.lr, device=args.device,
                 seed=args.seed, progress=not args.no_progress)
-    prior = model.site_priors()
-    print("learned prior means:", prior["intercept"].mean.tolist(), prior["coef"].mean.tolist())
+    means = torch.cat([model.c_loc, model.coef_loc]).detach()
+    print("learned prior means:", means.tolist())
     print("true prior means:   ", family.loc.tolist())
     test = family.sample(200, shots=3, num_query=20, generator=torch.Generator().manual_seed(1))
     pred = learner.adapt(test).predict(test.x_query, seed=0)
@@ -83,7 +84,6 @@ def main(args) -> dict:
     lo, hi = pred.interval(0.9)
     cov = ((test.y_query >= lo) & (test.y_query <= hi)).double().mean().item()
     print(f"3-shot test NLL {nll:.3f}, 90% coverage {cov:.3f}")
-    means = torch.cat([prior["intercept"].mean, prior["coef"].mean]).detach()
     return {"nll": nll, "coverage90": cov, "prior_means": means.tolist()}
 
 

@@ -1,6 +1,7 @@
 """Grouped CSV -> run directory: fit / evaluate / predict / report, resume after SIGKILL, bad input."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -203,3 +204,53 @@ def test_predict_bad_files_name_file_and_row(data, tmp_path, capsys):
     assert main(["predict", str(run), "--support", str(sup), "--query", str(query), "--out", str(out)]) == 2
     assert "missing y column(s) ['response']" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _write_counts_csv(path: Path, groups: int, seed: int) -> Path:
+    """Counts with a log exposure per row: y ~ Poisson(exposure * exp(b_i + w_i x))."""
+    g = torch.Generator().manual_seed(seed)
+    lines = ["site,dose,log_exposure,count"]
+    for i in range(groups):
+        b, w = 1.0 + 0.3 * torch.randn((), generator=g), 0.5 * torch.randn((), generator=g)
+        for _ in range(int(torch.randint(5, 10, (), generator=g))):
+            x, le = float(torch.rand((), generator=g) * 2 - 1), float(torch.rand((), generator=g))
+            count = int(torch.poisson(torch.exp(b + w * x + le), generator=g))
+            lines.append(f"s{i},{x:.3f},{le:.3f},{count}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_fit_evaluate_predict_counts_with_an_offset(tmp_path, capsys):
+    train, test = _write_counts_csv(tmp_path / "train.csv", 30, 0), _write_counts_csv(tmp_path / "test.csv", 6, 1)
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(train), "--task", "site", "--x", "dose", "--y", "count", "--model", "linear",
+                 "--likelihood", "poisson", "--offset", "log_exposure", "--steps", "40", "--out", str(run),
+                 "--no-progress"]) == 0
+    std = json.loads((run / "standardisation.json").read_text())
+    assert std["y_mean"] == [0.0] and std["y_std"] == [1.0]  # counts stay counts
+    assert std["x_mean"][1] == 0.0 and std["x_std"][1] == 1.0  # the log exposure stays as it is
+    assert main(["evaluate", str(run), "--data", str(test), "--shots", "1", "3"]) == 0
+    ev = bm.Evaluation.from_json(run / "eval.json")
+    assert all(0.0 <= r["coverage_90"] <= 1.0 and math.isfinite(r["nll"]) for r in ev.summary)
+    (tmp_path / "support.csv").write_text("dose,log_exposure,count\n0.5,0.2,4\n-0.5,0.9,3\n")
+    (tmp_path / "query.csv").write_text("dose,log_exposure\n0.0,0.0\n0.9,1.0\n")
+    assert main(["predict", str(run), "--support", str(tmp_path / "support.csv"), "--query",
+                 str(tmp_path / "query.csv"), "--out", str(tmp_path / "preds.csv")]) == 0
+    rows = [line.split(",") for line in (tmp_path / "preds.csv").read_text().splitlines()]
+    header = rows[0]
+    lo, hi = header.index("count_lower90"), header.index("count_upper90")
+    for r in rows[1:]:  # expected counts; integer interval ends
+        assert float(r[header.index("count_mean")]) > 0
+        assert float(r[lo]) == round(float(r[lo])) and float(r[hi]) == round(float(r[hi])) and float(r[lo]) <= float(r[hi])
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--likelihood", "poisson"], "model.kind must be 'linear'"),
+    (["--model", "linear", "--likelihood", "binomial"], "data.trials"),
+    (["--model", "linear", "--likelihood", "bernoulli", "--offset", "time"], "data.offset"),
+])
+def test_likelihood_flags_that_do_not_fit_together_are_refused(data, tmp_path, capsys, flags, message):
+    rc = main(["fit", "--data", str(data["train"]), "--task", "subject", "--x", "time", "--y", "response", "--steps", "2",
+               "--out", str(tmp_path / "r"), *flags])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -2,12 +2,13 @@
 
 from .compare import COMPARE_FAMILIES, COMPARE_METHODS, run_compare
 from .exact_fit import run_exact_fit
+from .glm import GLM_CASES, run_glm
 from .pools import POOL_CASES, run_pools
 from .sinusoid import SINUSOID_VARIANTS, evaluate_on_family, run_sinusoid
 from .throughput import run_throughput
 
 BENCHMARKS = {"sinusoid": run_sinusoid, "compare": run_compare, "throughput": run_throughput,
-              "exact-fit": run_exact_fit, "pools": run_pools}
+              "exact-fit": run_exact_fit, "pools": run_pools, "glm": run_glm}
 
-__all__ = ["BENCHMARKS", "COMPARE_FAMILIES", "COMPARE_METHODS", "POOL_CASES", "SINUSOID_VARIANTS",
-           "evaluate_on_family", "run_compare", "run_exact_fit", "run_pools", "run_sinusoid", "run_throughput"]
+__all__ = ["BENCHMARKS", "COMPARE_FAMILIES", "COMPARE_METHODS", "GLM_CASES", "POOL_CASES", "SINUSOID_VARIANTS",
+           "evaluate_on_family", "run_compare", "run_exact_fit", "run_glm", "run_pools", "run_sinusoid", "run_throughput"]

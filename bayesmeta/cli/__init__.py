@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..baselines import BASELINES
+from ..models.glm import LIKELIHOODS
 from .bench import add_bench_parser, run_bench
 
 __all__ = ["cmd_demo", "main", "run_report"]
@@ -66,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--x", nargs="+", help="input column(s)")
     f.add_argument("--y", nargs="+", help="output column(s)")
     f.add_argument("--model", choices=["latent", "linear", "bayes-head"], help="model kind (default: latent)")
+    f.add_argument("--likelihood", choices=list(LIKELIHOODS),
+                   help="outcome distribution (default: gaussian; others need --model linear: a hierarchical GLM)")
+    f.add_argument("--trials", metavar="COLUMN", help="binomial: the column with each row's number of trials")
+    f.add_argument("--offset", metavar="COLUMN", help="poisson / negative-binomial: a log-exposure column")
     f.add_argument("--steps", type=int, help="training steps (default: 2000)")
     f.add_argument("--max-time", type=float, help="training seconds at most (default: no limit)")
     f.add_argument("--seed", type=int)

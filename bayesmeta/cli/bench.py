@@ -27,6 +27,8 @@ BENCH_EPILOG = """examples:
   bayesmeta bench exact-fit --repeats 3             # exact type-II ML against an independent scipy fit
   bayesmeta bench pools                             # finite pools: calibrated on fresh tasks? (~1 h)
   bayesmeta bench pools --cases sinusoid-50 --steps 4000 --num-tasks 200
+  bayesmeta bench glm                               # logistic and Poisson GLMs vs their oracles (~20 min)
+  bayesmeta bench glm --cases poisson --max-time 60 --num-tasks 200
   bayesmeta bench NAME --help                       # the flags of one benchmark
 """
 
@@ -116,6 +118,18 @@ def _run_pools(args) -> dict:
     return result
 
 
+def _run_glm(args) -> dict:
+    from ..benchmarks import run_glm
+
+    result = run_glm(cases=args.cases, max_time=args.max_time, num_tasks=args.num_tasks, out_dir=args.out,
+                     seed=args.seed, progress=not args.no_progress, device=args.device)
+    print(result["evaluation"].table())
+    for name, c in result["cases"].items():
+        print(f"{name}: {c['steps']} steps in {c['train_seconds']:.0f} s; learned prior {c['learned_prior']}, "
+              f"true {c['true_prior']}")
+    return result
+
+
 def add_bench_parser(sub) -> argparse.ArgumentParser:
     """``bayesmeta bench``: a sub-command per benchmark under the command line's sub-parsers ``sub``."""
     b = sub.add_parser("bench", help="run a reproducible benchmark (prints a table, writes JSON)",
@@ -167,6 +181,11 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     pl.add_argument("--latent-dim", type=int, default=None, help="task code size (default: 8)")
     pl.add_argument("--weight-decay", type=float, default=None, help="fit's weight_decay (default: 0)")
     _shared_flags(pl, "pools", num_tasks=True, progress=True)
+
+    g = _sub(bench, "glm", "hierarchical logistic and Poisson regression against their Bayes oracles", _run_glm)
+    g.add_argument("--cases", nargs="+", default=None, help="cases (default: all): logistic, poisson")
+    g.add_argument("--max-time", type=float, default=300.0, help="training seconds per case (default: 300)")
+    _shared_flags(g, "glm", num_tasks=True, progress=True)
     return b
 
 

@@ -70,7 +70,7 @@ def _table(cfg: FitConfig, order, x_query, mask_query, pred, levels) -> str:
     bands = {lv: pred.interval(lv) for lv in levels}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    cols = [d.task, *d.x]
+    cols = [d.task, *d.x, *(c for c in (d.trials, d.offset) if c)]  # the x columns as read_tasks reads them
     for yn in d.y:
         cols += [f"{yn}_mean", f"{yn}_sd"] + [f"{yn}_{s}{int(round(100 * lv))}" for lv in levels for s in ("lower", "upper")]
     w.writerow(cols)

@@ -35,7 +35,12 @@ from ..evaluation import Evaluation, evaluate
 from ..inference.trainer import load_checkpoint, resolve_device
 from ..io import atomic_write_text, file_error, read_json
 from ..learners import BayesLearner
-from ..models import BayesianHeadRegression, HierarchicalLinearRegression, LatentCodeRegression
+from ..models import (
+    BayesianHeadRegression,
+    HierarchicalLinearRegression,
+    HierarchicalRegression,
+    LatentCodeRegression,
+)
 from ..tasks import Standardization, TaskDataset
 from .rundir import LOCK_NAME, RunLock, Undo
 
@@ -51,8 +56,17 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def build_learner(model_cfg, x_dim: int, y_dim: int) -> BayesLearner:
-    """The learner a config describes (linear-Gaussian kinds are fitted exactly)."""
+def build_learner(model_cfg, x_dim: int, y_dim: int, data_cfg=None) -> BayesLearner:
+    """The learner a config describes (linear-Gaussian kinds are fitted exactly; another likelihood
+    is a hierarchical GLM with an amortized guide)."""
+    extra = int(bool(data_cfg is not None and (data_cfg.trials or data_cfg.offset)))
+    if model_cfg.likelihood != "gaussian":
+        if y_dim != 1:
+            raise ValueError(f"config: model.likelihood={model_cfg.likelihood!r} takes one y column; got {y_dim}")
+        glm = HierarchicalRegression(x_dim=x_dim - extra, likelihood=model_cfg.likelihood,
+                                     offset=bool(data_cfg is not None and data_cfg.offset))
+        return BayesLearner(glm, guide=model_cfg.guide, objective=model_cfg.objective,
+                            num_particles=model_cfg.num_particles)
     if model_cfg.kind == "latent":
         model = LatentCodeRegression(x_dim=x_dim, y_dim=y_dim, latent_dim=model_cfg.latent_dim,
                                      hidden=model_cfg.hidden, heteroscedastic=model_cfg.heteroscedastic)
@@ -67,12 +81,14 @@ def build_learner(model_cfg, x_dim: int, y_dim: int) -> BayesLearner:
 
 def _resolve_fit_config(args) -> FitConfig:
     cfg = load_config(args.config) if args.config else FitConfig()
-    flags = {"data": {"path": args.data, "task": args.task, "x": args.x, "y": args.y},
-             "model": {"kind": args.model}, "train": {"steps": args.steps, "max_time": args.max_time,
+    flags = {"data": {"path": args.data, "task": args.task, "x": args.x, "y": args.y, "trials": getattr(args, "trials", None),
+                      "offset": getattr(args, "offset", None)},
+             "model": {"kind": args.model, "likelihood": getattr(args, "likelihood", None)}, "train": {"steps": args.steps, "max_time": args.max_time,
                                                        "seed": args.seed, "device": args.device}}
     cfg = config_from_dict({s: {k: v for k, v in d.items() if v is not None} for s, d in flags.items()}, cfg)
     cfg = apply_overrides(cfg, args.set)
     cfg.data.check_complete()
+    cfg.check_consistent()
     return cfg
 
 
@@ -110,8 +126,8 @@ def read_tasks(d, path, *, task_optional: bool = False, with_y: bool = True) -> 
     ``task_optional``: a file without the task column is one task (``"new"``); ``with_y=False``
     reads the x columns only (query points).
     """
-    return TaskDataset.from_csv(path, task=d.task, x=list(d.x), y=list(d.y) if with_y else [],
-                                task_optional=task_optional)
+    x = list(d.x) + [c for c in (d.trials, d.offset) if c]  # trials / log exposure: the last x column
+    return TaskDataset.from_csv(path, task=d.task, x=x, y=list(d.y) if with_y else [], task_optional=task_optional)
 
 
 def _check_new_out(out: Path, *, force: bool, ignore: tuple[str, ...] = ()) -> None:
@@ -199,7 +215,8 @@ class _FitPlan:
 def _fit_config(args, out: Path) -> FitConfig:
     if not args.resume:
         return _resolve_fit_config(args)
-    if args.config or args.set or any(v is not None for v in (args.data, args.task, args.x, args.y, args.model)):
+    if args.config or args.set or any(getattr(args, k, None) is not None for k in (
+            "data", "task", "x", "y", "model", "likelihood", "trials", "offset")):
         raise ValueError("--resume continues the run as configured in its config.toml; drop the other "
                          "data/model/config options (--steps and --max-time may change)")
     cfg = load_run_config(out)
@@ -226,12 +243,15 @@ def _plan_fit(args, out: Path) -> _FitPlan:
         train, val = data.split((1 - d.val_fraction, d.val_fraction), seed=d.split_seed) if d.val_fraction else (data, None)
         if len(train) < 2:
             raise ValueError(f"{path}: {len(train)} training task(s) after the validation split; need at least 2")
-        std = train.fit_standardization() if d.standardize else Standardization.identity(data.x_dim, data.y_dim)
-        cfg = replace(cfg, data=replace(d, path=str(path.resolve())))  # --resume works from any directory
-    train.check_standardized(std)
     resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)  # the initial weights too: the same config gives the same run
-    learner = build_learner(cfg.model, data.x_dim, data.y_dim)
+    learner = build_learner(cfg.model, data.x_dim, data.y_dim, d)
+    if not args.resume:
+        outputs, keep = learner._standardized_columns()  # counts and labels, trials and offsets stay as they are
+        std = (train.fit_standardization(outputs=outputs, keep_x=keep) if d.standardize
+               else Standardization.identity(data.x_dim, data.y_dim))
+        cfg = replace(cfg, data=replace(d, path=str(path.resolve())))  # --resume works from any directory
+    train.check_standardized(std)
     return _FitPlan(cfg, path, train, std, [] if val is None else val.task_ids, learner,
                     val if val is not None and len(val) else None)
 

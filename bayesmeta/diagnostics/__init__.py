@@ -4,6 +4,7 @@ from .calibration_plots import (
     plot_calibration_curve,
     plot_method_comparison,
     plot_pit_histogram,
+    plot_reliability_diagram,
     plot_sbc_ranks,
 )
 from .html_report import load_run, report
@@ -20,6 +21,7 @@ __all__ = [
     "plot_elbo_trace",
     "plot_method_comparison",
     "plot_pit_histogram",
+    "plot_reliability_diagram",
     "plot_prediction_bands",
     "plot_sbc_ranks",
     "plot_shrinkage",

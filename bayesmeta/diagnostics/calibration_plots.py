@@ -17,7 +17,8 @@ from .plots import _figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_calibration_curve", "plot_method_comparison", "plot_pit_histogram", "plot_sbc_ranks"]
+__all__ = ["plot_calibration_curve", "plot_method_comparison", "plot_pit_histogram", "plot_reliability_diagram",
+           "plot_sbc_ranks"]
 
 
 def _rows(evaluation, methods=None, shots=None) -> list[dict]:
@@ -55,6 +56,35 @@ def plot_calibration_curve(evaluation: Evaluation, *, methods=None, shots=None, 
     ax.set(xlabel="nominal level of the central interval", ylabel="observed coverage", xlim=(0, 1), ylim=(0, 1),
            title=title or "calibration")
     ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability_diagram(evaluation: Evaluation, *, methods=None, shots=None) -> Figure:
+    """Reliability diagrams of class predictions (binary or categorical outcomes), one axes per
+    method x shots: accuracy against confidence in 15 equal-width bins, the bins' shares of the
+    predictions as bars, and the ECE in the title. A calibrated classifier follows the diagonal.
+    """
+    rows = [r for r in _rows(evaluation, methods, shots) if "reliability" in r]
+    if not rows:
+        raise ValueError("the evaluation has no class predictions (no reliability numbers)")
+    fig = _figure(figsize=(3.4 * min(4, len(rows)), 3.4 * math.ceil(len(rows) / 4)))
+    axes = fig.subplots(math.ceil(len(rows) / 4), min(4, len(rows)), squeeze=False)
+    for ax, r in zip(axes.flat, rows, strict=False):
+        rel = r["reliability"]
+        b = rel["bins"]
+        mids = [(i + 0.5) / b for i in range(b)]
+        total = max(1.0, sum(rel["count"]))
+        ax.bar(mids, [c / total for c in rel["count"]], width=1 / b, color="0.85", label="share of predictions")
+        pts = [(c, a) for c, a, n in zip(rel["confidence"], rel["accuracy"], rel["count"], strict=True) if n > 0]
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, color="C0", label="accuracy")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+               title=f"{r['method']}, K={r['shots']}: ECE {rel['ece']:.3f}")
+        ax.title.set_fontsize(9)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
 

@@ -22,6 +22,7 @@ from .calibration_plots import (
     plot_calibration_curve,
     plot_method_comparison,
     plot_pit_histogram,
+    plot_reliability_diagram,
     plot_sbc_ranks,
 )
 from .plots import plot_elbo_trace, plot_shrinkage
@@ -42,8 +43,10 @@ _CAPTIONS = {
                 "while the training loss falls is meta-overfitting, and the dotted line marks the weights kept.",
     "calibration": "Observed vs nominal coverage of central intervals. On the diagonal: calibrated; below: "
                    "overconfident; above: underconfident.",
-    "pit": "PIT histograms with the band a uniform histogram stays in (99 %). U shape: overconfident; hump: "
-           "underconfident; slope: biased.",
+    "pit": "PIT histograms with the band a uniform histogram stays in (99 %), randomised for counts and classes. "
+           "U shape: overconfident; hump: underconfident; slope: biased.",
+    "reliability": "Reliability diagrams of class predictions: accuracy against confidence in 15 equal-width bins "
+                   "(grey: share of predictions per bin). On the diagonal: calibrated; below: overconfident.",
     "comparison": "NLL (or the gap to the Bayes oracle), 90 % coverage and calibration error by number of shots.",
     "shrinkage": "Learned prior (bands) vs each task's posterior (error bars), tasks ordered by support size.",
     "sbc_ranks": "Simulation-based calibration: ranks of the true parameters among posterior draws; uniform when "
@@ -90,6 +93,8 @@ def _figures(evaluation, history, posterior, sbc) -> dict:
     if evaluation is not None and any("calibration_curve" in r for r in evaluation.summary):
         figs["calibration"] = plot_calibration_curve(evaluation)
         figs["pit"] = plot_pit_histogram(evaluation)
+    if evaluation is not None and any("reliability" in r for r in evaluation.summary):
+        figs["reliability"] = plot_reliability_diagram(evaluation)
     if evaluation is not None and (len(evaluation.shots) > 1 or len(evaluation.methods) > 1):
         figs["comparison"] = plot_method_comparison(evaluation)
     if posterior is not None:

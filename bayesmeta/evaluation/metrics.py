@@ -15,6 +15,12 @@ with a mask ``[T, N]``:
   it, i.e. ``|2 F(y) - 1| <= level``; pooled over tasks, and per task for the spread.
 * **Calibration error**: mean ``|coverage - level|`` over the 19 levels 0.05, 0.10, ..., 0.95
   (PACOH-NN's definition).
+* Counts and other discrete outcomes: PIT and coverage use the **randomised PIT**, so coverage
+  is the expected coverage of a randomised central interval (exactly ``level`` when calibrated).
+* Classes (a predictive with ``probs [T, N, C]``; Bernoulli outcomes are two classes):
+  **accuracy** of the most probable class, **Brier score** ``sum_c (p_c - 1[y = c])^2``, and the
+  **ECE** over 15 equal-width confidence bins, ``sum_b (n_b / n) |accuracy_b - confidence_b|``
+  (pooled over tasks), with the bins' numbers for a reliability diagram (:func:`reliability`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,13 @@ import torch
 
 __all__ = [
     "CALIBRATION_LEVELS",
+    "ECE_BINS",
     "calibration_error",
+    "class_probabilities",
+    "confidence_and_correct",
+    "reliability",
+    "task_accuracy",
+    "task_brier",
     "check_levels",
     "check_observations",
     "coverage",
@@ -138,16 +150,26 @@ def task_crps(predictive, y, mask=None, *, num_samples: int = 200, generator=Non
     return _per_task_mean(per_point, mask)
 
 
+def _pit_values(predictive, y: torch.Tensor) -> torch.Tensor:
+    """``F(y)`` ``[T, N, E]``; for discrete outcomes the predictive's randomised PIT (its ``pit``)."""
+    own = getattr(predictive, "pit", None)
+    return own(y) if callable(own) else predictive.cdf(y)
+
+
 def pit(predictive, y, mask=None) -> torch.Tensor:
-    """Probability integral transform ``F(y)`` of each observed (point, output): flat ``[M]``."""
+    """Probability integral transform ``F(y)`` of each observed (point, output): flat ``[M]``.
+
+    For discrete outcomes (counts, labels) the randomised PIT ``F(y - 1) + V (F(y) - F(y - 1))``,
+    ``V ~ U(0, 1)`` (torch's global generator): uniform exactly when the predictive is calibrated.
+    """
     y, mask = check_observations(predictive, y, mask)
-    u = predictive.cdf(y)  # [T, N, E]
+    u = _pit_values(predictive, y)  # [T, N, E]
     return u[mask[..., None].expand_as(u)]
 
 
 def _distance_from_median(predictive, y, mask) -> tuple[torch.Tensor, torch.Tensor]:
     y, mask = check_observations(predictive, y, mask)
-    d = (2 * predictive.cdf(y) - 1).abs()  # [T, N, E]: y is inside the level-interval iff d <= level
+    d = (2 * _pit_values(predictive, y) - 1).abs()  # [T, N, E]: y is inside the level-interval iff d <= level
     return d, mask[..., None].expand_as(d)
 
 
@@ -190,3 +212,56 @@ def mean_se(values: torch.Tensor) -> tuple[float, float]:
         raise ValueError("mean_se: no values")
     se = float(v.std(unbiased=True) / math.sqrt(v.numel())) if v.numel() > 1 else float("nan")
     return float(v.mean()), se
+
+
+ECE_BINS = 15
+
+
+def class_probabilities(predictive) -> torch.Tensor | None:
+    """Class probabilities ``[T, N, C]`` of a predictive with ``probs`` (Bernoulli, Categorical), else ``None``."""
+    try:
+        probs = predictive.probs
+    except AttributeError:
+        return None
+    return probs if isinstance(probs, torch.Tensor) and probs.dim() == 3 else None
+
+
+def _labels(y: torch.Tensor) -> torch.Tensor:
+    return y[..., 0].round().long()  # [T, N]
+
+
+def task_accuracy(probs: torch.Tensor, y, mask) -> torch.Tensor:
+    """Accuracy of the most probable class per task ``[T]``."""
+    hit = (probs.argmax(-1) == _labels(y)).to(probs.dtype)
+    return _per_task_mean(hit, mask)
+
+
+def task_brier(probs: torch.Tensor, y, mask) -> torch.Tensor:
+    """Brier score ``sum_c (p_c - 1[y = c])^2`` per point, averaged per task ``[T]``."""
+    onehot = torch.nn.functional.one_hot(_labels(y).clamp(0, probs.shape[-1] - 1), probs.shape[-1]).to(probs.dtype)
+    return _per_task_mean(((probs - onehot) ** 2).sum(-1), mask)
+
+
+def reliability(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> dict:
+    """Reliability-diagram numbers and the ECE from flat ``confidence`` and ``correct`` ``[M]``.
+
+    Equal-width bins over [0, 1] (the last closed); returns ``ece``, and per bin its
+    ``count``, mean ``confidence`` and ``accuracy`` (``nan`` for an empty bin).
+    """
+    confidence, correct = confidence.double().reshape(-1), correct.double().reshape(-1)
+    if confidence.numel() == 0:
+        raise ValueError("reliability: no predictions")
+    idx = (confidence * bins).floor().clamp(0, bins - 1).long()
+    count = torch.bincount(idx, minlength=bins).double()
+    conf = torch.bincount(idx, confidence, minlength=bins) / count
+    acc = torch.bincount(idx, correct, minlength=bins) / count
+    gaps = torch.where(count > 0, (acc - conf).abs() * count, torch.zeros_like(count))
+    return {"ece": float(gaps.sum() / count.sum()), "count": count.tolist(), "confidence": conf.tolist(),
+            "accuracy": acc.tolist(), "bins": bins}
+
+
+def confidence_and_correct(probs: torch.Tensor, y, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat confidence (probability of the predicted class) and correctness of the observed points."""
+    conf, pred = probs.max(-1)
+    correct = pred == _labels(y)
+    return conf[mask], correct[mask]

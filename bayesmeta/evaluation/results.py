@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_write_text
-from .metrics import CALIBRATION_LEVELS, mean_se
+from .metrics import CALIBRATION_LEVELS, mean_se, reliability
 
 __all__ = ["Evaluation", "PIT_BINS", "markdown_table", "plus_minus", "summarise"]
 
@@ -43,7 +43,7 @@ def summarise(name, k, ids, skipped, res: dict, *, levels, curve_levels, timing)
     n = len(ids)
     rows = [{"method": name, "shots": k, "task": int(t)} for t in ids]
     summary = {"method": name, "shots": k, "num_tasks": n, "skipped_tasks": list(skipped)}
-    for key in ("nll", "mse", "crps", "oracle_nll"):
+    for key in ("nll", "mse", "crps", "oracle_nll", "accuracy", "brier"):
         if key in res:
             for r, v in zip(rows, res[key].tolist(), strict=True):
                 r[key] = v
@@ -55,6 +55,9 @@ def summarise(name, k, ids, skipped, res: dict, *, levels, curve_levels, timing)
         summary["gap"], summary["gap_se"] = mean_se(gap)
     if "inside" in res:
         _coverage_summary(rows, summary, res, levels, curve_levels)
+    if "confidence" in res:  # classes: ECE over the pooled query points, and the reliability diagram
+        rel = reliability(res["confidence"], res["correct"])
+        summary["ece"], summary["reliability"] = rel["ece"], rel
     if "ess" in res:
         for r, e, kk in zip(rows, res["ess"].tolist(), res["pareto_k"].tolist(), strict=True):
             r["ess"], r["pareto_k"] = e, kk
@@ -144,9 +147,11 @@ class Evaluation:
         cols: list[tuple[str, Callable[..., str]]] = [("method", lambda r: r["method"]), ("K", lambda r: str(r["shots"])),
                 ("tasks", lambda r: str(r["num_tasks"]))]
         for key, label in (("nll", "NLL"), ("oracle_nll", "oracle NLL"), ("gap", "gap"), ("mse", "MSE"),
-                           ("crps", "CRPS")):
+                           ("crps", "CRPS"), ("accuracy", "accuracy"), ("brier", "Brier")):
             if has(key):
                 cols.append((label, lambda r, key=key: plus_minus(r, key)))
+        if has("ece"):
+            cols.append(("ECE", lambda r: _num(r.get("ece"))))
         for lv in self.info.get("levels", ()):
             if has(f"coverage_{_pct(lv)}"):
                 cols.append((f"cov{_pct(lv)}", lambda r, lv=lv: _num(r.get(f"coverage_{_pct(lv)}"))))

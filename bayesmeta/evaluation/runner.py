@@ -14,7 +14,11 @@ from .metrics import (
     CALIBRATION_LEVELS,
     check_levels,
     check_observations,
+    class_probabilities,
+    confidence_and_correct,
     pit,
+    task_accuracy,
+    task_brier,
     task_coverages,
     task_crps,
     task_mse,
@@ -171,6 +175,10 @@ def _score_chunk(pred, b: TaskBatch, metrics, curve_levels, crps_samples) -> dic
         res["inside"] = task_coverages(pred, y, mask, curve_levels) * m[:, None]  # [T, L] counts
         res["pairs"] = m
         res["pit"] = pit(pred, y, mask)
+    probs = class_probabilities(pred)
+    if probs is not None:  # binary and categorical outcomes
+        res["accuracy"], res["brier"] = task_accuracy(probs, y, mask), task_brier(probs, y, mask)
+        res["confidence"], res["correct"] = confidence_and_correct(probs, y, mask)
     if getattr(pred, "ess", None) is not None:
         res["ess"], res["pareto_k"] = pred.ess, pred.pareto_k
     return {key: v.detach().double().cpu() for key, v in res.items()}

@@ -67,6 +67,16 @@ class AmortizedGuide(nn.Module):
         hidden: hidden widths of the set encoder and heads.
         embed_dim: size of the set embedding.
         flow_layers: number of coupling layers for ``family="flow"``.
+        prior_gradients: whether the prior's parameters get gradients through the guide's
+            whitening (``u = mu + L v``) as well as through the model's ``log p(theta | phi)``.
+            ``False`` is variational EM: the prior learns from ``E_q log p(theta | phi)`` alone,
+            which cannot collapse a prior variance the data support (measured: with ``True`` a
+            hierarchical Poisson regression's slope prior sd fell to 0.002 against a true 0.5;
+            with ``False`` it learned 0.46). ``True`` conditions a latent *code* better (its scale
+            is arbitrary; measured on the sinusoid after 150 s: 5-shot gap 0.375 against 0.420).
+            Default: the model's ``guide_prior_gradients`` attribute (``True`` for
+            ``LatentCodeRegression``, ``LatentCodeModel`` and the other ``HierarchicalModel``
+            subclasses), else ``False``.
 
     Example:
         >>> from bayesmeta.models import LatentCodeRegression
@@ -77,7 +87,8 @@ class AmortizedGuide(nn.Module):
     """
 
     def __init__(self, model, family: str = "diagonal", *,
-                 hidden: Sequence[int] = (128, 128), embed_dim: int = 128, flow_layers: int = 4) -> None:
+                 hidden: Sequence[int] = (128, 128), embed_dim: int = 128, flow_layers: int = 4,
+                 prior_gradients: bool | None = None) -> None:
         super().__init__()
         if family not in GUIDE_FAMILIES:
             raise ValueError(f"family must be one of {GUIDE_FAMILIES}; got {family!r}")
@@ -87,8 +98,11 @@ class AmortizedGuide(nn.Module):
             raise ValueError(f"family='flow' needs at least 2 task parameters; the model has {p}")
         self.model = [program]  # a list: the model's parameters are not the guide's
         self.family, self.param_dim = family, p
+        if prior_gradients is None:  # the model's choice; plain Pyro programs: no (variational EM)
+            prior_gradients = bool(getattr(program.model, "guide_prior_gradients", False))
+        self.prior_gradients = prior_gradients
         self.config = {"family": family, "hidden": list(hidden), "embed_dim": embed_dim,
-                       "flow_layers": flow_layers}
+                       "flow_layers": flow_layers, "prior_gradients": prior_gradients}
         self.gaussian_prior = program.gaussian_prior() is not None
         if not self.gaussian_prior:  # the empty set's Gaussian, fitted to prior draws (prior_matching_loss)
             self.empty_loc = nn.Parameter(torch.zeros(p))
@@ -117,7 +131,10 @@ class AmortizedGuide(nn.Module):
         """``(loc, scale, tril)`` of the Gaussian the empty set gets (the prior where it is Gaussian)."""
         prior = self.program.gaussian_prior()
         if prior is not None:
-            return prior_loc_tril(prior)
+            loc, scale, tril = prior_loc_tril(prior)
+            if not self.prior_gradients:
+                return loc.detach(), None if scale is None else scale.detach(), None if tril is None else tril.detach()
+            return loc, scale, tril
         # detached: the training objective moves the encoder; only prior_matching_loss moves these
         return self.empty_loc.detach(), self.empty_log_scale.detach().exp(), None
 

@@ -275,6 +275,9 @@ class ModelProgram(nn.Module):
             part = u[..., start : start + s.size].reshape(*u.shape[:-1], *s.unconstrained_shape)
             start += s.size
             t = s.transform
+            if not _is_real(s.support):  # exp/sigmoid of a wild draw must not reach a support's edge (0, 1)
+                bound = math.log(torch.finfo(u.dtype).max) - 2.0
+                part = part.clamp(-bound, bound)
             values[s.name] = t(part)
             if _is_real(s.support):
                 ldjs[s.name] = u.new_zeros(u.shape[:-1])
@@ -358,6 +361,9 @@ class ModelProgram(nn.Module):
         trace = self._run(x, None, mask, draws=num_samples)
         values = {s.name: trace.nodes[s.name]["value"].squeeze(-1 - len(s.shape)) for s in self.sites}
         u = self.flatten(values)  # [n, T, P]
+        # a float draw on the edge of its support (a Gamma's 0, a Beta's 1) maps to -inf / inf: keep it finite
+        bound = math.log(torch.finfo(u.dtype).max) - 1.0
+        u = torch.nan_to_num(u, nan=0.0, posinf=bound, neginf=-bound).clamp(-bound, bound)
         return u.expand(num_samples, x.shape[0], self.param_dim)
 
     def observation_distribution(self, x: torch.Tensor, u: torch.Tensor) -> Any:
@@ -435,6 +441,11 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def is_real(support) -> bool:
+    """Whether ``support`` is the real line (or independent copies of it)."""
+    return _is_real(support)
+
+
 def _is_real(support) -> bool:
     while isinstance(support, constraints.independent):
         support = support.base_constraint
@@ -447,7 +458,7 @@ def _prefix(support) -> str:
         base = base.base_constraint
     if base is constraints.real:
         return ""
-    if base is constraints.positive:
+    if base is constraints.positive or base is constraints.nonnegative:
         return "log_"
     if base is constraints.unit_interval:
         return "logit_"

@@ -33,6 +33,7 @@ from .loop import (
     train_loop,
 )
 from .objectives import make_objective
+from .program import is_real as _real
 
 __all__ = [
     "TrainConfig", "History", "TaskStream", "load_checkpoint", "meta_train", "pool_points", "resolve_device",
@@ -57,7 +58,10 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
         checkpoint, resume, on_checkpoint, distributed, extra_state, validate: as in
             :func:`~bayesmeta.inference.loop.train_loop`.
     """
-    loss_fn = _conjugate_loss(model.model) if conjugate else make_objective(objective, num_particles)(model, guide)
+    # a site on a constrained support reaches the model through a Delta with a log-Jacobian: no analytic KL
+    analytic = all(_real(s.support) for s in model.sites)
+    loss_fn = (_conjugate_loss(model.model) if conjugate
+               else make_objective(objective, num_particles, analytic_kl=analytic)(model, guide))
     guide_params = [] if guide is None else list(guide.parameters())
 
     def make_step(stream: TaskStream):

@@ -1,12 +1,26 @@
-"""Layer 2: hierarchical Pyro models with learned priors over task parameters."""
+"""Layer 2: hierarchical Pyro models with learned priors over task parameters.
+
+Any ``PyroModule`` following :mod:`bayesmeta.inference.program` is a model; these are shipped.
+"""
 
 from .base import HierarchicalModel
-from .latent import LatentCodeRegression
+from .glm import (
+    LIKELIHOODS,
+    HierarchicalLogisticRegression,
+    HierarchicalPoissonRegression,
+    HierarchicalRegression,
+)
+from .latent import LatentCodeModel, LatentCodeRegression
 from .linear import BayesianHeadRegression, HierarchicalLinearRegression, LinearGaussianModel
 from .nn import MLP
 
 __all__ = [
     "HierarchicalModel",
+    "HierarchicalLogisticRegression",
+    "HierarchicalPoissonRegression",
+    "HierarchicalRegression",
+    "LIKELIHOODS",
+    "LatentCodeModel",
     "LatentCodeRegression",
     "HierarchicalLinearRegression",
     "BayesianHeadRegression",

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pyro
 import pyro.distributions as dist
 import torch
+from pyro.nn import PyroModule
 from torch import nn
 from torch.nn import functional as F
 
 from .base import HierarchicalModel
 from .nn import MLP, softplus_inv
 
-__all__ = ["LatentCodeRegression"]
+__all__ = ["LatentCodeModel", "LatentCodeRegression"]
 
 
 class LatentCodeRegression(HierarchicalModel):
@@ -72,3 +74,61 @@ class LatentCodeRegression(HierarchicalModel):
         raw = out[..., self.y_dim :] if self.heteroscedastic else self.prior["raw_noise"]
         scale = (F.softplus(raw) + self.min_scale).expand_as(loc)
         return dist.Normal(loc, scale)
+
+
+class LatentCodeModel(PyroModule):
+    """A neural decoder driven by a task code, for outcomes that are not Gaussian.
+
+    ``z_i ~ N(mu, diag sigma^2)`` (learned); ``f = MLP([x_ij, z_i])``; ``y_ij`` is Bernoulli
+    (``logits = f``), Categorical over ``num_classes`` (``logits = f``, labels ``0..C-1``) or
+    Poisson (``rate = exp(f)``). Written as a plain Pyro program: the library traces ``forward``.
+
+    Args:
+        x_dim: input dimension.
+        latent_dim: size of the task code ``z``.
+        hidden: decoder hidden widths.
+        likelihood: ``"bernoulli"``, ``"categorical"`` or ``"poisson"``.
+        num_classes: classes of a categorical outcome.
+
+    Example:
+        >>> m = LatentCodeModel(x_dim=2, latent_dim=4, likelihood="categorical", num_classes=3)
+        >>> m.x_dim, m.y_dim
+        (2, 1)
+    """
+
+    LIKELIHOODS = ("bernoulli", "categorical", "poisson")
+    guide_prior_gradients = True  # a latent code: its scale is arbitrary (AmortizedGuide(prior_gradients=...))
+
+    def __init__(self, x_dim: int, latent_dim: int = 8, hidden: Sequence[int] = (128, 128, 128), *,
+                 likelihood: str = "bernoulli", num_classes: int = 2) -> None:
+        super().__init__()
+        if isinstance(x_dim, bool) or not isinstance(x_dim, int) or x_dim < 1:
+            raise ValueError(f"x_dim must be a positive int; got {x_dim!r}")
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1; got {latent_dim}")
+        if likelihood not in self.LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {self.LIKELIHOODS}; got {likelihood!r}")
+        if likelihood == "categorical" and num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2; got {num_classes}")
+        self.x_dim, self.y_dim, self.likelihood = x_dim, 1, likelihood
+        self.decoder = MLP(x_dim + latent_dim, hidden, num_classes if likelihood == "categorical" else 1)
+        self.loc = nn.Parameter(torch.zeros(latent_dim))
+        self.raw_scale = nn.Parameter(torch.full((latent_dim,), softplus_inv(1.0)))
+        self.config = {"x_dim": x_dim, "latent_dim": latent_dim, "hidden": list(hidden), "likelihood": likelihood,
+                       "num_classes": num_classes}
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """``x [T, N, D]``, ``y [T, N]`` (labels or counts; ``None`` samples), ``mask [T, N]``."""
+        t, n = x.shape[:2]
+        with pyro.plate("tasks", t, dim=-2):
+            z = pyro.sample("z", dist.Normal(self.loc, F.softplus(self.raw_scale) + 1e-4).to_event(1))  # [..., T, 1, Z]
+            zb = z.expand(*z.shape[:-2], n, z.shape[-1])  # [..., T, N, Z]
+            out = self.decoder(torch.cat([x.expand(*zb.shape[:-1], x.shape[-1]), zb], -1))  # [..., T, N, C or 1]
+            with pyro.plate("points", n, dim=-1):
+                if self.likelihood == "categorical":
+                    d = dist.Categorical(logits=out)
+                elif self.likelihood == "bernoulli":
+                    d = dist.Bernoulli(logits=out[..., 0])
+                else:
+                    d = dist.Poisson(out[..., 0].clamp(max=30.0).exp())
+                return pyro.sample("y", d.mask(mask) if mask is not None else d, obs=y)

@@ -357,11 +357,12 @@ class TaskDataset:
         bounds = np.round(np.cumsum([0, *fractions]) * len(self)).astype(int)
         return tuple(self.subset([self.task_ids[i] for i in order[lo:hi]]) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True))
 
-    def fit_standardization(self) -> Standardization:
+    def fit_standardization(self, *, outputs: bool = True, keep_x: tuple[int, ...] = ()) -> Standardization:
         """Mean and standard deviation of every column over all rows (a constant column gets std 1).
 
-        Computed in float64: values within the float32 range (checked on construction) cannot
-        overflow it. Check the result with :meth:`check_standardized`.
+        ``outputs=False`` leaves y as it is (counts, labels); ``keep_x`` lists x columns left as they
+        are (trials, a log exposure). Computed in float64: values within the float32 range (checked
+        on construction) cannot overflow it. Check the result with :meth:`check_standardized`.
         """
         x, y = np.concatenate(self.x), np.concatenate(self.y)
 
@@ -369,7 +370,12 @@ class TaskDataset:
             s = v.std(0)
             return np.where(s > 1e-12 * (1 + np.abs(v.mean(0))), s, 1.0)
 
-        return Standardization(tuple(x.mean(0)), tuple(sd(x)), tuple(y.mean(0)), tuple(sd(y)))
+        x_mean, x_sd = x.mean(0), sd(x)
+        for c in keep_x:
+            x_mean[c], x_sd[c] = 0.0, 1.0
+        y_mean, y_sd = (y.mean(0), sd(y)) if outputs else (np.zeros(y.shape[1]), np.ones(y.shape[1]))
+        return Standardization(tuple(x_mean.tolist()), tuple(x_sd.tolist()), tuple(y_mean.tolist()),
+                               tuple(y_sd.tolist()))
 
     def check_standardized(self, standardization: Standardization, *, what: str = "") -> None:
         """Raise if a value is unusable after ``standardization``: non-finite, or beyond :data:`SAFE_ABS`.
