@@ -165,3 +165,16 @@ def test_custom_model_learns_the_prior_means():
     assert 0.85 < out["coverage90"] < 0.97
     oracle, se = _quadratic_oracle_nll(mod)
     assert out["nll"] > oracle - 3 * se  # the exact Bayes predictive is the best possible
+
+
+def test_glm_real_data_example_runs_and_finds_the_smoking_effect():
+    pytest.importorskip("statsmodels")
+    mod = _load("glm_real_data")
+    out = mod.main(argparse.Namespace(steps=300, shots=[5], seed=0, device="cpu", no_progress=True))
+    row = out["affairs"][5]
+    # 300 steps: a rough model, but the predictive is a proper probability on 6 held-out groups
+    assert math.isfinite(row["nll"]) and 0 < row["accuracy"] <= 1 and 0 <= row["ece"] <= 1 and row["tasks"] == 6
+    # every city's own log odds ratio of smoking among lung-cancer cases is positive (0.5 to 1.3); the
+    # posterior means must lie on that side too
+    assert min(out["smoking"]["empirical_log_or"]) > 0
+    assert all(v > 0 for v in out["smoking"]["posterior_log_or"])

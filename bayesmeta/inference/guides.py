@@ -68,15 +68,12 @@ class AmortizedGuide(nn.Module):
         embed_dim: size of the set embedding.
         flow_layers: number of coupling layers for ``family="flow"``.
         prior_gradients: whether the prior's parameters get gradients through the guide's
-            whitening (``u = mu + L v``) as well as through the model's ``log p(theta | phi)``.
-            ``False`` is variational EM: the prior learns from ``E_q log p(theta | phi)`` alone,
-            which cannot collapse a prior variance the data support (measured: with ``True`` a
-            hierarchical Poisson regression's slope prior sd fell to 0.002 against a true 0.5;
-            with ``False`` it learned 0.46). ``True`` conditions a latent *code* better (its scale
-            is arbitrary; measured on the sinusoid after 150 s: 5-shot gap 0.375 against 0.420).
-            Default: the model's ``guide_prior_gradients`` attribute (``True`` for
-            ``LatentCodeRegression``, ``LatentCodeModel`` and the other ``HierarchicalModel``
-            subclasses), else ``False``.
+            whitening (``u = mu + L v``) as well as through the model's ``log p(theta | phi)``
+            (``False``: variational EM, the prior learns from ``E_q log p(theta | phi)`` alone).
+            Default: the model's ``guide_prior_gradients`` attribute, else ``True``. Measured on
+            ``HierarchicalPoissonRegression`` (300 s, 1000 tasks): ``True`` gap 0.035 / 0.070 /
+            0.085 at K = 1 / 5 / 10, ``False`` 0.31 / 0.11 / 0.10 (slope prior sd 1e-4, intercept 4.9);
+            logistic: both within 0.001 of the oracle.
 
     Example:
         >>> from bayesmeta.models import LatentCodeRegression
@@ -98,8 +95,8 @@ class AmortizedGuide(nn.Module):
             raise ValueError(f"family='flow' needs at least 2 task parameters; the model has {p}")
         self.model = [program]  # a list: the model's parameters are not the guide's
         self.family, self.param_dim = family, p
-        if prior_gradients is None:  # the model's choice; plain Pyro programs: no (variational EM)
-            prior_gradients = bool(getattr(program.model, "guide_prior_gradients", False))
+        if prior_gradients is None:  # the model's choice (a `guide_prior_gradients` attribute), else yes
+            prior_gradients = bool(getattr(program.model, "guide_prior_gradients", True))
         self.prior_gradients = prior_gradients
         self.config = {"family": family, "hidden": list(hidden), "embed_dim": embed_dim,
                        "flow_layers": flow_layers, "prior_gradients": prior_gradients}
@@ -117,11 +114,25 @@ class AmortizedGuide(nn.Module):
     # ------------------------------------------------------------------ building q
     def encode(self, x, y, mask) -> dict[str, torch.Tensor]:
         """Local variational parameters of every task: ``a, log_s [T, P]`` and context ``[T, R]``."""
-        r = self.encoder(x, y, mask)  # [T, R]
+        r = self.encoder(*self._encoder_inputs(x, y), mask)  # [T, R]
         raw = self.head(r) - self.head(self.encoder.empty(r))  # [T, 2P]; zero for empty sets
         a, log_s = raw.split(self.param_dim, -1)
         observed = mask.any(-1, keepdim=True).to(r.dtype)  # [T, 1]: 0 for an empty set (flows: identity)
         return {"a": a, "log_s": log_s, "context": r, "observed": observed}
+
+    def _encoder_inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the set encoder reads: counts as ``log1p(y)``, raw input columns (trials, a log
+        exposure; the model's ``raw_x_columns``) as ``sign(x) log1p(|x|)``, so that unstandardised
+        values in the hundreds do not blow up the embedding. The likelihood sees the data as they are."""
+        program = self.program
+        if program.observation.discrete and not program.observation.real:
+            y = torch.log1p(y.clamp_min(0))
+        raw = getattr(program.model, "raw_x_columns", ())
+        if raw:
+            x = x.clone()
+            for c in raw:
+                x[..., c] = torch.sign(x[..., c]) * torch.log1p(x[..., c].abs())
+        return x, y
 
     @property
     def program(self) -> ModelProgram:

@@ -36,7 +36,6 @@ class HierarchicalModel(PyroModule):
     task_sites: dict[str, torch.Size]
     x_dim: int
     y_dim: int
-    guide_prior_gradients = True  # see AmortizedGuide(prior_gradients=...): these models were tuned with it
 
     def __init__(self, x_dim: int, y_dim: int) -> None:
         super().__init__()

@@ -106,7 +106,7 @@ class HierarchicalRegression(PyroModule):
         if self.offset:
             eta = eta + x[..., -1]
         if kind == "poisson":
-            return dist.Poisson(eta.clamp(max=30.0).exp())
+            return dist.Poisson(eta.clamp(-30.0, 30.0).exp())
         r = F.softplus(self.raw_concentration) + 1e-6  # mean exp(eta), variance mean + mean^2 / r
         return dist.NegativeBinomial(total_count=r, logits=eta - torch.log(r))
 

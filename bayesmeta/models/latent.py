@@ -97,7 +97,6 @@ class LatentCodeModel(PyroModule):
     """
 
     LIKELIHOODS = ("bernoulli", "categorical", "poisson")
-    guide_prior_gradients = True  # a latent code: its scale is arbitrary (AmortizedGuide(prior_gradients=...))
 
     def __init__(self, x_dim: int, latent_dim: int = 8, hidden: Sequence[int] = (128, 128, 128), *,
                  likelihood: str = "bernoulli", num_classes: int = 2) -> None:
@@ -130,5 +129,5 @@ class LatentCodeModel(PyroModule):
                 elif self.likelihood == "bernoulli":
                     d = dist.Bernoulli(logits=out[..., 0])
                 else:
-                    d = dist.Poisson(out[..., 0].clamp(max=30.0).exp())
+                    d = dist.Poisson(out[..., 0].clamp(-30.0, 30.0).exp())
                 return pyro.sample("y", d.mask(mask) if mask is not None else d, obs=y)
