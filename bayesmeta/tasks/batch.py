@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from .._checks import check_ints
 
-__all__ = ["TaskBatch", "as_float_tensor", "check_support", "pad_ragged", "zero_padding"]
+__all__ = ["TaskBatch", "as_float_tensor", "check_query_1d", "check_support", "pad_ragged", "zero_padding"]
 
 _FIELDS = ("x_support", "y_support", "mask_support", "x_query", "y_query", "mask_query")
 
@@ -305,3 +305,13 @@ class TaskBatch:
             f"E={self.y_dim}, device={self.device})"
         )
 
+
+def check_query_1d(x_query, num_tasks: int) -> tuple[torch.Tensor, torch.dtype]:
+    """One-input query points of an oracle: ``[T, N]`` or ``[T, N, 1]`` -> ``[T, N, 1]``, and the
+    dtype of the results (``x_query``'s if floating, else float32)."""
+    xq = torch.as_tensor(x_query)
+    if xq.dim() == 2:
+        xq = xq.unsqueeze(-1)
+    if xq.dim() != 3 or xq.shape[0] != num_tasks or xq.shape[-1] != 1:
+        raise ValueError(f"x_query must have shape [{num_tasks}, N, 1]; got {tuple(xq.shape)}")
+    return xq, xq.dtype if xq.is_floating_point() else torch.float32

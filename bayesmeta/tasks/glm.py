@@ -6,7 +6,7 @@ import torch
 
 from ..family_mixture import FamilyMixture
 from ..mixture import heaviest, pad_components
-from .batch import check_support
+from .batch import check_query_1d, check_support
 from .family import TaskFamily
 
 __all__ = ["HierarchicalLogistic", "HierarchicalPoisson"]
@@ -85,12 +85,7 @@ class _GLMFamily(TaskFamily):
         if self.x_dim != 1:
             raise ValueError(f"the oracle integrates over a 2-d grid: dim=1 only; this family has dim={self.x_dim}")
         x, y, mask = check_support(x_support, y_support, mask, x_dim=1, y_dim=1, prefix="support ")
-        xq = torch.as_tensor(x_query)
-        if xq.dim() == 2:
-            xq = xq.unsqueeze(-1)
-        if xq.dim() != 3 or xq.shape[0] != x.shape[0] or xq.shape[-1] != 1:
-            raise ValueError(f"x_query must have shape [{x.shape[0]}, N, 1]; got {tuple(xq.shape)}")
-        out_dtype = xq.dtype if xq.is_floating_point() else torch.float32
+        xq, out_dtype = check_query_1d(x_query, x.shape[0])
         x64, y64 = x.double()[..., 0], y.double()[..., 0]  # [T, S]
         w, b, log_prior = self._grid(grid, x64)
         per_group = max(1, _GRID_ELEMENTS // (grid**2 * max(1, x64.shape[1])))

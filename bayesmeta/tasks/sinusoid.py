@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..mixture import GaussianMixture, heaviest, pad_components
-from .batch import check_support
+from .batch import check_query_1d, check_support
 from .family import TaskFamily
 
 __all__ = ["Sinusoid"]
@@ -116,12 +116,7 @@ class Sinusoid(TaskFamily):
         bounded for any number of tasks (the mixture computes its means block by block).
         """
         x, y, mask = check_support(x_support, y_support, mask, x_dim=1, y_dim=1, prefix="support ")
-        xq = torch.as_tensor(x_query)
-        if xq.dim() == 2:
-            xq = xq.unsqueeze(-1)
-        if xq.dim() != 3 or xq.shape[0] != x.shape[0] or xq.shape[-1] != 1:
-            raise ValueError(f"x_query must have shape [{x.shape[0]}, N, 1]; got {tuple(xq.shape)}")
-        out_dtype = xq.dtype if xq.is_floating_point() else torch.float32
+        xq, out_dtype = check_query_1d(x_query, x.shape[0])
         per_group = max(1, _GRID_ELEMENTS // grid**2)
         groups: list[torch.Tensor] = []
         logws: list[torch.Tensor] = []
