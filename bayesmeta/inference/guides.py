@@ -34,11 +34,10 @@ import pyro.distributions.transforms as T
 import torch
 from pyro import poutine
 from torch import nn
-from torch.distributions import constraints
 
 from ..models.nn import MLP
 from .encoder import SetEncoder
-from .program import TASK_DIM, ModelProgram, program_of
+from .program import TASK_DIM, ModelProgram, is_real, program_of
 
 __all__ = ["AmortizedGuide", "GUIDE_FAMILIES", "prior_loc_tril"]
 
@@ -213,7 +212,7 @@ class AmortizedGuide(nn.Module):
         scale = 1.0 if num_tasks is None else num_tasks / t
         sites = program.sites
         with poutine.scale(scale=scale), pyro.plate(program.task_plate, t, dim=TASK_DIM):
-            if len(sites) == 1 and len(sites[0].shape) == 1 and _real(sites[0]):
+            if len(sites) == 1 and len(sites[0].shape) == 1 and is_real(sites[0].support):
                 return {sites[0].name: pyro.sample(sites[0].name, q)}
             theta = pyro.sample("_theta", q, infer={"is_auxiliary": True})  # [..., T, 1, P]
             values, ldjs = program.constrain(theta)
@@ -222,13 +221,6 @@ class AmortizedGuide(nn.Module):
                                                        event_dim=len(s.shape)))
                 for s in sites
             }
-
-
-def _real(site) -> bool:
-    support = site.support
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is constraints.real
 
 
 def _gated_coupling(flow: nn.Module, context: torch.Tensor, gate: torch.Tensor | None):

@@ -86,7 +86,7 @@ class ObservationSite:
     @property
     def real(self) -> bool:
         """Outcomes on the whole real line (what standardising may shift and scale)."""
-        return _is_real(self.support)
+        return is_real(self.support)
 
 
 def unwrap(fn) -> tuple[Any, int]:
@@ -275,11 +275,11 @@ class ModelProgram(nn.Module):
             part = u[..., start : start + s.size].reshape(*u.shape[:-1], *s.unconstrained_shape)
             start += s.size
             t = s.transform
-            if not _is_real(s.support):  # exp/sigmoid of a wild draw must not reach a support's edge (0, 1)
+            if not is_real(s.support):  # exp/sigmoid of a wild draw must not reach a support's edge (0, 1)
                 bound = math.log(torch.finfo(u.dtype).max) - 2.0
                 part = part.clamp(-bound, bound)
             values[s.name] = t(part)
-            if _is_real(s.support):
+            if is_real(s.support):
                 ldjs[s.name] = u.new_zeros(u.shape[:-1])
             else:
                 ldjs[s.name] = _sum_to(t.log_abs_det_jacobian(part, values[s.name]), u.dim() - 1)
@@ -386,7 +386,7 @@ class ModelProgram(nn.Module):
     def gaussian_prior(self, like: torch.Tensor | None = None) -> dist.TorchDistribution | None:
         """The prior over flat ``u`` as one Gaussian when every site's prior is Normal or
         MultivariateNormal on the real line (no transform), else ``None``."""
-        if not all(s.prior_family in ("Normal", "MultivariateNormal") and _is_real(s.support) for s in self.sites):
+        if not all(s.prior_family in ("Normal", "MultivariateNormal") and is_real(s.support) for s in self.sites):
             return None
         base = getattr(self.model, "prior_distribution", None)
         if callable(base):
@@ -443,10 +443,6 @@ def _device(model: nn.Module) -> torch.device:
 
 def is_real(support) -> bool:
     """Whether ``support`` is the real line (or independent copies of it)."""
-    return _is_real(support)
-
-
-def _is_real(support) -> bool:
     while isinstance(support, constraints.independent):
         support = support.base_constraint
     return support is constraints.real
