@@ -8,7 +8,8 @@ Users write ``import bayesmeta as bm``::
     pred = learner.adapt(test).predict(test.x_query)
 """
 
-from . import baselines, diagnostics, evaluation, inference, models, tasks
+from . import baselines, diagnostics, evaluation, fewshot, inference, models, tasks
+from .class_predictive import ClassPredictive
 from .diagnostics import (
     compare_posteriors,
     reference_posterior,
@@ -33,6 +34,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "BayesLearner",
+    "ClassPredictive",
     "Evaluation",
     "GaussianMixture",
     "MetaOverfittingWarning",
@@ -41,6 +43,7 @@ __all__ = [
     "PosteriorPredictive",
     "TaskBatch",
     "baselines",
+    "fewshot",
     "diagnostics",
     "evaluate",
     "evaluation",

@@ -89,6 +89,8 @@ def _dict_sets(tasks: dict, shots) -> dict:
         if not isinstance(b, TaskBatch):
             raise TypeError(f"tasks[{k!r}] must be a TaskBatch; got {type(b).__name__}")
         counts = b.mask_support.sum(-1).cpu()  # [T] observed support points
+        if "ways" in b.params:  # classification episodes: k shots per class
+            counts = torch.div(counts, b.params["ways"].cpu(), rounding_mode="floor")
         over = (counts > k).nonzero()[:, 0].tolist()
         if over:
             raise ValueError(f"tasks[{k}]: task {over[0]} has {int(counts[over[0]])} observed support points, more "
@@ -108,6 +110,9 @@ def _test_sets(tasks, shots, *, num_tasks: int, num_query: int, seed: int):
         return _dict_sets(tasks, shots)
     shots = (1, 5, 10) if shots is None else _check_shots(shots)
     if isinstance(tasks, TaskBatch):
+        if "ways" in tasks.params:
+            raise ValueError("tasks: a batch of classification episodes is scored as a dict {shots per class: "
+                             "TaskBatch}, e.g. {k: episodes.sample(n, shots=k, num_query=15) for k in (1, 5)}")
         largest = int(tasks.mask_support.sum(-1).max())
         if max(shots) > largest:
             raise ValueError(f"shots={max(shots)}: no task has that many support points (the largest has "
@@ -163,6 +168,8 @@ def _sync(device: torch.device) -> None:
 
 def _score_chunk(pred, b: TaskBatch, metrics, curve_levels, crps_samples) -> dict:
     y, mask = check_observations(pred, b.y_query, b.mask_query)
+    if getattr(pred, "classes_only", False):  # class probabilities: no mean, CDF or intervals to score
+        metrics = [m for m in metrics if m == "nll"]
     res = {}
     if "nll" in metrics:
         res["nll"] = task_nll(pred, y, mask)

@@ -105,6 +105,9 @@ class TaskStream:
         if self.pool is None:
             assert self.family is not None
             b = self.family.sample(cfg.tasks_per_step, shots=cfg.max_points, generator=g)
+            if getattr(self.family, "episodic", False):  # whole episodes: max_points per class, split by the learner
+                return Batch(b.x_support.to(self.device), b.y_support.to(self.device),
+                             b.mask_support.to(self.device), None)
             n = torch.randint(self.min_points, cfg.max_points + 1, (cfg.tasks_per_step,), generator=g)
             mask = torch.arange(cfg.max_points)[None] < n[:, None]  # [T, S]
             return Batch(b.x_support.to(self.device), b.y_support.to(self.device), mask.to(self.device), None)

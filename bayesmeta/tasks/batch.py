@@ -149,7 +149,7 @@ def check_support(
 
 @dataclass
 class TaskBatch:
-    """``T`` regression tasks padded to common sizes ``S`` (support) and ``Q`` (query).
+    """``T`` tasks (regression, counts or classes) padded to common sizes ``S`` (support) and ``Q`` (query).
 
     Fields are ``x_support [T,S,D]``, ``y_support [T,S,E]``, ``mask_support [T,S]`` (bool) and the
     same for the query set (optional). ``params`` holds per-task generating parameters when known
@@ -219,6 +219,14 @@ class TaskBatch:
     @property
     def device(self) -> torch.device:
         return self.x_support.device
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Support labels of a classification batch as ``long [T, S]`` (``y_support`` holds them as whole-number floats)."""
+        if self.y_support.shape[-1] != 1:
+            raise ValueError(f"labels: a classification batch has one label per point; y_support is "
+                             f"{tuple(self.y_support.shape)}")
+        return self.y_support[..., 0].round().long()
 
     @property
     def has_query(self) -> bool:

@@ -1,0 +1,182 @@
+"""What every few-shot classifier shares: episodic meta-training, checked labels, ``adapt`` and ``predict``.
+
+Meta-training draws whole episodes from an episodic family (:class:`~bayesmeta.tasks.Episodes`,
+:class:`~bayesmeta.tasks.GaussianClusters`): ``max_points`` examples per class, of which each
+task keeps ``U{min_shots..max_shots}`` per class as its support set and the rest as its query
+set (:func:`class_split`). The loop is :func:`bayesmeta.inference.loop.train_loop`, the one every
+learner uses (progress bar, ``max_time``, checkpoints, seeds).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..class_predictive import ClassPredictive
+from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
+from ..learners import MetaLearner, check_adapt_options
+from ..tasks.batch import TaskBatch, check_support
+
+__all__ = ["AdaptedClassifier", "EpisodicClassifier", "check_episodic", "check_labels", "class_split"]
+
+UNUSED = {"encoder_subsets": "a few-shot classifier has no set encoder",
+          "min_points": "episodes keep min_shots..max_shots examples per class as support"}
+
+
+def check_episodic(source, name: str, ways: int | None = None) -> None:
+    """A few-shot classifier meta-trains on an episodic family; ``ways`` must match a fixed-size head."""
+    if not getattr(source, "episodic", False):
+        raise TypeError(f"{name}.fit: source must be an episodic task family (bm.tasks.Episodes, "
+                        f"bm.tasks.GaussianClusters); got {type(source).__name__}")
+    if ways is not None and source.ways != ways:
+        raise ValueError(f"{name}.fit: the episodes are {source.ways}-way but the classifier was built for "
+                         f"ways={ways}")
+
+
+def check_labels(y: torch.Tensor, mask: torch.Tensor, ways: int | None = None, *, prefix: str = "support ") -> torch.Tensor:
+    """Labels ``[T, S]`` (long) from ``y [T, S, 1]``: whole numbers >= 0 (and < ``ways``) at observed points."""
+    if y.shape[-1] != 1:
+        raise ValueError(f"{prefix}y: one class label per point expected; got y_dim={y.shape[-1]}")
+    v = y[..., 0]
+    bad = mask & ((v != v.round()) | (v < 0) | (ways is not None and v >= ways))
+    if bad.any():
+        t, j = (int(i) for i in bad.nonzero()[0])
+        allowed = "a whole number >= 0" if ways is None else f"a whole number in 0..{ways - 1}"
+        raise ValueError(f"{prefix}y: label {float(v[t, j])} at task {t}, point {j} is not {allowed}")
+    return v.round().long().masked_fill(~mask, 0)
+
+
+def class_split(batch: Batch, per_class: int, cfg: TrainConfig, gen: torch.Generator):
+    """Support / query masks ``[T, W * P]`` of class-blocked episodes: the first ``K_t`` of each class's P examples.
+
+    ``K_t ~ U{min_shots..min(max_shots, P - 1)}`` per task, so every class keeps a query example.
+    """
+    t, n = batch.mask.shape
+    hi = max(1, min(cfg.max_shots, per_class - 1))
+    lo = min(cfg.min_shots, hi)
+    k = torch.randint(lo, hi + 1, (t, 1), generator=gen).to(batch.mask.device)  # [T, 1]
+    pos = torch.arange(n, device=batch.mask.device) % per_class  # [W * P] position within its class
+    support = batch.mask & (pos < k)
+    return support, batch.mask & ~support
+
+
+class AdaptedClassifier:
+    """A classifier adapted to each task's support set: ``predict(x_query)`` -> :class:`ClassPredictive`."""
+
+    def __init__(self, learner: EpisodicClassifier, x, labels, mask, ways: int) -> None:
+        self.learner, self.x, self.labels, self.mask, self.ways = learner, x, labels, mask, ways
+
+    @property
+    def num_tasks(self) -> int:
+        return self.x.shape[0]
+
+    @torch.no_grad()
+    def predict(self, x, num_samples: int | None = None, *, method: str | None = None,
+                seed: int | None = None) -> ClassPredictive:
+        """Class probabilities ``[T, N, ways]`` at ``x`` (``[T, N, D]``, or ``[N, D]`` for every task)."""
+        name = type(self.learner).__name__
+        for arg, value in (("num_samples", num_samples), ("method", method)):
+            if value is not None:
+                raise ValueError(f"predict: {arg}={value!r} does not apply to {name}, whose class probabilities are "
+                                 "computed in closed form")
+        xq = torch.as_tensor(x, dtype=self.x.dtype).to(self.x.device)
+        d = self.learner.x_dim
+        if xq.dim() == 2:
+            xq = xq.expand(self.num_tasks, *xq.shape)
+        if xq.dim() != 3 or xq.shape[0] != self.num_tasks or xq.shape[-1] != d:
+            raise ValueError(f"x must have shape [{self.num_tasks}, N, {d}] or [N, {d}]; got {tuple(xq.shape)}")
+        if not torch.isfinite(xq).all():
+            raise ValueError("x: non-finite query features")
+        self.learner.eval_mode()
+        logits = self.learner.class_logits(self.x, self.labels, self.mask, xq, self.ways)
+        return ClassPredictive(logits, method=name)
+
+
+class EpisodicClassifier(MetaLearner):
+    """Base of the metric-based few-shot classifiers (the Learner protocol for classes).
+
+    Subclasses hold their modules in ``self.net`` and implement :meth:`class_logits`
+    (differentiable; used for training and prediction) and, when the training loss is not the
+    query cross-entropy, :meth:`episode_loss`.
+    """
+
+    net: torch.nn.Module
+
+    def __init__(self, x_dim: int) -> None:
+        if isinstance(x_dim, bool) or not isinstance(x_dim, int) or x_dim < 1:
+            raise ValueError(f"x_dim must be an int >= 1; got {x_dim!r}")
+        self._x_dim = x_dim
+        self.history, self.device, self.standardization = History(), torch.device("cpu"), None
+
+    @property
+    def x_dim(self) -> int:
+        return self._x_dim
+
+    @property
+    def y_dim(self) -> int:
+        return 1
+
+    def _modules(self) -> dict[str, torch.nn.Module | None]:
+        return {"net": self.net}
+
+    def _unused_options(self, source, distributed: bool) -> dict[str, str]:
+        return dict(UNUSED)
+
+    def eval_mode(self) -> None:
+        self.net.eval()
+
+    def class_logits(self, x_support, labels, mask, x_query, ways: int) -> torch.Tensor:
+        """Unnormalised ``log p(y = c | x_query, support)`` ``[T, N, ways]``."""
+        raise NotImplementedError
+
+    def episode_loss(self, x, labels, support, query, ways: int) -> torch.Tensor:
+        """Mean cross-entropy of the query labels given the support set, per task ``[T]``."""
+        logits = self.class_logits(x, labels, support, x, ways)  # [T, N, W]: every point scored, query kept
+        nll = -torch.log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0]  # [T, N]
+        q = query.to(nll.dtype)
+        return (nll * q).sum(-1) / q.sum(-1).clamp_min(1)
+
+    def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
+                    distributed: bool, validate=None) -> History:
+        check_episodic(source, type(self).__name__, getattr(self, "ways", None))
+        if standardize:
+            raise ValueError(f"{type(self).__name__}.fit: standardize does not apply to classification episodes")
+        ways, per_class = source.ways, cfg.max_points
+
+        def make_step(stream: TaskStream):
+            def step(b: Batch) -> torch.Tensor:
+                self.net.train()
+                labels = b.y[..., 0].round().long()  # [T, W * P]
+                support, query = class_split(b, per_class, cfg, stream.gen)
+                loss = self.episode_loss(b.x, labels, support, query, ways).mean()
+                loss.backward()
+                return loss.detach()
+            return step
+
+        return train_loop(make_step, self._modules(), list(self.net.parameters()), source, cfg, device=self.device,
+                          x_dim=self.x_dim, y_dim=1, grad_mean=True, checkpoint=checkpoint, resume=state,
+                          on_checkpoint=on_checkpoint, extra_state=self._extra_state(), validate=validate,
+                          desc=f"meta-training {type(self).__name__}")
+
+    def adapt(self, x_support, y_support=None, mask_support=None, *, ways: int | None = None,
+              steps: int | None = None, lr: float | None = None) -> AdaptedClassifier:
+        """Condition on each task's support set (labels ``0..ways-1``); ``predict`` gives class probabilities.
+
+        Args:
+            x_support: ``[T, S, D]`` features, or a :class:`TaskBatch` (its support set).
+            y_support: ``[T, S]`` or ``[T, S, 1]`` labels (whole numbers).
+            mask_support: ``[T, S]`` bool (``None``: all observed).
+            ways: classes per task (default: the largest support label + 1, at least 2).
+            steps, lr: test-time gradient steps do not apply to metric methods (must be ``None``
+                or 0).
+        """
+        check_adapt_options(steps, lr)
+        if steps or lr is not None:
+            raise ValueError(f"adapt: {type(self).__name__} has no test-time gradient steps (steps/lr)")
+        if isinstance(x_support, TaskBatch):
+            x_support, y_support, mask_support = x_support.support
+        elif y_support is None:
+            raise ValueError("adapt: y_support is required unless a TaskBatch is given")
+        x, y, mask = check_support(x_support, y_support, mask_support, x_dim=self.x_dim, y_dim=1, prefix="support ")
+        labels = check_labels(y, mask, ways)
+        ways = max(2, int(labels.max()) + 1) if ways is None else ways
+        return AdaptedClassifier(self, x.to(self.device), labels.to(self.device), mask.to(self.device), ways)
