@@ -6,6 +6,7 @@ from .calibration_plots import (
     plot_pit_histogram,
     plot_reliability_diagram,
     plot_sbc_ranks,
+    plot_selective_prediction,
 )
 from .html_report import load_run, report
 from .inference_data import to_inference_data
@@ -22,6 +23,7 @@ __all__ = [
     "plot_method_comparison",
     "plot_pit_histogram",
     "plot_reliability_diagram",
+    "plot_selective_prediction",
     "plot_prediction_bands",
     "plot_sbc_ranks",
     "plot_shrinkage",

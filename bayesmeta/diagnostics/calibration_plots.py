@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["plot_calibration_curve", "plot_method_comparison", "plot_pit_histogram", "plot_reliability_diagram",
-           "plot_sbc_ranks"]
+           "plot_sbc_ranks", "plot_selective_prediction"]
 
 
 def _rows(evaluation, methods=None, shots=None) -> list[dict]:
@@ -85,6 +85,28 @@ def plot_reliability_diagram(evaluation: Evaluation, *, methods=None, shots=None
     for ax in list(axes.flat)[len(rows):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_selective_prediction(evaluation: Evaluation, *, methods=None, shots=None) -> Figure:
+    """Selective prediction, one axes per shot count: accuracy of the most confident fraction of
+    query points against the fraction kept, one line per method (area under it in the legend).
+    Confidence that ranks well rises to the left; a flat line means confidence says nothing.
+    """
+    rows = [r for r in _rows(evaluation, methods, shots) if "selective" in r]
+    if not rows:
+        raise ValueError("the evaluation has no class predictions (no selective-prediction numbers)")
+    ks = sorted({r["shots"] for r in rows})
+    fig = _figure(figsize=(3.8 * len(ks), 3.4))
+    axes = fig.subplots(1, len(ks), squeeze=False)[0]
+    for ax, k in zip(axes, ks, strict=True):
+        for i, r in enumerate(x for x in rows if x["shots"] == k):
+            sel = r["selective"]
+            ax.plot(sel["fractions"], sel["accuracy"], "o-", ms=3, color=f"C{i}",
+                    label=f"{r['method']} ({sel['area']:.3f})")
+        ax.set(xlim=(0, 1.02), xlabel="fraction kept (most confident first)", ylabel="accuracy", title=f"K={k}")
+        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
 
@@ -163,12 +185,22 @@ def plot_method_comparison(evaluation: Evaluation, *, methods=None, level: float
         if all(cov_key in r for r in mine):
             se = [r.get(f"{cov_key}_task_sd", 0.0) / math.sqrt(r["num_tasks"]) for r in mine]
             axes[1].errorbar(k, [r[cov_key] for r in mine], yerr=se, **style)
+        elif all("accuracy" in r for r in mine):
+            axes[1].errorbar(k, [r["accuracy"] for r in mine], yerr=[_nan0(r.get("accuracy_se")) for r in mine],
+                             **style)
         if all("calibration_error" in r for r in mine):
             axes[2].plot(k, [r["calibration_error"] for r in mine], marker="o", ms=4, color=f"C{i % 10}", label=method)
+        elif all("ece" in r for r in mine):
+            axes[2].plot(k, [r["ece"] for r in mine], marker="o", ms=4, color=f"C{i % 10}", label=method)
+    classes = all("ece" in r and "calibration_error" not in r for r in rows)
     axes[0].set(xlabel="shots K", ylabel="NLL gap to the oracle" if key == "gap" else "NLL", title="NLL (± s.e.)")
-    axes[1].axhline(level, color="k", ls=":", lw=1)
-    axes[1].set(xlabel="shots K", ylabel=f"coverage of {100 * level:g} % intervals", title="coverage")
-    axes[2].set(xlabel="shots K", ylabel="mean |coverage - level|", title="calibration error")
+    if classes:
+        axes[1].set(xlabel="shots K", ylabel="accuracy", title="accuracy (± s.e.)")
+        axes[2].set(xlabel="shots K", ylabel="ECE (15 bins)", title="expected calibration error")
+    else:
+        axes[1].axhline(level, color="k", ls=":", lw=1)
+        axes[1].set(xlabel="shots K", ylabel=f"coverage of {100 * level:g} % intervals", title="coverage")
+        axes[2].set(xlabel="shots K", ylabel="mean |coverage - level|", title="calibration error")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -24,6 +24,7 @@ from .calibration_plots import (
     plot_pit_histogram,
     plot_reliability_diagram,
     plot_sbc_ranks,
+    plot_selective_prediction,
 )
 from .plots import plot_elbo_trace, plot_shrinkage
 from .sbc import SBCResult
@@ -47,6 +48,8 @@ _CAPTIONS = {
            "U shape: overconfident; hump: underconfident; slope: biased.",
     "reliability": "Reliability diagrams of class predictions: accuracy against confidence in 15 equal-width bins "
                    "(grey: share of predictions per bin). On the diagonal: calibrated; below: overconfident.",
+    "selective": "Selective prediction: accuracy of the most confident fraction of query points (area under the "
+                 "curve in the legend). Useful confidence rises to the left.",
     "comparison": "NLL (or the gap to the Bayes oracle), 90 % coverage and calibration error by number of shots.",
     "shrinkage": "Learned prior (bands) vs each task's posterior (error bars), tasks ordered by support size.",
     "sbc_ranks": "Simulation-based calibration: ranks of the true parameters among posterior draws; uniform when "
@@ -95,6 +98,7 @@ def _figures(evaluation, history, posterior, sbc) -> dict:
         figs["pit"] = plot_pit_histogram(evaluation)
     if evaluation is not None and any("reliability" in r for r in evaluation.summary):
         figs["reliability"] = plot_reliability_diagram(evaluation)
+        figs["selective"] = plot_selective_prediction(evaluation)
     if evaluation is not None and (len(evaluation.shots) > 1 or len(evaluation.methods) > 1):
         figs["comparison"] = plot_method_comparison(evaluation)
     if posterior is not None:

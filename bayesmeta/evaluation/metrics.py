@@ -20,7 +20,10 @@ with a mask ``[T, N]``:
 * Classes (a predictive with ``probs [T, N, C]``; Bernoulli outcomes are two classes):
   **accuracy** of the most probable class, **Brier score** ``sum_c (p_c - 1[y = c])^2``, and the
   **ECE** over 15 equal-width confidence bins, ``sum_b (n_b / n) |accuracy_b - confidence_b|``
-  (pooled over tasks), with the bins' numbers for a reliability diagram (:func:`reliability`).
+  (pooled over tasks), with the bins' numbers for a reliability diagram (:func:`reliability`);
+  the **classwise ECE** (Kull et al. 2019), the mean over classes of the ECE of ``p_c`` against
+  ``1[y = c]`` (:func:`classwise_ece`); **selective prediction**: the accuracy of the fraction of
+  points kept by confidence, and its area (the mean over every cut; :func:`selective_prediction`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ __all__ = [
     "ECE_BINS",
     "calibration_error",
     "class_probabilities",
+    "classwise_ece",
+    "selective_prediction",
     "confidence_and_correct",
     "reliability",
     "task_accuracy",
@@ -265,3 +270,38 @@ def confidence_and_correct(probs: torch.Tensor, y, mask) -> tuple[torch.Tensor, 
     conf, pred = probs.max(-1)
     correct = pred == _labels(y)
     return conf[mask], correct[mask]
+
+
+def classwise_ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """Mean over classes of the ECE of ``p_c`` against ``1[y = c]`` (equal-width bins): ``probs [M, C]``, ``labels [M]``."""
+    probs, labels = probs.double().reshape(-1, probs.shape[-1]), labels.reshape(-1).long()
+    if probs.shape[0] == 0:
+        raise ValueError("classwise_ece: no predictions")
+    idx = (probs * bins).floor().clamp(0, bins - 1).long()  # [M, C]
+    hit = torch.nn.functional.one_hot(labels, probs.shape[-1]).double()  # [M, C]
+    total = 0.0
+    for c in range(probs.shape[-1]):
+        count = torch.bincount(idx[:, c], minlength=bins).double()
+        gap = (torch.bincount(idx[:, c], hit[:, c], minlength=bins) - torch.bincount(idx[:, c], probs[:, c],
+                                                                                       minlength=bins)).abs()
+        total += float(gap.sum() / count.sum())
+    return total / probs.shape[-1]
+
+
+SELECTIVE_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+def selective_prediction(confidence: torch.Tensor, correct: torch.Tensor, fractions=SELECTIVE_FRACTIONS) -> dict:
+    """Accuracy of the most confident ``fraction`` of points, and the area under that curve.
+
+    ``area`` is the mean, over every cut ``k = 1..M``, of the accuracy of the ``k`` most confident
+    points (ties broken by order): 1 is perfect; a confidence that says nothing gives the accuracy.
+    """
+    confidence, correct = confidence.double().reshape(-1), correct.double().reshape(-1)
+    m = confidence.numel()
+    if m == 0:
+        raise ValueError("selective_prediction: no predictions")
+    order = torch.argsort(confidence, descending=True, stable=True)
+    running = torch.cumsum(correct[order], 0) / torch.arange(1, m + 1, dtype=torch.float64)  # [M]
+    acc = [float(running[max(1, math.ceil(f * m)) - 1]) for f in fractions]
+    return {"fractions": list(fractions), "accuracy": acc, "area": float(running.mean())}

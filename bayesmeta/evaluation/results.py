@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_write_text
-from .metrics import CALIBRATION_LEVELS, mean_se, reliability
+from .metrics import CALIBRATION_LEVELS, classwise_ece, mean_se, reliability, selective_prediction
 
 __all__ = ["Evaluation", "PIT_BINS", "markdown_table", "plus_minus", "summarise"]
 
@@ -58,6 +58,8 @@ def summarise(name, k, ids, skipped, res: dict, *, levels, curve_levels, timing)
     if "confidence" in res:  # classes: ECE over the pooled query points, and the reliability diagram
         rel = reliability(res["confidence"], res["correct"])
         summary["ece"], summary["reliability"] = rel["ece"], rel
+        summary["ece_classwise"] = classwise_ece(res["class_probs"], res["labels"])
+        summary["selective"] = selective_prediction(res["confidence"], res["correct"])
     if "ess" in res:
         for r, e, kk in zip(rows, res["ess"].tolist(), res["pareto_k"].tolist(), strict=True):
             r["ess"], r["pareto_k"] = e, kk
@@ -152,6 +154,10 @@ class Evaluation:
                 cols.append((label, lambda r, key=key: plus_minus(r, key)))
         if has("ece"):
             cols.append(("ECE", lambda r: _num(r.get("ece"))))
+        if has("ece_classwise"):
+            cols.append(("cw-ECE", lambda r: _num(r.get("ece_classwise"))))
+        if has("selective"):
+            cols.append(("sel. area", lambda r: _num(r["selective"]["area"]) if "selective" in r else "-"))
         for lv in self.info.get("levels", ()):
             if has(f"coverage_{_pct(lv)}"):
                 cols.append((f"cov{_pct(lv)}", lambda r, lv=lv: _num(r.get(f"coverage_{_pct(lv)}"))))

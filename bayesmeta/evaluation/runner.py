@@ -186,6 +186,7 @@ def _score_chunk(pred, b: TaskBatch, metrics, curve_levels, crps_samples) -> dic
     if probs is not None:  # binary and categorical outcomes
         res["accuracy"], res["brier"] = task_accuracy(probs, y, mask), task_brier(probs, y, mask)
         res["confidence"], res["correct"] = confidence_and_correct(probs, y, mask)
+        res["class_probs"], res["labels"] = probs[mask], y[..., 0][mask].round()  # [M, C], [M] pooled points
     if getattr(pred, "ess", None) is not None:
         res["ess"], res["pareto_k"] = pred.ess, pred.pareto_k
     return {key: v.detach().double().cpu() for key, v in res.items()}
