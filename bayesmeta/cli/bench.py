@@ -12,7 +12,14 @@ import time
 
 import torch
 
-from ..benchmarks import COMPARE_FAMILIES, COMPARE_METHODS, POOL_CASES, SINUSOID_VARIANTS
+from ..benchmarks import (
+    CLASSIFY_FAMILIES,
+    CLASSIFY_METHODS,
+    COMPARE_FAMILIES,
+    COMPARE_METHODS,
+    POOL_CASES,
+    SINUSOID_VARIANTS,
+)
 from ..benchmarks.throughput import LEARNERS
 
 __all__ = ["BENCH_EPILOG", "add_bench_parser", "run_bench"]
@@ -29,6 +36,8 @@ BENCH_EPILOG = """examples:
   bayesmeta bench pools --cases sinusoid-50 --steps 4000 --num-tasks 200
   bayesmeta bench glm                               # logistic and Poisson GLMs vs their oracles (~20 min)
   bayesmeta bench glm --cases poisson --max-time 60 --num-tasks 200
+  bayesmeta bench classify                          # few-shot classification, 120 s per method (~40 min)
+  bayesmeta bench classify --families clusters --methods oracle bayes-proto protonet --budget 30
   bayesmeta bench NAME --help                       # the flags of one benchmark
 """
 
@@ -130,6 +139,19 @@ def _run_glm(args) -> dict:
     return result
 
 
+def _run_classify(args) -> dict:
+    from ..benchmarks import run_classify
+
+    result = run_classify(families=args.families, methods=args.methods, budget=args.budget, episodes=args.episodes,
+                          ways=args.ways, shots=tuple(args.shots), out_dir=args.out, seed=args.seed,
+                          device=args.device, progress=not args.no_progress)
+    print("\n\n".join(result["tables"]))
+    for name, t in result["train"].items():
+        extra = f", temperature {t['temperature']:.2f}" if "temperature" in t else ""
+        print(f"{name}: {t['steps']} steps in {t['train_seconds']:.0f} s{extra}")
+    return result
+
+
 def add_bench_parser(sub) -> argparse.ArgumentParser:
     """``bayesmeta bench``: a sub-command per benchmark under the command line's sub-parsers ``sub``."""
     b = sub.add_parser("bench", help="run a reproducible benchmark (prints a table, writes JSON)",
@@ -182,6 +204,15 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     pl.add_argument("--weight-decay", type=float, default=None, help="fit's weight_decay (default: 0)")
     _shared_flags(pl, "pools", num_tasks=True, progress=True)
 
+    k = _sub(bench, "classify", "few-shot classifiers (Bayesian, metric, MAML family) at one budget, with the oracle",
+             _run_classify)
+    k.add_argument("--families", nargs="+", default=list(CLASSIFY_FAMILIES), choices=CLASSIFY_FAMILIES)
+    k.add_argument("--methods", nargs="+", default=list(CLASSIFY_METHODS), choices=CLASSIFY_METHODS)
+    k.add_argument("--budget", type=float, default=120.0, help="training seconds per method (default: 120)")
+    k.add_argument("--episodes", type=int, default=1000, help="test episodes per shot count (default: 1000)")
+    k.add_argument("--ways", type=int, default=5, help="classes per episode (default: 5)")
+    k.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="shots per class (default: 1 5)")
+    _shared_flags(k, "classify", progress=True)
     g = _sub(bench, "glm", "hierarchical logistic and Poisson regression against their Bayes oracles", _run_glm)
     g.add_argument("--cases", nargs="+", default=None, help="cases (default: all): logistic, poisson")
     g.add_argument("--max-time", type=float, default=300.0, help="training seconds per case (default: 300)")
