@@ -159,6 +159,11 @@ class FamilyMixture:
         for key, value in attributes.items():
             setattr(self, key, value)
 
+    @property
+    def classes_only(self) -> bool:
+        """Categorical outcomes: labels have no order, so evaluation scores class probabilities only."""
+        return self.family == "Categorical"
+
     # ------------------------------------------------------------------ blocks
     def _blocks(self):
         """``(tasks, distribution [n, T_b, N(, E)], weights [n, T_b])`` per block of tasks."""

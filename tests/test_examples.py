@@ -178,3 +178,15 @@ def test_glm_real_data_example_runs_and_finds_the_smoking_effect():
     # posterior means must lie on that side too
     assert min(out["smoking"]["empirical_log_or"]) > 0
     assert all(v > 0 for v in out["smoking"]["posterior_log_or"])
+
+
+def test_fewshot_digits_example_runs_and_scores_both_methods(tmp_path):
+    pytest.importorskip("sklearn")
+    mod = _load("fewshot_digits")
+    out = mod.main(argparse.Namespace(steps=60, shots=[1, 5], episodes=40, out=str(tmp_path), seed=0, device="cpu",
+                                      no_progress=True))
+    assert set(out) == {(m, k) for m in ("bayes-proto", "protonet", "protonet+T") for k in (1, 5)}
+    # 60 steps on the digits of 6 classes of digits: far better than chance (0.2) on 2 unseen digits
+    assert all(r["accuracy"] > 0.4 and 0 <= r["ece"] <= 1 for r in out.values())
+    assert out[("protonet", 1)]["accuracy"] == out[("protonet+T", 1)]["accuracy"]  # temperature keeps the classes
+    assert (tmp_path / "reliability.png").exists() and (tmp_path / "selective.png").exists()

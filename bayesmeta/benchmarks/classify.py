@@ -4,9 +4,11 @@ Families: ``clusters`` (:class:`~bayesmeta.tasks.GaussianClusters`, 5-way, exact
 ``digits`` (scikit-learn's 8x8 digits with rotations: 40 classes; meta-train on the rotations
 of 6 digits, validate on 2, test on the other 2 -- test digits are never seen). Every method
 trains for ``budget`` seconds with its defaults on the meta-train classes and is scored on the
-same ``episodes`` test episodes per shot count (15 query examples per class). Point-estimate
-methods are reported twice: as trained, and temperature-scaled on 200 validation episodes per
-shot count (``<method>+T``). Writes ``results.json`` (``summary`` rows: ``method``, ``family``,
+same ``episodes`` test episodes per shot count (15 query examples per class); on digits every
+method but ``bayes-latent`` stops early on 200 validation episodes per shot count (the weights of
+the best validation NLL are kept). Point-estimate
+methods are reported twice: as trained, and temperature-scaled (``<method>+T``, one temperature
+per shot count, fitted on 200 validation episodes of that shot count). Writes ``results.json`` (``summary`` rows: ``method``, ``family``,
 ``ways``, ``shots``, ``accuracy``, ``nll``, ``ece``, ``brier`` and, with an oracle,
 ``oracle_nll`` and ``gap``) and reliability diagrams as PNGs.
 """
@@ -22,14 +24,16 @@ import torch
 from ..evaluation import Evaluation, evaluate
 from ..fewshot import CLASSIFIERS, ClassifierEnsemble, ProtoNet, TemperatureScaled
 from ..io import atomic_write_text
+from ..learners import BayesLearner
+from ..models.latent import LatentCodeModel
 from ..tasks import Episodes, GaussianClusters, LabelledPool
 
 __all__ = ["CLASSIFY_FAMILIES", "CLASSIFY_METHODS", "run_classify"]
 
 CLASSIFY_FAMILIES = ("clusters", "digits")
-CLASSIFY_METHODS = ("oracle", "bayes-proto", "protonet", "siamese", "maml", "fomaml", "metasgd", "reptile",
+CLASSIFY_METHODS = ("oracle", "bayes-proto", "bayes-latent", "protonet", "siamese", "maml", "fomaml", "metasgd", "reptile",
                     "ensemble")
-_BAYESIAN = ("bayes-proto",)
+_BAYESIAN = ("bayes-proto", "bayes-latent")
 _QUERY = 15  # query examples per class
 _VAL_EPISODES = 200
 
@@ -46,6 +50,8 @@ def _families(name: str, ways: int, seed: int):
 
 
 def _make(method: str, x_dim: int, ways: int):
+    if method == "bayes-latent":  # the general model path: a per-task code, learned prior, amortized guide
+        return BayesLearner(LatentCodeModel(x_dim, latent_dim=16, likelihood="categorical", num_classes=ways))
     if method == "ensemble":
         return ClassifierEnsemble(lambda i: ProtoNet(x_dim), members=5)
     cls = CLASSIFIERS[method]
@@ -82,7 +88,8 @@ def run_classify(*, families=CLASSIFY_FAMILIES, methods=CLASSIFY_METHODS, budget
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary: list[dict] = []
-    tables, meta = [], {}
+    tables: list[str] = []
+    meta: dict[str, dict] = {}
     for fam_name in families:
         train, val, test, oracle = _families(fam_name, ways, seed)
         test_sets = _sets(test, shots, episodes, 1000 * (seed + 1))
@@ -96,14 +103,21 @@ def run_classify(*, families=CLASSIFY_FAMILIES, methods=CLASSIFY_METHODS, budget
             torch.manual_seed(seed)
             learner = _make(method, train.x_dim, ways)
             t0 = time.perf_counter()
-            learner.fit(train, steps=10**9, max_time=budget, seed=seed, device=device, progress=progress)
+            # finite classes can be memorised: early stopping on the validation classes (a fresh-task family: none)
+            checks = {"validation": val} if oracle is None and method != "bayes-latent" else {}
+            learner.fit(train, steps=10**9, max_time=budget, seed=seed, device=device, progress=progress, **checks)
+            h = learner.history
             meta[f"{fam_name}/{method}"] = {"train_seconds": time.perf_counter() - t0,
-                                            "steps": int(learner.history.step[-1]) if learner.history.step else 0}
+                                            "steps": int(h.step[-1]) if h.step else 0, "best_step": h.best_step}
             evals.append(evaluate(learner, test_sets, name=method, oracle=oracle or False, seed=seed))
-            if method not in _BAYESIAN:
-                ts = TemperatureScaled(learner).calibrate(val_sets)
-                meta[f"{fam_name}/{method}"]["temperature"] = ts.temperature
-                evals.append(evaluate(ts, test_sets, name=f"{method}+T", oracle=oracle or False, seed=seed))
+            if method not in _BAYESIAN:  # one temperature per shot count, fitted on validation episodes of that K
+                temperatures: dict[int, float] = {}
+                meta[f"{fam_name}/{method}"]["temperature"] = temperatures
+                for k in shots:
+                    ts = TemperatureScaled(learner).calibrate(val_sets[k])
+                    temperatures[k] = ts.temperature
+                    evals.append(evaluate(ts, {k: test_sets[k]}, name=f"{method}+T", oracle=oracle or False,
+                                          seed=seed))
         ev = Evaluation.concat(evals)
         summary += _tag(ev, fam_name, ways)
         tables.append(f"### {fam_name} ({ways}-way)\n\n{ev.table()}")

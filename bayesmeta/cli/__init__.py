@@ -77,6 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     f.add_argument("--config", help="TOML config file")
     f.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
+    f.add_argument("--task-kind", choices=["regression", "classification"], default="regression",
+                   help="regression (default: grouped rows of --data) or classification (few-shot episodes)")
+    f.add_argument("--label", metavar="COLUMN", help="classification: the class column of --data")
+    f.add_argument("--features", nargs="+", metavar="COLUMN", help="classification: feature columns (default: all "
+                   "but --label)")
+    f.add_argument("--images", metavar="DIR", help="classification: an image tree root/<class>/*.png or "
+                   "root/<group>/<class>/*.png")
+    f.add_argument("--image-size", type=int, default=28, help="classification: images resized to this (default: 28)")
+    f.add_argument("--rotations", action="store_true", help="classification: rotated images as new classes")
+    f.add_argument("--method", default="bayes-proto", help="classification: bayes-proto (default), protonet, "
+                   "siamese, maml, fomaml, metasgd, reptile")
+    f.add_argument("--ways", type=int, default=5, help="classification: classes per episode (default: 5)")
     f.add_argument("--out", required=True, help="run directory")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     f.add_argument("--force", action="store_true", help="write into an existing run directory, replacing its files")
@@ -84,7 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="score a fitted run on a test CSV at several shot counts",
                        epilog=EVALUATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("run_dir")
-    e.add_argument("--data", required=True, help="test CSV with the run's task, x and y columns")
+    e.add_argument("--data", help="test CSV with the run's task, x and y columns (regression runs)")
+    e.add_argument("--ways", type=int, default=None, help="classification runs: classes per episode (default: "
+                   "the run's)")
+    e.add_argument("--episodes", type=int, default=1000, help="classification runs: test episodes per shot count")
     e.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10])
     e.add_argument("--baseline", nargs="+", choices=sorted(BASELINES),
                    help="also train and score these baselines on the run's training tasks")
@@ -100,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--force", action="store_true", help="replace --out if it exists")
     pr.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.9], help="central interval levels")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--task", default="task", help="classification runs: the task column (default: task)")
     r = sub.add_parser("report", help="write plots and report.html for a run directory", epilog=REPORT_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("run_dir", help="a run directory (learner.pt, eval.json, sbc.json, reference.json, plots/)")
@@ -133,6 +149,21 @@ def run_report(args) -> Path:
     return page
 
 
+def _classification(args) -> bool:
+    """A classification fit (``--task-kind classification``), or evaluate / predict on a classification run."""
+    if args.command == "fit":
+        given = [f for f, v in (("--label", args.label), ("--features", args.features), ("--images", args.images),
+                                ("--rotations", args.rotations)) if v]
+        if args.task_kind == "regression" and given:
+            raise ValueError(f"{', '.join(given)}: only with --task-kind classification")
+        return args.task_kind == "classification"
+    if args.command in ("evaluate", "predict"):
+        from .classify import is_classification_run
+
+        return is_classification_run(Path(args.run_dir))
+    return False
+
+
 def _one_line(err: BaseException) -> str:
     """An error as one line: an OS error as ``file: cause``, anything else as its message."""
     if isinstance(err, OSError) and err.strerror:
@@ -155,6 +186,11 @@ def main(argv=None) -> int:
             run_bench(args)
         elif args.command == "report":
             run_report(args)
+        elif _classification(args):
+            from . import classify
+
+            {"fit": classify.cmd_fit_classifier, "evaluate": classify.cmd_evaluate_classifier,
+             "predict": classify.cmd_predict_classifier}[args.command](args)
         elif args.command in ("fit", "evaluate"):
             from . import runs
 

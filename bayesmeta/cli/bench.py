@@ -147,7 +147,8 @@ def _run_classify(args) -> dict:
                           device=args.device, progress=not args.no_progress)
     print("\n\n".join(result["tables"]))
     for name, t in result["train"].items():
-        extra = f", temperature {t['temperature']:.2f}" if "temperature" in t else ""
+        temps = ", ".join(f"{t:.2f} (K={k})" for k, t in t.get("temperature", {}).items())
+        extra = f", temperature {temps}" if temps else ""
         print(f"{name}: {t['steps']} steps in {t['train_seconds']:.0f} s{extra}")
     return result
 

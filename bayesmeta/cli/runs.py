@@ -406,6 +406,8 @@ def cmd_evaluate(args) -> Evaluation:
     ``eval.json`` and ``eval.csv`` are written together (both or neither).
     """
     run = Path(args.run_dir)
+    if not args.data:
+        raise ValueError("evaluate: --data TEST_CSV is required for a regression run")
     cfg, learner, std = _load_fitted(run)
     d = cfg.data
     test = read_tasks(d, args.data)

@@ -302,6 +302,6 @@ def selective_prediction(confidence: torch.Tensor, correct: torch.Tensor, fracti
     if m == 0:
         raise ValueError("selective_prediction: no predictions")
     order = torch.argsort(confidence, descending=True, stable=True)
-    running = torch.cumsum(correct[order], 0) / torch.arange(1, m + 1, dtype=torch.float64)  # [M]
+    running = torch.cumsum(correct[order], 0) / torch.arange(1, m + 1, dtype=torch.float64, device=correct.device)
     acc = [float(running[max(1, math.ceil(f * m)) - 1]) for f in fractions]
     return {"fractions": list(fractions), "accuracy": acc, "area": float(running.mean())}

@@ -90,7 +90,12 @@ def _dict_sets(tasks: dict, shots) -> dict:
             raise TypeError(f"tasks[{k!r}] must be a TaskBatch; got {type(b).__name__}")
         counts = b.mask_support.sum(-1).cpu()  # [T] observed support points
         if "ways" in b.params:  # classification episodes: k shots per class
-            counts = torch.div(counts, b.params["ways"].cpu(), rounding_mode="floor")
+            ways = b.params["ways"].cpu()
+            uneven = (counts % ways != 0).nonzero()[:, 0].tolist()
+            if uneven:
+                raise ValueError(f"tasks[{k}]: episode {uneven[0]} has {int(counts[uneven[0]])} support examples for "
+                                 f"{int(ways[uneven[0]])} classes; give every class k={k} examples")
+            counts = torch.div(counts, ways, rounding_mode="floor")
         over = (counts > k).nonzero()[:, 0].tolist()
         if over:
             raise ValueError(f"tasks[{k}]: task {over[0]} has {int(counts[over[0]])} observed support points, more "

@@ -9,6 +9,8 @@ learner uses (progress bar, ``max_time``, checkpoints, seeds).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..class_predictive import ClassPredictive
@@ -16,14 +18,21 @@ from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
 from ..learners import MetaLearner, check_adapt_options
 from ..tasks.batch import TaskBatch, check_support
 
-__all__ = ["AdaptedClassifier", "EpisodicClassifier", "check_episodic", "check_labels", "class_split"]
+__all__ = ["AdaptedClassifier", "EpisodicClassifier", "check_episodic", "check_labels", "class_split",
+           "episode_validation", "EpisodeValidation"]
 
 UNUSED = {"encoder_subsets": "a few-shot classifier has no set encoder",
           "min_points": "episodes keep min_shots..max_shots examples per class as support"}
 
 
-def check_episodic(source, name: str, ways: int | None = None) -> None:
+def check_episodic(source, name: str, ways: int | None = None, *, cfg: TrainConfig | None = None,
+                   distributed: bool = False) -> None:
     """A few-shot classifier meta-trains on an episodic family; ``ways`` must match a fixed-size head."""
+    if distributed:
+        raise ValueError(f"{name}.fit: distributed training is not implemented for few-shot classifiers")
+    if cfg is not None and cfg.max_points < 2:
+        raise ValueError(f"{name}.fit: max_points (examples per class per training episode) must be >= 2, so that "
+                         f"each class has a support and a query example; got {cfg.max_points}")
     if not getattr(source, "episodic", False):
         raise TypeError(f"{name}.fit: source must be an episodic task family (bm.tasks.Episodes, "
                         f"bm.tasks.GaussianClusters); got {type(source).__name__}")
@@ -43,6 +52,61 @@ def check_labels(y: torch.Tensor, mask: torch.Tensor, ways: int | None = None, *
         allowed = "a whole number >= 0" if ways is None else f"a whole number in 0..{ways - 1}"
         raise ValueError(f"{prefix}y: label {float(v[t, j])} at task {t}, point {j} is not {allowed}")
     return v.round().long().masked_fill(~mask, 0)
+
+
+class EpisodeValidation:
+    """Fixed validation episodes scored with the test-time procedure: what early stopping watches.
+
+    Args:
+        validation: an episodic family over the validation classes (``Episodes(val_pool, ways)``;
+            ``episodes`` tasks per shot count are drawn once, ``query`` examples per class), or
+            ``{shots per class: TaskBatch}``.
+        shots: shot counts per class (default ``cfg.val_shots`` or ``(1, 5)``).
+    """
+
+    def __init__(self, validation, *, shots=(), episodes: int = 200, query: int = 15, seed: int = 0,
+                 chunk: int = 100) -> None:
+        if isinstance(validation, dict):
+            self.sets = dict(validation)
+        elif getattr(validation, "episodic", False):
+            shots = tuple(shots) or (1, 5)
+            g = lambda k: torch.Generator().manual_seed(seed * 1000 + 7919 + k)  # noqa: E731
+            self.sets = {k: validation.sample(episodes, shots=k, num_query=query, generator=g(k)) for k in shots}
+        else:
+            raise TypeError("validation: a few-shot classifier validates on an episodic family of validation classes "
+                            f"(bm.tasks.Episodes) or a dict {{shots: TaskBatch}}; got {type(validation).__name__}")
+        self.chunk = chunk
+
+    def score(self, learner) -> dict:
+        """Mean query NLL per episode and shot count (paired across validations), and accuracy per shot count."""
+        per_shot, task_nll = [], []
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            for k, batch in self.sets.items():
+                nll, hits, n = [], 0.0, 0
+                for lo in range(0, len(batch), self.chunk):
+                    b = batch[lo:lo + self.chunk].to(learner.device)
+                    xq, yq, mq = b.query
+                    pred = learner.adapt(b).predict(xq)
+                    with torch.no_grad():
+                        lp, m = pred.log_prob(yq), mq.to(xq.dtype)
+                        nll.append((-(lp * m).sum(-1) / m.sum(-1)).double().cpu())
+                        hits += float(((pred.mode == yq[..., 0].round().long()) & mq).sum())
+                        n += int(mq.sum())
+                v = torch.cat(nll)
+                task_nll.append(v)
+                per_shot.append({"shots": k, "nll": float(v.mean()), "coverage_90": math.nan, "accuracy": hits / n,
+                                 "tasks": len(v)})
+        return {"nll": sum(s["nll"] for s in per_shot) / len(per_shot), "coverage_90": math.nan,
+                "per_shot": per_shot, "task_nll": torch.cat(task_nll)}
+
+
+def episode_validation(learner, source, validation, cfg, distributed):
+    """``fit(..., validation=)`` of a few-shot classifier: validation episodes (early stopping), or none."""
+    if validation is None or validation is False:
+        return source, None
+    held = EpisodeValidation(validation, shots=cfg.val_shots, seed=cfg.seed)
+    return source, lambda: held.score(learner)
 
 
 def class_split(batch: Batch, per_class: int, cfg: TrainConfig, gen: torch.Generator):
@@ -121,6 +185,8 @@ class EpisodicClassifier(MetaLearner):
     def _unused_options(self, source, distributed: bool) -> dict[str, str]:
         return dict(UNUSED)
 
+    _validation = episode_validation
+
     def eval_mode(self) -> None:
         self.net.eval()
 
@@ -137,7 +203,7 @@ class EpisodicClassifier(MetaLearner):
 
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
                     distributed: bool, validate=None) -> History:
-        check_episodic(source, type(self).__name__, getattr(self, "ways", None))
+        check_episodic(source, type(self).__name__, getattr(self, "ways", None), cfg=cfg, distributed=distributed)
         if standardize:
             raise ValueError(f"{type(self).__name__}.fit: standardize does not apply to classification episodes")
         ways, per_class = source.ways, cfg.max_points
@@ -155,7 +221,7 @@ class EpisodicClassifier(MetaLearner):
         return train_loop(make_step, self._modules(), list(self.net.parameters()), source, cfg, device=self.device,
                           x_dim=self.x_dim, y_dim=1, grad_mean=True, checkpoint=checkpoint, resume=state,
                           on_checkpoint=on_checkpoint, extra_state=self._extra_state(), validate=validate,
-                          desc=f"meta-training {type(self).__name__}")
+                          desc=f"meta-training {type(self).__name__}", whole_episodes=True)
 
     def adapt(self, x_support, y_support=None, mask_support=None, *, ways: int | None = None,
               steps: int | None = None, lr: float | None = None) -> AdaptedClassifier:
@@ -178,5 +244,8 @@ class EpisodicClassifier(MetaLearner):
             raise ValueError("adapt: y_support is required unless a TaskBatch is given")
         x, y, mask = check_support(x_support, y_support, mask_support, x_dim=self.x_dim, y_dim=1, prefix="support ")
         labels = check_labels(y, mask, ways)
-        ways = max(2, int(labels.max()) + 1) if ways is None else ways
+        if ways is None:
+            if not bool(mask.any()):
+                raise ValueError("adapt: no support examples; pass ways= to predict from the prior alone")
+            ways = max(2, int(labels[mask].max()) + 1)
         return AdaptedClassifier(self, x.to(self.device), labels.to(self.device), mask.to(self.device), ways)

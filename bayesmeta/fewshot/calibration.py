@@ -93,7 +93,7 @@ class TemperatureScaled:
             xq, yq, m = b.query
             pred = self.learner.adapt(b).predict(xq)
             logits.append(pred.logits[m.to(pred.device)].cpu())
-            labels.append(yq[..., 0][m].round().long())
+            labels.append(yq[..., 0][m].round().long().cpu())
         self.temperature = fit_temperature(torch.cat(logits), torch.cat(labels))
         return self
 
@@ -121,8 +121,9 @@ class ClassifierEnsemble:
     def fit(self, source, steps: int | None = None, *, config=None, **options) -> ClassifierEnsemble:
         n = len(self.members)
         seed = options.pop("seed", getattr(config, "seed", 0))
-        if options.get("max_time") is not None:
-            options["max_time"] = options["max_time"] / n
+        max_time = options.get("max_time", getattr(config, "max_time", None))
+        if max_time is not None:  # the ensemble's budget is shared by its members
+            options["max_time"] = max_time / n
         for i, m in enumerate(self.members):
             cfg = None if config is None else replace(config, seed=seed + i)
             m.fit(source, None if steps is None else max(1, steps // n), config=cfg,  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from ..class_predictive import ClassPredictive
 from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
 from ..learners import check_adapt_options
 from ..tasks.batch import TaskBatch, check_support
-from .base import UNUSED, check_episodic, check_labels, class_split
+from .base import UNUSED, check_episodic, check_labels, class_split, episode_validation
 
 __all__ = ["FOMAMLClassifier", "MAMLClassifier", "MetaSGDClassifier", "ReptileClassifier", "SoftmaxMLP"]
 
@@ -87,13 +87,15 @@ class _Softmax:
         self.ways = ways
         self.net = SoftmaxMLP(x_dim, ways, tuple(hidden))
 
+    _validation = episode_validation
+
     def _unused_options(self, source, distributed: bool) -> dict[str, str]:
         return dict(UNUSED)
 
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
                     distributed: bool, validate=None) -> History:
         name = type(self).__name__
-        check_episodic(source, name, self.ways)
+        check_episodic(source, name, self.ways, cfg=cfg, distributed=distributed)
         if standardize:
             raise ValueError(f"{name}.fit: standardize does not apply to classification episodes")
 
@@ -107,7 +109,7 @@ class _Softmax:
                           device=self.device, x_dim=self.x_dim, y_dim=1, grad_mean=True,  # type: ignore[attr-defined]
                           checkpoint=checkpoint, resume=state, on_checkpoint=on_checkpoint,
                           extra_state=self._extra_state(), validate=validate,  # type: ignore[attr-defined]
-                          desc=f"meta-training {name}")
+                          desc=f"meta-training {name}", whole_episodes=True)
 
     def adapt(self, x_support, y_support=None, mask_support=None, *, steps: int | None = None,
               lr: float | None = None) -> AdaptedSoftmax:

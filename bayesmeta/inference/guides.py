@@ -103,7 +103,8 @@ class AmortizedGuide(nn.Module):
         if not self.gaussian_prior:  # the empty set's Gaussian, fitted to prior draws (prior_matching_loss)
             self.empty_loc = nn.Parameter(torch.zeros(p))
             self.empty_log_scale = nn.Parameter(torch.zeros(p))
-        self.encoder = SetEncoder(program.x_dim, program.y_dim, hidden, embed_dim)
+        self.classes = program.observation.num_classes  # categorical labels enter the encoder one-hot
+        self.encoder = SetEncoder(program.x_dim, self.classes or program.y_dim, hidden, embed_dim)
         self.head = MLP(embed_dim, hidden[-1:], 2 * p, zero_last=True)
         self.flows = nn.ModuleList()
         if family == "flow":
@@ -120,11 +121,13 @@ class AmortizedGuide(nn.Module):
         return {"a": a, "log_s": log_s, "context": r, "observed": observed}
 
     def _encoder_inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the set encoder reads: counts as ``log1p(y)``, raw input columns (trials, a log
+        """What the set encoder reads: class labels one-hot, counts as ``log1p(y)``, raw input columns (trials, a log
         exposure; the model's ``raw_x_columns``) as ``sign(x) log1p(|x|)``, so that unstandardised
         values in the hundreds do not blow up the embedding. The likelihood sees the data as they are."""
         program = self.program
-        if program.observation.discrete and not program.observation.real:
+        if self.classes:
+            y = nn.functional.one_hot(y[..., 0].round().long().clamp(0, self.classes - 1), self.classes).to(x.dtype)
+        elif program.observation.discrete and not program.observation.real:
             y = torch.log1p(y.clamp_min(0))
         raw = getattr(program.model, "raw_x_columns", ())
         if raw:

@@ -73,8 +73,8 @@ class TaskStream:
     """
 
     def __init__(self, source, cfg: TrainConfig, device: torch.device, x_dim: int, y_dim: int, *, rank: int = 0,
-                 world_size: int = 1, min_points: int | None = None) -> None:
-        self.cfg, self.device = cfg, device
+                 world_size: int = 1, min_points: int | None = None, whole_episodes: bool = False) -> None:
+        self.cfg, self.device, self.whole_episodes = cfg, device, whole_episodes
         self.min_points = cfg.min_points if min_points is None else max(min_points, cfg.min_points)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)  # rank 0: the single-process stream
         if isinstance(source, TaskFamily):
@@ -105,9 +105,14 @@ class TaskStream:
         if self.pool is None:
             assert self.family is not None
             b = self.family.sample(cfg.tasks_per_step, shots=cfg.max_points, generator=g)
-            if getattr(self.family, "episodic", False):  # whole episodes: max_points per class, split by the learner
-                return Batch(b.x_support.to(self.device), b.y_support.to(self.device),
-                             b.mask_support.to(self.device), None)
+            if getattr(self.family, "episodic", False):  # classification episodes: max_points per class
+                ways = b.x_support.shape[1] // cfg.max_points
+                lo = min(cfg.max_points, max(1, -(-self.min_points // ways)))
+                n = torch.randint(lo, cfg.max_points + 1, (cfg.tasks_per_step, 1), generator=g)
+                if self.whole_episodes:  # the learner splits each class into support and query itself
+                    n = torch.full_like(n, cfg.max_points)
+                pos = torch.arange(b.x_support.shape[1]) % cfg.max_points  # position within its class
+                return Batch(b.x_support.to(self.device), b.y_support.to(self.device), (pos < n).to(self.device), None)
             n = torch.randint(self.min_points, cfg.max_points + 1, (cfg.tasks_per_step,), generator=g)
             mask = torch.arange(cfg.max_points)[None] < n[:, None]  # [T, S]
             return Batch(b.x_support.to(self.device), b.y_support.to(self.device), mask.to(self.device), None)
@@ -170,7 +175,7 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
                min_points: int | None = None, grad_mean: bool = False, checkpoint=None,
                resume: dict | None = None, on_checkpoint=None, distributed: DistributedContext | None = None,
                extra_state: dict | None = None, validate: Validator | None = None,
-               desc: str = "meta-training") -> History:
+               desc: str = "meta-training", whole_episodes: bool = False) -> History:
     """Run meta-training; returns the :class:`History`.
 
     Args:
@@ -205,6 +210,9 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
             validations without improvement and warns once (:class:`MetaOverfittingWarning`)
             when the learner starts to memorise its training tasks.
         desc: the progress bar's label.
+        whole_episodes: from an episodic family (classification), every batch holds whole
+            episodes (``max_points`` examples per class, all observed) for a learner that splits
+            them itself; otherwise each task keeps a random ``U{..max_points}`` examples per class.
 
     Raises:
         FloatingPointError: the loss became non-finite. Checked without a per-step host sync: at
@@ -214,7 +222,7 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
     rank = 0 if distributed is None else distributed.rank
     torch.manual_seed(cfg.seed + 1_000_003 * rank)
     stream = TaskStream(source, cfg, device, x_dim, y_dim, rank=rank, min_points=min_points,
-                        world_size=1 if distributed is None else distributed.world_size)
+                        world_size=1 if distributed is None else distributed.world_size, whole_episodes=whole_episodes)
     if distributed is not None:
         check_same_config(distributed, {k: v for k, v in asdict(cfg).items() if k != "progress"}, device)
         broadcast_parameters(params)

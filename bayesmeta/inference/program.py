@@ -88,6 +88,13 @@ class ObservationSite:
         """Outcomes on the whole real line (what standardising may shift and scale)."""
         return is_real(self.support)
 
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of a categorical outcome (labels ``0..C-1``), else ``None``."""
+        if self.family != "Categorical":
+            return None
+        return int(getattr(self.support, "upper_bound", 0)) + 1
+
 
 def unwrap(fn) -> tuple[Any, int]:
     """The innermost distribution of ``fn`` (through masks, ``to_event`` and expansions) and how many

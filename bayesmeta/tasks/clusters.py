@@ -93,10 +93,15 @@ class GaussianClusters(TaskFamily):
     def oracle_predict(self, x_support, y_support, x_query, mask_support=None) -> ClassPredictive:
         """Exact ``p(y = c | x_query, support)`` ``[T, N, ways]`` as a :class:`ClassPredictive`."""
         xs, ys, mask = check_support(x_support, y_support, mask_support, x_dim=self.dim, y_dim=1, prefix="support ")
-        xq = torch.as_tensor(x_query, dtype=xs.dtype)
+        xq = torch.as_tensor(x_query, dtype=xs.dtype, device=xs.device)
         if xq.dim() != 3 or xq.shape[0] != xs.shape[0] or xq.shape[-1] != self.dim:
             raise ValueError(f"x_query must have shape [{xs.shape[0]}, N, {self.dim}]; got {tuple(xq.shape)}")
-        labels = ys[..., 0].round().long()
+        v = ys[..., 0]
+        bad = mask & ((v != v.round()) | (v < 0) | (v >= self.ways))
+        if bad.any():
+            t, j = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"support y: label {float(v[t, j])} at task {t}, point {j} is not in 0..{self.ways - 1}")
+        labels = v.round().long().masked_fill(~mask, 0)
         logits = gaussian_class_logits(xs.double(), labels, mask, xq.double(), self.ways, prior_mean=0.0,
                                        prior_var=self.prior_std**2, noise_var=self.noise_std**2)
         return ClassPredictive(logits.to(xs.dtype), method="oracle")

@@ -44,7 +44,7 @@ def _class_names(labels) -> tuple[list, np.ndarray]:
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"labels must be integers or names; example {i} has label {arr[i]!r}")
+            raise ValueError(f"labels must be integers or names; example {i} has label {arr[i].item()!r}")
         arr = arr.astype(np.int64)
     elif arr.dtype.kind not in "iuUSO":
         raise ValueError(f"labels must be integers or names; got dtype {arr.dtype}")
@@ -100,7 +100,7 @@ class LabelledPool:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"data: no such file {str(path)!r}")
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             if label not in header:
@@ -109,14 +109,21 @@ class LabelledPool:
             missing = [c for c in cols if c not in header]
             if missing or not cols:
                 raise ValueError(f"features: {missing or 'none'} not in {path.name} (columns: {header})")
+            if label in cols:
+                raise ValueError(f"features: the label column {label!r} cannot also be a feature")
             rows, labels = [], []
             for line, row in enumerate(reader, start=2):
                 try:
-                    rows.append([float(row[c]) for c in cols])
+                    values = [float(row[c]) for c in cols]
                 except (TypeError, ValueError):
                     bad = next(c for c in cols if not _is_number(row[c]))
                     raise ValueError(f"{path.name}, line {line}: column {bad!r} is not a number: {row[bad]!r}") from None
-                labels.append(row[label])
+                if not all(math.isfinite(v) for v in values):
+                    raise ValueError(f"{path.name}, line {line}: a feature is not finite: {values}")
+                if row[label] is None or not row[label].strip():
+                    raise ValueError(f"{path.name}, line {line}: no label in column {label!r}")
+                rows.append(values)
+                labels.append(row[label].strip())
         if not rows:
             raise ValueError(f"{path.name}: no data rows")
         return cls(rows, _maybe_int(labels))
@@ -137,10 +144,11 @@ class LabelledPool:
         if not root.is_dir():
             raise FileNotFoundError(f"images: no such directory {str(root)!r}")
         hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        class_dirs = _class_dirs(root)
+        class_dirs = _check_class_dirs(_class_dirs(root), root)
         xs, labels, groups = [], [], {}
         for group, name, folder in class_dirs:
-            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in folder.iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
             if not files:
                 raise ValueError(f"images: class folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             for p in files:
@@ -154,7 +162,8 @@ class LabelledPool:
                     xs.append(np.rot90(arr, r, axes=(0, 1)).reshape(-1))
                     labels.append(key)
                     groups[key] = group
-        return cls(np.stack(xs), labels, groups=groups, shape=(hw[0], hw[1]) if mode == "L" else None)
+        square = hw[0] == hw[1] or not rotations  # rotated non-square images do not share one shape
+        return cls(np.stack(xs), labels, groups=groups, shape=(hw[0], hw[1]) if mode == "L" and square else None)
 
     @classmethod
     def digits(cls, *, rotations: bool = True) -> LabelledPool:
@@ -218,9 +227,10 @@ class LabelledPool:
             kind = "groups" if self.groups else "classes"
             raise ValueError(f"split: {len(units)} {kind} cannot be cut into {len(fr)} parts")
         order = torch.randperm(len(units), generator=torch.Generator().manual_seed(seed)).tolist()
-        cuts = np.round(np.cumsum([0.0, *fr]) * len(units)).astype(int)
-        cuts = np.maximum.accumulate(np.maximum(cuts, np.arange(len(cuts))))  # every part non-empty
+        cuts = [int(c) for c in np.round(np.cumsum([0.0, *fr]) * len(units))]
         cuts[-1] = len(units)
+        for i in range(1, len(fr)):  # every part gets at least one unit, and leaves one for each part after it
+            cuts[i] = min(max(cuts[i], cuts[i - 1] + 1), len(units) - (len(fr) - i))
         parts = []
         for a, b in zip(cuts[:-1], cuts[1:], strict=True):
             chosen = {units[i] for i in order[a:b]}
@@ -272,7 +282,7 @@ def _class_dirs(root: Path) -> list[tuple[str, str, Path]]:
     if not subdirs:
         raise ValueError(f"images: {str(root)!r} has no class folders (expected root/<class>/*.png or "
                          "root/<group>/<class>/*.png)")
-    nested = [d for d in subdirs if any(p.is_dir() for p in d.iterdir())]
+    nested = [d for d in subdirs if any(p.is_dir() and not p.name.startswith(".") for p in d.iterdir())]
     if nested and len(nested) != len(subdirs):
         flat = sorted(set(subdirs) - set(nested))
         raise ValueError(f"images: mixed layout under {str(root)!r}: {flat[0].name!r} holds files but "
@@ -281,6 +291,12 @@ def _class_dirs(root: Path) -> list[tuple[str, str, Path]]:
         return [(d.name, d.name, d) for d in subdirs]
     return [(g.name, f"{g.name}/{c.name}", c) for g in subdirs
             for c in sorted(p for p in g.iterdir() if p.is_dir() and not p.name.startswith("."))]
+
+
+def _check_class_dirs(found: list, root: Path) -> list:
+    if not found:
+        raise ValueError(f"images: no class folders under {str(root)!r}")
+    return found
 
 
 class Episodes(TaskFamily):

@@ -97,3 +97,18 @@ def test_mismatched_shapes_and_nans_raise():
     with pytest.raises(ValueError, match="samples of task 1"):
         coverages(bm.GaussianMixture(loc, pred.scale), y)
 
+
+
+def test_classwise_ece_and_selective_prediction_by_hand():
+    from bayesmeta.evaluation.metrics import classwise_ece, selective_prediction
+
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8], [0.2, 0.8]])
+    labels = torch.tensor([0, 1, 1, 1])
+    # class 0: bins 0.9 (2 points, 1 hit: |0.5 - 0.9| = 0.4) and 0.2 (2 points, 0 hits: 0.2) -> (2*0.4 + 2*0.2) / 4
+    # class 1: bins 0.1 (1 hit of 2: 0.4) and 0.8 (2 hits of 2: 0.2) -> the same 0.3
+    assert classwise_ece(probs, labels) == pytest.approx(0.3)
+    conf = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    correct = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    sel = selective_prediction(conf, correct, fractions=(0.5, 1.0))
+    assert sel["accuracy"] == pytest.approx([1.0, 0.75])
+    assert sel["area"] == pytest.approx((1 + 1 + 2 / 3 + 3 / 4) / 4)
