@@ -78,10 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--config", help="TOML config file")
     f.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
     f.add_argument("--task-kind", choices=["regression", "classification"], default="regression",
-                   help="regression (default: grouped rows of --data) or classification (few-shot episodes)")
+                   help="regression (grouped rows of --data) or classification (few-shot episodes; see "
+                        "docs/cli.md) (default: regression)")
     f.add_argument("--label", metavar="COLUMN", help="classification: the class column of --data")
-    f.add_argument("--features", nargs="+", metavar="COLUMN", help="classification: feature columns (default: all "
-                   "but --label)")
+    f.add_argument("--features", nargs="+", metavar="COLUMN", help="classification: feature columns (all but --label "
+                   "when omitted)")
     f.add_argument("--images", metavar="DIR", help="classification: an image tree root/<class>/*.png or "
                    "root/<group>/<class>/*.png")
     f.add_argument("--image-size", type=int, default=28, help="classification: images resized to this (default: 28)")
