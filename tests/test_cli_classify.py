@@ -33,6 +33,9 @@ def test_fit_evaluate_predict_a_classification_run(tmp_path, capsys):
     assert main(["evaluate", str(run), "--shots", "1", "3", "--episodes", "20", "--no-progress"]) == 0
     summary = json.loads((run / "eval.json").read_text())["summary"]
     assert [s["shots"] for s in summary] == [1, 3] and all(0 <= s["ece"] <= 1 for s in summary)
+    assert main(["report", str(run)]) == 0  # training trace (with validation), reliability, selective prediction
+    page = (run / "report.html").read_text()
+    assert "Reliability diagrams" in page and "Selective prediction" in page
     # predict: two new classes far apart; the query points sit on them
     sup, qry, out = tmp_path / "s.csv", tmp_path / "q.csv", tmp_path / "p.csv"
     sup.write_text("task,kind,f0,f1,f2\nt,a,10,0,0\nt,a,11,0,0\nt,b,-10,0,0\nt,b,-11,0,0\n")

@@ -70,23 +70,24 @@ def cmd_fit_classifier(args) -> Path:
     for name, part in (("meta-train", train), ("validation", val), ("test", test)):
         part.check_episodes(ways, 2, what=f"{name} classes")
     clf = _build(args.method, pool.x_dim, ways)
+    val_shots = tuple(k for k in (1, 5) if k < int(val.counts.min()))
     clf.fit(Episodes(train, ways), steps=args.steps or 2000, max_time=args.max_time, seed=seed,
             device=args.device or "cpu", progress=not args.no_progress,
-            max_points=min(20, int(train.counts.min())))
+            max_points=min(20, int(train.counts.min())), validation=Episodes(val, ways), val_shots=val_shots)
     temperature = 1.0
     if args.method != "bayes-proto":  # point estimates: temperature-scaled on validation episodes
         shots = min(5, int(val.counts.min()) - 1)
         episodes = Episodes(val, ways).sample(200, shots=shots, num_query=1, generator=torch.Generator().manual_seed(seed))
         temperature = TemperatureScaled(clf).calibrate(episodes).temperature
     out.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"state": clf.net.state_dict()}, out / "classifier.pt")
+    atomic_torch_save({"state": clf.net.state_dict(), "history": clf.history.as_dict()}, out / "classifier.pt")
     if source["kind"] == "csv" and not source["features"]:  # the resolved columns, for predict
         with open(source["path"], newline="", encoding="utf-8-sig") as f:
             source["features"] = [c for c in next(csv.reader(f)) if c != args.label]
     info = {"format": _FORMAT, "task_kind": "classification", "source": source, "method": args.method,
             "ways": ways, "x_dim": pool.x_dim, "seed": seed, "temperature": temperature,
             "classes": {"train": train.classes, "validation": val.classes, "test": test.classes},
-            "train_steps": clf.history.step[-1] if clf.history.step else 0}
+            "train_steps": clf.history.step[-1] if clf.history.step else 0, "best_step": clf.history.best_step}
     atomic_write_text(json.dumps(info, indent=1, default=str), out / "run.json")
     print(f"trained {args.method} ({info['train_steps']} steps) on {train.num_classes} classes; wrote {out}",
           file=sys.stderr)

@@ -240,7 +240,7 @@ def load_run(run_dir) -> dict:
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} does not exist")
     found = {}
-    for name in ("learner.pt", "model.pt"):
+    for name in ("learner.pt", "model.pt", "classifier.pt"):
         if (run / name).exists():
             state = torch.load(run / name, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "history" in state:
@@ -256,5 +256,6 @@ def load_run(run_dir) -> dict:
     if pngs:
         found["figures"] = pngs  # a new report redraws what it can from the data and embeds the rest
     if not found:
-        raise FileNotFoundError(f"{run}: nothing to report (no learner.pt, eval.json, sbc.json, reference.json or plots)")
+        raise FileNotFoundError(f"{run}: nothing to report (no learner.pt, classifier.pt, eval.json, sbc.json, "
+                                "reference.json or plots)")
     return found

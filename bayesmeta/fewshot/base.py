@@ -70,6 +70,12 @@ class EpisodeValidation:
             self.sets = dict(validation)
         elif getattr(validation, "episodic", False):
             shots = tuple(shots) or (1, 5)
+            pool = getattr(validation, "pool", None)
+            if pool is not None:  # small validation classes: fewer query examples
+                query = min(query, int(pool.counts.min()) - max(shots))
+                if query < 1:
+                    raise ValueError(f"validation: a validation class has {int(pool.counts.min())} examples, too few "
+                                     f"for {max(shots)} shots and a query example; set val_shots")
             g = lambda k: torch.Generator().manual_seed(seed * 1000 + 7919 + k)  # noqa: E731
             self.sets = {k: validation.sample(episodes, shots=k, num_query=query, generator=g(k)) for k in shots}
         else:
