@@ -20,6 +20,7 @@ import torch
 from ..fewshot import CLASSIFIERS, TemperatureScaled
 from ..io import atomic_torch_save, atomic_write_text
 from ..tasks import Episodes, LabelledPool
+from ..tasks.episodes import is_number
 
 __all__ = ["cmd_fit_classifier", "cmd_evaluate_classifier", "cmd_predict_classifier", "is_classification_run"]
 
@@ -140,21 +141,13 @@ def _features(rows: list[dict], columns: list[str], path, all_rows: list[dict]) 
         try:
             out.append([float(r[c]) for c in columns])
         except (TypeError, ValueError):
-            bad = next(c for c in columns if not _number(r[c]))
+            bad = next(c for c in columns if not is_number(r[c]))
             raise ValueError(f"{Path(path).name}, line {all_rows.index(r) + 2}: column {bad!r} is not a number: "
                              f"{r[bad]!r}") from None
     x = torch.tensor(out)
     if not torch.isfinite(x).all():
         raise ValueError(f"{Path(path).name}: a feature is not finite")
     return x
-
-
-def _number(v) -> bool:
-    try:
-        float(v)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def cmd_predict_classifier(args) -> Path:

@@ -19,7 +19,8 @@ from ..learners import MetaLearner, check_adapt_options
 from ..tasks.batch import TaskBatch, check_support
 
 __all__ = ["AdaptedClassifier", "EpisodicClassifier", "check_episodic", "check_labels", "class_split",
-           "episode_validation", "EpisodeValidation"]
+           "episode_validation", "EpisodeValidation",
+           "refuse_draw_options"]
 
 UNUSED = {"encoder_subsets": "a few-shot classifier has no set encoder",
           "min_points": "episodes keep min_shots..max_shots examples per class as support"}
@@ -129,6 +130,14 @@ def class_split(batch: Batch, per_class: int, cfg: TrainConfig, gen: torch.Gener
     return support, batch.mask & ~support
 
 
+def refuse_draw_options(learner, num_samples, method) -> None:
+    """``predict`` of a classifier with closed-form probabilities takes no posterior-draw options."""
+    for arg, value in (("num_samples", num_samples), ("method", method)):
+        if value is not None:
+            raise ValueError(f"predict: {arg}={value!r} does not apply to {type(learner).__name__}, whose class "
+                             "probabilities are computed in closed form (no posterior draws)")
+
+
 class AdaptedClassifier:
     """A classifier adapted to each task's support set: ``predict(x_query)`` -> :class:`ClassPredictive`."""
 
@@ -144,10 +153,7 @@ class AdaptedClassifier:
                 seed: int | None = None) -> ClassPredictive:
         """Class probabilities ``[T, N, ways]`` at ``x`` (``[T, N, D]``, or ``[N, D]`` for every task)."""
         name = type(self.learner).__name__
-        for arg, value in (("num_samples", num_samples), ("method", method)):
-            if value is not None:
-                raise ValueError(f"predict: {arg}={value!r} does not apply to {name}, whose class probabilities are "
-                                 "computed in closed form")
+        refuse_draw_options(self.learner, num_samples, method)
         xq = torch.as_tensor(x, dtype=self.x.dtype).to(self.x.device)
         d = self.learner.x_dim
         if xq.dim() == 2:

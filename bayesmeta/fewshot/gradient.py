@@ -21,7 +21,7 @@ from ..class_predictive import ClassPredictive
 from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
 from ..learners import check_adapt_options
 from ..tasks.batch import TaskBatch, check_support
-from .base import UNUSED, check_episodic, check_labels, class_split, episode_validation
+from .base import UNUSED, check_episodic, check_labels, class_split, episode_validation, refuse_draw_options
 
 __all__ = ["FOMAMLClassifier", "MAMLClassifier", "MetaSGDClassifier", "ReptileClassifier", "SoftmaxMLP"]
 
@@ -60,9 +60,7 @@ class AdaptedSoftmax:
     def predict(self, x, num_samples: int | None = None, *, method: str | None = None,
                 seed: int | None = None) -> ClassPredictive:
         name = type(self.learner).__name__
-        for arg, value in (("num_samples", num_samples), ("method", method)):
-            if value is not None:
-                raise ValueError(f"predict: {arg}={value!r} does not apply to {name} (a point estimate per task)")
+        refuse_draw_options(self.learner, num_samples, method)
         net = self.learner.net
         x = torch.as_tensor(x, dtype=torch.get_default_dtype() if not torch.is_tensor(x) else x.dtype)
         x = x.to(self.learner.device)
@@ -159,11 +157,8 @@ class FOMAMLClassifier(_Softmax, FOMAML):  # type: ignore[misc]
 class MetaSGDClassifier(_Softmax, MetaSGD):  # type: ignore[misc]
     """Meta-SGD (learned per-entry inner rates) with a softmax head (see :class:`MAMLClassifier`)."""
 
-    def __init__(self, x_dim: int, ways: int = 5, *, hidden: Sequence[int] = (128, 128), inner_steps: int = 5,
-                 inner_lr: float = 0.1, adapt_steps: int | None = None) -> None:
-        MAML.__init__(self, x_dim, 1, hidden=hidden, inner_steps=inner_steps, inner_lr=inner_lr, noise="mse",
-                      adapt_steps=adapt_steps)
-        self._classifier_init(x_dim, ways, hidden)
+    def __init__(self, x_dim: int, ways: int = 5, **kwargs) -> None:
+        MAMLClassifier.__init__(self, x_dim, ways, **kwargs)  # type: ignore[arg-type]
         self.rates = nn.ParameterDict({k.replace(".", "__"): nn.Parameter(torch.full_like(p, self.inner_lr))
                                        for k, p in self.net.named_parameters()})
 

@@ -116,7 +116,7 @@ class LabelledPool:
                 try:
                     values = [float(row[c]) for c in cols]
                 except (TypeError, ValueError):
-                    bad = next(c for c in cols if not _is_number(row[c]))
+                    bad = next(c for c in cols if not is_number(row[c]))
                     raise ValueError(f"{path.name}, line {line}: column {bad!r} is not a number: {row[bad]!r}") from None
                 if not all(math.isfinite(v) for v in values):
                     raise ValueError(f"{path.name}, line {line}: a feature is not finite: {values}")
@@ -260,7 +260,8 @@ class LabelledPool:
         return self._table[classes[..., None], pick]
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """Whether ``float(value)`` works (a CSV cell that is a number)."""
     try:
         float(value)
     except (TypeError, ValueError):
