@@ -54,6 +54,17 @@ class AdaptedTasks:
     def __init__(self, learner: GradientMetaLearner, params: dict[str, torch.Tensor], num_tasks: int) -> None:
         self.learner, self.params, self.num_tasks = learner, params, num_tasks
 
+    def inputs(self, x) -> torch.Tensor:
+        """Query inputs ``[T, N, D]`` on the learner's device (``[N, D]`` is shared by every task); shapes checked."""
+        d = self.learner.net.x_dim
+        x = torch.as_tensor(x, dtype=torch.get_default_dtype() if not torch.is_tensor(x) else x.dtype)
+        x = x.to(self.learner.device)
+        if x.dim() == 2:
+            x = x.expand(self.num_tasks, *x.shape)
+        if x.dim() != 3 or x.shape[0] != self.num_tasks or x.shape[-1] != d:
+            raise ValueError(f"x must have shape [{self.num_tasks}, N, {d}] or [N, {d}]; got {tuple(x.shape)}")
+        return x
+
     @torch.no_grad()
     def predict(self, x, num_samples: int | None = None, *, method: str | None = None,
                 seed: int | None = None) -> PosteriorPredictive:
@@ -69,13 +80,7 @@ class AdaptedTasks:
                 raise ValueError(f"predict: {arg}={value!r} does not apply to {name}, whose predictive is one "
                                  "Gaussian per point (no posterior draws)")
         net = self.learner.net
-        x = torch.as_tensor(x, dtype=torch.get_default_dtype() if not torch.is_tensor(x) else x.dtype)
-        x = x.to(self.learner.device)
-        if x.dim() == 2:
-            x = x.expand(self.num_tasks, *x.shape)
-        if x.dim() != 3 or x.shape[0] != self.num_tasks or x.shape[-1] != net.x_dim:
-            raise ValueError(f"x must have shape [{self.num_tasks}, N, {net.x_dim}] or [N, {net.x_dim}]; "
-                             f"got {tuple(x.shape)}")
+        x = self.inputs(x)
         std = self.learner.standardization
         if std is not None:
             x = std.x(x)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..baselines.base import GradientMetaLearner
+from ..baselines.base import AdaptedTasks
 from ..baselines.maml import FOMAML, MAML, MetaSGD, Reptile
 from ..class_predictive import ClassPredictive
 from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
@@ -50,27 +50,16 @@ class SoftmaxMLP(nn.Module):
         return -torch.log_softmax(logits, -1).gather(-1, y.long())[..., 0]
 
 
-class AdaptedSoftmax:
+class AdaptedSoftmax(AdaptedTasks):
     """Each task's adapted network: ``predict(x)`` -> :class:`ClassPredictive` ``[T, N, ways]``."""
 
-    def __init__(self, learner: GradientMetaLearner, params: dict[str, torch.Tensor], num_tasks: int) -> None:
-        self.learner, self.params, self.num_tasks = learner, params, num_tasks
-
     @torch.no_grad()
-    def predict(self, x, num_samples: int | None = None, *, method: str | None = None,
+    def predict(self, x, num_samples: int | None = None, *, method: str | None = None,  # type: ignore[override]
                 seed: int | None = None) -> ClassPredictive:
-        name = type(self.learner).__name__
         refuse_draw_options(self.learner, num_samples, method)
         net = self.learner.net
-        x = torch.as_tensor(x, dtype=torch.get_default_dtype() if not torch.is_tensor(x) else x.dtype)
-        x = x.to(self.learner.device)
-        if x.dim() == 2:
-            x = x.expand(self.num_tasks, *x.shape)
-        if x.dim() != 3 or x.shape[0] != self.num_tasks or x.shape[-1] != net.x_dim:
-            raise ValueError(f"x must have shape [{self.num_tasks}, N, {net.x_dim}] or [N, {net.x_dim}]; "
-                             f"got {tuple(x.shape)}")
-        logits = vmap(lambda p, xi: functional_call(net, p, (xi,))[0])(self.params, x)  # [T, N, W]
-        return ClassPredictive(logits, method=name)
+        logits = vmap(lambda p, xi: functional_call(net, p, (xi,))[0])(self.params, self.inputs(x))  # [T, N, W]
+        return ClassPredictive(logits, method=type(self.learner).__name__)
 
 
 class _Softmax:
@@ -127,7 +116,7 @@ class _Softmax:
         return AdaptedSoftmax(self, {k: v.detach() for k, v in adapted.items()}, x.shape[0])  # type: ignore[arg-type]
 
 
-class MAMLClassifier(_Softmax, MAML):  # type: ignore[misc]
+class MAMLClassifier(_Softmax, MAML):
     """MAML with a softmax head over ``ways`` classes (second-order meta-gradients).
 
     Args:
@@ -148,13 +137,13 @@ class MAMLClassifier(_Softmax, MAML):  # type: ignore[misc]
         return {**super()._settings(), "ways": self.ways}
 
 
-class FOMAMLClassifier(_Softmax, FOMAML):  # type: ignore[misc]
+class FOMAMLClassifier(_Softmax, FOMAML):
     """First-order MAML with a softmax head (see :class:`MAMLClassifier`)."""
 
     __init__ = MAMLClassifier.__init__
 
 
-class MetaSGDClassifier(_Softmax, MetaSGD):  # type: ignore[misc]
+class MetaSGDClassifier(_Softmax, MetaSGD):
     """Meta-SGD (learned per-entry inner rates) with a softmax head (see :class:`MAMLClassifier`)."""
 
     def __init__(self, x_dim: int, ways: int = 5, **kwargs) -> None:
@@ -163,7 +152,7 @@ class MetaSGDClassifier(_Softmax, MetaSGD):  # type: ignore[misc]
                                        for k, p in self.net.named_parameters()})
 
 
-class ReptileClassifier(_Softmax, Reptile):  # type: ignore[misc]
+class ReptileClassifier(_Softmax, Reptile):
     """Reptile with a softmax head: 5 inner SGD steps of 0.1 on all of an episode's examples, by default."""
 
     def __init__(self, x_dim: int, ways: int = 5, *, hidden: Sequence[int] = (128, 128), inner_steps: int = 5,
