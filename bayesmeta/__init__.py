@@ -8,7 +8,7 @@ Users write ``import bayesmeta as bm``::
     pred = learner.adapt(test).predict(test.x_query)
 """
 
-from . import baselines, diagnostics, evaluation, fewshot, inference, models, tasks
+from . import baselines, diagnostics, evaluation, fewshot, inference, models, tasks, tuning
 from .class_predictive import ClassPredictive
 from .diagnostics import (
     compare_posteriors,
@@ -18,11 +18,12 @@ from .diagnostics import (
     to_inference_data,
 )
 from .evaluation import Evaluation, evaluate
-from .inference import MetaOverfittingWarning, TrainConfig
+from .inference import MetaOverfittingWarning, ReplayBuffer, TrainConfig
 from .learners import BayesLearner
 from .mixture import GaussianMixture
 from .predictive import Posterior, PosteriorPredictive, deprecated_alias
 from .tasks import TaskBatch
+from .tuning import tune
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,7 @@ __all__ = [
     "TrainConfig",
     "Posterior",
     "PosteriorPredictive",
+    "ReplayBuffer",
     "TaskBatch",
     "baselines",
     "fewshot",
@@ -55,5 +57,7 @@ __all__ = [
     "report",
     "simulation_based_calibration",
     "to_inference_data",
+    "tune",
+    "tuning",
     "__version__",
 ]

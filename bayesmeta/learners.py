@@ -203,7 +203,7 @@ class MetaLearner:
 
     def fit(self, source, steps: int | None = None, *, config: TrainConfig | None = None, validation=None,
             checkpoint=None, resume: bool = False, on_checkpoint=None, distributed: bool = False,
-            standardize: bool | None = None, **options) -> Self:
+            standardize: bool | None = None, replay=None, **options) -> Self:
         """Meta-train on a task family (an endless stream) or a ``TaskBatch`` pool; returns ``self``.
 
         A finite pool can be memorised (meta-overfitting), so by default ``fit`` holds out
@@ -239,6 +239,10 @@ class MetaLearner:
                 rate. ``None`` (default): on for a ``TaskBatch`` pool (your data), off for a task
                 family (synthetic families set their own scale). ``adapt`` and ``predict`` take
                 and return natural units either way (``self.standardization``).
+            replay: a :class:`~bayesmeta.ReplayBuffer` for a task stream that changes (e.g.
+                :class:`~bayesmeta.tasks.Phases`): each step mixes ``replay.fraction`` stored past
+                tasks into the mini-batch; the buffer keeps what it gathered for the next ``fit``
+                and is saved in checkpoints (``docs/continual.md``).
 
         Example:
             >>> import bayesmeta as bm
@@ -252,12 +256,13 @@ class MetaLearner:
         source, validate = self._validation(source, validation, cfg, distributed)
         state = self._resume_state(checkpoint, resume, cfg)
         self.history = self._meta_train(source, cfg, state=state, standardize=standardize, checkpoint=checkpoint,
-                                        on_checkpoint=on_checkpoint, distributed=distributed, validate=validate)
+                                        on_checkpoint=on_checkpoint, distributed=distributed, validate=validate,
+                                        replay=replay)
         self.train_config = asdict(cfg)
         return self
 
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool, validate=None) -> History:
+                    distributed: bool, validate=None, replay=None) -> History:
         raise NotImplementedError
 
 
@@ -358,7 +363,7 @@ class BayesLearner(MetaLearner):
         return {} if self.conjugate else {"num_samples": 250}
 
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool, validate=None) -> History:
+                    distributed: bool, validate=None, replay=None) -> History:
         """SVI on the ELBO (or the exact marginal likelihood); exact type-II ML where it applies.
 
         With ``conjugate=True``, a model with fixed features (``HierarchicalLinearRegression``)
@@ -371,6 +376,8 @@ class BayesLearner(MetaLearner):
         exact = self._fits_exactly(source, distributed)
         source = self._prepare_source(source, state, standardize, default=not exact)
         if exact:
+            if replay is not None:
+                raise ValueError("replay does not apply to the exact type-II ML fit of a conjugate model on a pool")
             history = fit_type2_ml(self.model, source, max_iter=cfg.steps)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, len(history.step), {"model": self.model, "guide": None}, None, history,
@@ -383,7 +390,7 @@ class BayesLearner(MetaLearner):
         return meta_train(self.program, self.guide, source, cfg, device=self.device, objective=self.objective,
                           num_particles=self.num_particles, conjugate=self.conjugate, checkpoint=checkpoint,
                           resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
-                          extra_state=self._extra_state(), validate=validate)
+                          extra_state=self._extra_state(), validate=validate, replay=replay)
 
     def _fits_exactly(self, source, distributed: bool) -> bool:
         """Conjugate model with fixed features on a finite pool: full-batch type-II ML (L-BFGS)."""

@@ -183,7 +183,7 @@ class GradientMetaLearner(MetaLearner):
         return {"encoder_subsets": f"{type(self).__name__} has no encoder"}
 
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool, validate=None) -> History:
+                    distributed: bool, validate=None, replay=None) -> History:
         """Each step splits every task at random into ``U{min_shots..max_shots}`` support points and a query set."""
         source = self._prepare_source(source, state, standardize, default=True)
         ctx = init_from_env(self.device) if distributed else None
@@ -196,7 +196,7 @@ class GradientMetaLearner(MetaLearner):
 
         return train_loop(make_step, self._modules(), self.meta_parameters(), source, cfg, device=self.device,
                           x_dim=self.x_dim, y_dim=self.y_dim, min_points=2, grad_mean=True,
-                          checkpoint=checkpoint, resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
+                          checkpoint=checkpoint, resume=state, on_checkpoint=on_checkpoint, distributed=ctx, replay=replay,
                           extra_state=self._extra_state(), validate=validate,
                           desc=f"meta-training {type(self).__name__}")
 

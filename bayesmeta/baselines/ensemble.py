@@ -8,6 +8,7 @@ from typing import Any, Self
 
 import torch
 
+from ..inference.replay import refuse_shared_replay
 from ..mixture import pad_components, pad_rows
 from ..predictive import PosteriorPredictive
 
@@ -80,6 +81,7 @@ class Ensemble:
         return self
 
     def fit(self, source, steps: int = 2000, *, max_time: float | None = None, seed: int = 0, **options) -> Self:
+        refuse_shared_replay(type(self).__name__, options)
         for i, m in enumerate(self.members):
             m.fit(source, steps, max_time=None if max_time is None else max_time / self.n, seed=seed + i, **options)
         return self

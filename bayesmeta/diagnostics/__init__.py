@@ -10,7 +10,7 @@ from .calibration_plots import (
 )
 from .html_report import load_run, report
 from .inference_data import to_inference_data
-from .plots import plot_elbo_trace, plot_prediction_bands, plot_shrinkage
+from .plots import plot_elbo_trace, plot_forgetting, plot_prediction_bands, plot_shrinkage
 from .reference import compare_posteriors, reference_diagnostics, reference_posterior
 from .sbc import SBCResult, simulation_based_calibration
 
@@ -20,6 +20,7 @@ __all__ = [
     "load_run",
     "plot_calibration_curve",
     "plot_elbo_trace",
+    "plot_forgetting",
     "plot_method_comparison",
     "plot_pit_histogram",
     "plot_reliability_diagram",

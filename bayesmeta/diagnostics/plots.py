@@ -10,7 +10,7 @@ import torch
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_elbo_trace", "plot_prediction_bands", "plot_shrinkage"]
+__all__ = ["plot_elbo_trace", "plot_forgetting", "plot_prediction_bands", "plot_shrinkage"]
 
 
 def plot_prediction_bands(predictive, x_grid, x_support, y_support, mask_support=None, *, truth=None,
@@ -163,6 +163,32 @@ def plot_shrinkage(posterior, *, num_samples: int = 500, method: str | None = No
     for ax in list(axes.flat)[len(show):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_forgetting(results, *, title: str | None = None) -> Figure:
+    """Each phase's test NLL after every phase of training, one line per arm (forgetting shows as a rise).
+
+    Args:
+        results: :class:`~bayesmeta.evaluation.continual.ContinualResult` s (the same phases).
+
+    Returns:
+        The ``Figure`` (one axes per phase scored).
+    """
+    n = results[0].nll.shape[1]
+    fig = _figure(figsize=(3.6 * n, 3.2))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    trained = range(1, results[0].nll.shape[0] + 1)
+    for j, ax in enumerate(axes):
+        for r in results:
+            ax.errorbar(list(trained), r.nll[:, j], yerr=r.nll_se[:, j], marker="o", capsize=3, label=r.name)
+        ax.axvline(j + 1, color="0.8", lw=1, zorder=0)
+        ax.set_yscale("symlog", linthresh=1.0)  # a phase not yet seen can score orders of magnitude worse
+        ax.set(title=f"tasks of phase {j + 1}", xlabel="after training phase", xticks=list(trained))
+    axes[0].set_ylabel("test NLL (nats per point)")
+    axes[-1].legend(fontsize=8)
+    fig.suptitle(title or "forgetting: NLL on each phase's tasks as training moves on")
     fig.tight_layout()
     return fig
 

@@ -1,5 +1,6 @@
 """Layer 5: predictive metrics (definitions of DESIGN.md) and ``evaluate`` over test tasks."""
 
+from .continual import ContinualResult, continual_evaluation, forgetting_table
 from .metrics import (
     CALIBRATION_LEVELS,
     calibration_error,
@@ -20,7 +21,10 @@ __all__ = [
     "CALIBRATION_LEVELS",
     "COVERAGE_LEVELS",
     "METRICS",
+    "ContinualResult",
     "Evaluation",
+    "continual_evaluation",
+    "forgetting_table",
     "calibration_error",
     "coverage",
     "coverages",

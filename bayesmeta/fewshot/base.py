@@ -214,7 +214,7 @@ class EpisodicClassifier(MetaLearner):
         return (nll * q).sum(-1) / q.sum(-1).clamp_min(1)
 
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool, validate=None) -> History:
+                    distributed: bool, validate=None, replay=None) -> History:
         check_episodic(source, type(self).__name__, getattr(self, "ways", None), cfg=cfg, distributed=distributed)
         if standardize:
             raise ValueError(f"{type(self).__name__}.fit: standardize does not apply to classification episodes")
@@ -233,7 +233,7 @@ class EpisodicClassifier(MetaLearner):
         return train_loop(make_step, self._modules(), list(self.net.parameters()), source, cfg, device=self.device,
                           x_dim=self.x_dim, y_dim=1, grad_mean=True, checkpoint=checkpoint, resume=state,
                           on_checkpoint=on_checkpoint, extra_state=self._extra_state(), validate=validate,
-                          desc=f"meta-training {type(self).__name__}", whole_episodes=True)
+                          desc=f"meta-training {type(self).__name__}", whole_episodes=True, replay=replay)
 
     def adapt(self, x_support, y_support=None, mask_support=None, *, ways: int | None = None,
               steps: int | None = None, lr: float | None = None) -> AdaptedClassifier:

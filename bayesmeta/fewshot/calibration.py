@@ -17,6 +17,7 @@ import torch
 
 from ..class_predictive import ClassPredictive
 from ..inference.loop import History
+from ..inference.replay import refuse_shared_replay
 from ..tasks.batch import TaskBatch
 
 __all__ = ["ClassifierEnsemble", "TemperatureScaled", "fit_temperature"]
@@ -119,6 +120,7 @@ class ClassifierEnsemble:
         return getattr(self.members[0], "device", torch.device("cpu"))
 
     def fit(self, source, steps: int | None = None, *, config=None, **options) -> ClassifierEnsemble:
+        refuse_shared_replay(type(self).__name__, options)
         n = len(self.members)
         seed = options.pop("seed", getattr(config, "seed", 0))
         max_time = options.get("max_time", getattr(config, "max_time", None))

@@ -80,7 +80,7 @@ class _Softmax:
         return dict(UNUSED)
 
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool, validate=None) -> History:
+                    distributed: bool, validate=None, replay=None) -> History:
         name = type(self).__name__
         check_episodic(source, name, self.ways, cfg=cfg, distributed=distributed)
         if standardize:
@@ -96,7 +96,7 @@ class _Softmax:
                           device=self.device, x_dim=self.x_dim, y_dim=1, grad_mean=True,  # type: ignore[attr-defined]
                           checkpoint=checkpoint, resume=state, on_checkpoint=on_checkpoint,
                           extra_state=self._extra_state(), validate=validate,  # type: ignore[attr-defined]
-                          desc=f"meta-training {name}", whole_episodes=True)
+                          desc=f"meta-training {name}", whole_episodes=True, replay=replay)
 
     def adapt(self, x_support, y_support=None, mask_support=None, *, steps: int | None = None,
               lr: float | None = None) -> AdaptedSoftmax:

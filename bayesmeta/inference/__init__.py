@@ -1,4 +1,4 @@
-"""Layer 3: set encoders, amortized guides, objectives, the one training loop, refinement, importance sampling."""
+"""Layer 3: set encoders, amortized guides, objectives, the one training loop, refinement, importance sampling, replay."""
 
 from .early_stopping import EarlyStopping, MetaOverfittingWarning
 from .encoder import SetEncoder
@@ -8,6 +8,7 @@ from .importance import defensive_importance, effective_sample_size, pareto_k
 from .loop import History, TrainConfig, resolve_device, train_loop
 from .objectives import OBJECTIVES, TaskImportanceELBO, make_objective
 from .refine import refine_local
+from .replay import REPLAY_STRATEGIES, ReplayBuffer
 from .trainer import meta_train
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "train_loop",
     "resolve_device",
     "refine_local",
+    "REPLAY_STRATEGIES",
+    "ReplayBuffer",
     "defensive_importance",
     "effective_sample_size",
     "pareto_k",

@@ -24,10 +24,12 @@ from tqdm.auto import tqdm
 from .._checks import user_stacklevel
 from ..tasks.batch import TaskBatch
 from ..tasks.family import TaskFamily
+from ..tasks.phases import Phases
 from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, all_reduce_, broadcast_parameters, check_same_config
 from .early_stopping import EarlyStopping, MetaOverfittingWarning, Validator
 from .options import OPTIMIZERS, History, TrainConfig, resolve_device
+from .replay import ReplayBuffer
 
 __all__ = [
     "CHECKPOINT_FORMAT", "OPTIMIZERS", "Batch", "History", "TaskStream", "TrainConfig", "load_checkpoint",
@@ -73,8 +75,13 @@ class TaskStream:
     """
 
     def __init__(self, source, cfg: TrainConfig, device: torch.device, x_dim: int, y_dim: int, *, rank: int = 0,
-                 world_size: int = 1, min_points: int | None = None, whole_episodes: bool = False) -> None:
+                 world_size: int = 1, min_points: int | None = None, whole_episodes: bool = False,
+                 replay: ReplayBuffer | None = None) -> None:
         self.cfg, self.device, self.whole_episodes = cfg, device, whole_episodes
+        self.drawn = 0  # batches drawn so far: a Phases stream's position
+        self.replay = _check_replay(replay, source, cfg)
+        if self.replay is not None:
+            self.replay.to(device)
         self.min_points = cfg.min_points if min_points is None else max(min_points, cfg.min_points)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)  # rank 0: the single-process stream
         if isinstance(source, TaskFamily):
@@ -103,24 +110,39 @@ class TaskStream:
     def next(self) -> Batch:
         cfg, g = self.cfg, self.gen
         if self.pool is None:
-            assert self.family is not None
-            b = self.family.sample(cfg.tasks_per_step, shots=cfg.max_points, generator=g)
+            x, y = self._family_tasks()
             if getattr(self.family, "episodic", False):  # classification episodes: max_points per class
-                ways = b.x_support.shape[1] // cfg.max_points
+                ways = x.shape[1] // cfg.max_points
                 lo = min(cfg.max_points, max(1, -(-self.min_points // ways)))
                 n = torch.randint(lo, cfg.max_points + 1, (cfg.tasks_per_step, 1), generator=g)
                 if self.whole_episodes:  # the learner splits each class into support and query itself
                     n = torch.full_like(n, cfg.max_points)
-                pos = torch.arange(b.x_support.shape[1]) % cfg.max_points  # position within its class
-                return Batch(b.x_support.to(self.device), b.y_support.to(self.device), (pos < n).to(self.device), None)
+                pos = torch.arange(x.shape[1]) % cfg.max_points  # position within its class
+                return Batch(x, y, (pos < n).to(self.device), None)
             n = torch.randint(self.min_points, cfg.max_points + 1, (cfg.tasks_per_step,), generator=g)
             mask = torch.arange(cfg.max_points)[None] < n[:, None]  # [T, S]
-            return Batch(b.x_support.to(self.device), b.y_support.to(self.device), mask.to(self.device), None)
+            return Batch(x, y, mask.to(self.device), None)
         m = self.pool[0].shape[0]
         t = min(cfg.tasks_per_step, m)
         idx = torch.randperm(m, generator=g)[:t].to(self.device)
         x, y, mask = (v[idx] for v in self.pool)
         return Batch(x, y, mask, m if t < m else None)
+
+    def _family_tasks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A mini-batch of whole tasks ``x [T, N, D]``, ``y [T, N, E]``: fresh ones from the family (at
+        this step's phase) and, with a replay buffer, stored ones (the fresh ones are then offered to it)."""
+        assert self.family is not None
+        cfg, g = self.cfg, self.gen
+        self.drawn += 1
+        family = self.family.family_at(self.drawn) if isinstance(self.family, Phases) else self.family
+        replayed = 0 if self.replay is None else self.replay.num_replayed(cfg.tasks_per_step)
+        b = family.sample(cfg.tasks_per_step - replayed, shots=cfg.max_points, generator=g)
+        x, y = b.x_support.to(self.device), b.y_support.to(self.device)  # [T - r, N, D], [T - r, N, E]
+        if self.replay is None:
+            return x, y
+        old = self.replay.sample(replayed, g) if replayed else None
+        self.replay.add(x, y, g)
+        return (x, y) if old is None else (torch.cat([x, old[0]]), torch.cat([y, old[1]]))
 
     def random_subset(self, mask: torch.Tensor) -> torch.Tensor:
         """Keep a uniformly random number of each task's observed points (in random positions)."""
@@ -130,6 +152,18 @@ class TaskStream:
         n = mask.sum(-1, keepdim=True)
         keep = (torch.rand(n.shape, generator=self.gen).to(mask.device) * (n + 1)).floor()
         return mask & (rank < keep)
+
+
+def _check_replay(replay, source, cfg: TrainConfig) -> ReplayBuffer | None:
+    if replay is None:
+        return None
+    if not isinstance(replay, ReplayBuffer):
+        raise TypeError(f"replay must be a bayesmeta.ReplayBuffer or None; got {type(replay).__name__}")
+    if not isinstance(source, TaskFamily):
+        raise ValueError("replay applies to a task family stream (e.g. bm.tasks.Phases); a TaskBatch pool is "
+                         "trained on in full at every step, so there is nothing to replay")
+    replay.check(cfg.tasks_per_step)
+    return replay
 
 
 def set_lr(optim, cfg, step: int, elapsed: float) -> None:
@@ -175,7 +209,8 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
                min_points: int | None = None, grad_mean: bool = False, checkpoint=None,
                resume: dict | None = None, on_checkpoint=None, distributed: DistributedContext | None = None,
                extra_state: dict | None = None, validate: Validator | None = None,
-               desc: str = "meta-training", whole_episodes: bool = False) -> History:
+               desc: str = "meta-training", whole_episodes: bool = False,
+               replay: ReplayBuffer | None = None) -> History:
     """Run meta-training; returns the :class:`History`.
 
     Args:
@@ -213,6 +248,8 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
         whole_episodes: from an episodic family (classification), every batch holds whole
             episodes (``max_points`` examples per class, all observed) for a learner that splits
             them itself; otherwise each task keeps a random ``U{..max_points}`` examples per class.
+        replay: a :class:`~bayesmeta.inference.replay.ReplayBuffer` (task families only): each
+            batch mixes stored past tasks with fresh ones; its content is checkpointed and resumed.
 
     Raises:
         FloatingPointError: the loss became non-finite. Checked without a per-step host sync: at
@@ -222,7 +259,8 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
     rank = 0 if distributed is None else distributed.rank
     torch.manual_seed(cfg.seed + 1_000_003 * rank)
     stream = TaskStream(source, cfg, device, x_dim, y_dim, rank=rank, min_points=min_points,
-                        world_size=1 if distributed is None else distributed.world_size, whole_episodes=whole_episodes)
+                        world_size=1 if distributed is None else distributed.world_size, whole_episodes=whole_episodes,
+                        replay=replay)
     if distributed is not None:
         check_same_config(distributed, {k: v for k, v in asdict(cfg).items() if k != "progress"}, device)
         broadcast_parameters(params)
@@ -236,7 +274,8 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
     save = lambda step: save_checkpoint(  # noqa: E731
         checkpoint, step, modules, run.optim, run.history, cfg, elapsed=time.perf_counter() - run.start,
         stream=stream, on_checkpoint=on_checkpoint,
-        extra={**(extra_state or {}), "early_stopping": None if run.stopper is None else run.stopper.state_dict()})
+        extra={**(extra_state or {}), "early_stopping": None if run.stopper is None else run.stopper.state_dict(),
+               "replay": None if replay is None else replay.state_dict()})
     step, loss = _steps(step_fn, run, first, save if checkpoint is not None and rank == 0 else None, desc)
     if step >= first:
         _raise_if_bad(run.bad_steps, step)
@@ -377,6 +416,8 @@ def _restore(state: dict, modules: dict, run: _Run) -> int:
     if run.stopper is not None and state.get("early_stopping") is not None:
         run.stopper.load_state_dict(state["early_stopping"])
     step = int(state["step"])
+    _restore_replay(state, run.stream)
+    run.stream.drawn = step
     run.start -= state["elapsed"]
     run.history = History(**state["history"])
     seed = run.cfg.seed
@@ -391,3 +432,14 @@ def _restore(state: dict, modules: dict, run: _Run) -> int:
         torch.manual_seed(seed + 1_000_003 * rank + 7919 * (step + 1))
         run.stream.gen.manual_seed(seed + 1_000_003 * rank + 7919 * (step + 1))
     return step
+
+
+def _restore_replay(state: dict, stream: TaskStream) -> None:
+    saved = state.get("replay")
+    if (saved is None) != (stream.replay is None):
+        have = "has a replay buffer" if saved is not None else "has none"
+        raise ValueError(f"resume: the checkpoint {have} and this fit's replay= is {stream.replay!r}; resume with "
+                         "the same replay setting")
+    if stream.replay is not None and saved is not None:
+        stream.replay.load_state_dict(saved)
+        stream.replay.to(stream.device)
