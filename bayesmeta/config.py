@@ -4,7 +4,7 @@ A fit is described by three sections::
 
     [data]   path, task, x, y, trials, offset, val_fraction, split_seed, standardize
     [model]  kind ("latent" | "linear" | "bayes-head"), likelihood, latent_dim, hidden,
-             heteroscedastic, guide, objective, num_particles
+             heteroscedastic, guide, objective, num_particles, encoder_hidden
     [train]  the fields of :class:`~bayesmeta.inference.TrainConfig` (the options of every
              learner's ``fit``): steps, max_time (0: none), tasks_per_step, lr, seed, device, ...
 
@@ -67,9 +67,11 @@ class ModelConfig:
     guide: str = "diagonal"
     objective: str = "elbo"
     num_particles: int = 8
+    encoder_hidden: tuple[int, ...] = (128, 128)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "encoder_hidden", tuple(self.encoder_hidden))
         if self.kind not in MODEL_KINDS:
             _fail("model.kind", f"one of {MODEL_KINDS}", self.kind)
         if self.likelihood not in LIKELIHOODS:
@@ -87,6 +89,8 @@ class ModelConfig:
             _fail("model.latent_dim", ">= 1", self.latent_dim)
         if not self.hidden or any(h < 1 for h in self.hidden):
             _fail("model.hidden", "a non-empty list of positive widths", list(self.hidden))
+        if not self.encoder_hidden or any(h < 1 for h in self.encoder_hidden):
+            _fail("model.encoder_hidden", "a non-empty list of positive widths", list(self.encoder_hidden))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Command line: ``bayesmeta demo | fit | evaluate | predict | report | bench NAME``."""
+"""Command line: ``bayesmeta demo | fit | evaluate | predict | report | tune | bench NAME``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from ..baselines import BASELINES
 from ..models.glm import LIKELIHOODS
 from .bench import add_bench_parser, run_bench
+from .tune import add_tune_parser
 
 __all__ = ["cmd_demo", "main", "run_report"]
 
@@ -25,7 +26,8 @@ FIT_EPILOG = """examples:
 config file (TOML; every key optional, flags override it, --set overrides both):
   [data]  path, task, x = [..], y = [..], val_fraction, split_seed, standardize
   [model] kind = "latent" | "linear" | "bayes-head", latent_dim, hidden = [..], heteroscedastic,
-          guide = "diagonal" | "flow", objective = "elbo" | "iwae" | "iwae-dreg", num_particles
+          guide = "diagonal" | "flow", objective = "elbo" | "iwae" | "iwae-dreg", num_particles,
+          encoder_hidden = [..]
   [train] the fields of bayesmeta.inference.TrainConfig: steps, max_time (0: none), tasks_per_step,
           lr, final_lr_fraction, clip_norm (0: none), optimizer, seed, device, checkpoint_every, ...
 """
@@ -43,6 +45,7 @@ prior predictive. Output: task, x, then per y column mean, sd, lower/upper of ea
 REPORT_EPILOG = """examples:
   bayesmeta report demo_out            # rewrites demo_out/report.html and demo_out/plots/
   bayesmeta report demo_out --out /tmp/report
+  bayesmeta report studies/s1          # a tuning study: trials table, plots, best.toml
 """
 
 
@@ -119,8 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--task", default="task", help="classification runs: the task column (default: task)")
     r = sub.add_parser("report", help="write plots and report.html for a run directory", epilog=REPORT_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("run_dir", help="a run directory (learner.pt, eval.json, sbc.json, reference.json, plots/)")
+    r.add_argument("run_dir", help="a run directory (learner.pt, eval.json, sbc.json, reference.json, plots/) or a "
+                   "tuning study directory")
     r.add_argument("--out", default=None, help="write the report here instead of into RUN_DIR")
+    add_tune_parser(sub)
     add_bench_parser(sub)
     return p
 
@@ -140,6 +145,12 @@ def run_report(args) -> Path:
     """``bayesmeta report RUN_DIR``: the report of whatever the run directory holds."""
     import bayesmeta as bm
 
+    if (Path(args.run_dir) / "base.toml").is_file() and (Path(args.run_dir) / "space.toml").is_file():
+        if args.out:
+            raise ValueError("--out: a tuning study's report is written into its directory")
+        page = bm.tuning.write_report(bm.tuning.TuneResult.load(args.run_dir))
+        print(f"wrote {page}", file=sys.stderr)
+        return page
     found = bm.diagnostics.load_run(args.run_dir)
     info = None
     run_json = Path(args.run_dir) / "run.json"
@@ -187,6 +198,10 @@ def main(argv=None) -> int:
             run_bench(args)
         elif args.command == "report":
             run_report(args)
+        elif args.command == "tune":
+            from .tune import cmd_tune
+
+            cmd_tune(args)
         elif _classification(args):
             from . import classify
 

@@ -17,6 +17,7 @@ from ..benchmarks import (
     CLASSIFY_METHODS,
     COMPARE_FAMILIES,
     COMPARE_METHODS,
+    CONTINUAL_METHODS,
     POOL_CASES,
     SINUSOID_VARIANTS,
 )
@@ -38,6 +39,10 @@ BENCH_EPILOG = """examples:
   bayesmeta bench glm --cases poisson --max-time 60 --num-tasks 200
   bayesmeta bench classify                          # few-shot classification, 120 s per method (~40 min)
   bayesmeta bench classify --families clusters --methods oracle bayes-proto protonet --budget 30
+  bayesmeta bench continual                         # forgetting with / without replay vs joint (~15 min)
+  bayesmeta bench continual --methods maml --steps-per-phase 300 --num-tasks 100
+  bayesmeta bench tune                              # a 20-minute 2-worker study on sinusoid tasks, one worker killed
+  bayesmeta bench tune --minutes 4 --trial-seconds 20 --no-confirm
   bayesmeta bench NAME --help                       # the flags of one benchmark
 """
 
@@ -153,6 +158,38 @@ def _run_classify(args) -> dict:
     return result
 
 
+def _run_continual(args) -> dict:
+    from ..benchmarks import run_continual
+
+    result = run_continual(methods=args.methods, steps_per_phase=args.steps_per_phase, phases=args.phases,
+                           capacity=args.capacity, fraction=args.fraction, num_tasks=args.num_tasks,
+                           out_dir=args.out, seed=args.seed, device=args.device, progress=not args.no_progress)
+    print("\n\n".join(result["tables"]))
+    for method, s in result["summary"].items():
+        print(f"{method}: replay keeps {s['forgetting_replay']:+.3f} of {s['forgetting_no_replay']:+.3f} nats of "
+              f"forgetting; final phase {s['final_replay']:.3f} vs {s['final_no_replay']:.3f} without replay")
+    return result
+
+
+def _run_tune(args) -> dict:
+    from ..benchmarks.tune import run_tune_bench
+
+    result = run_tune_bench(minutes=args.minutes, workers=args.workers, trial_seconds=args.trial_seconds,
+                            kill_at=args.kill_at, num_tasks=args.num_tasks, out_dir=args.out, seed=args.seed,
+                            confirm=not args.no_confirm)
+    print(result["table"])
+    s = result["summary"]
+    print(f"{s['trials']} trials {s['states']} in {s['wall_seconds']:.0f} s; a worker was killed at "
+          f"{s['killed_at_seconds']:.0f} s with {s['finished_before_kill']} finished trials, lost: "
+          f"{s['finished_trials_lost'] or 'none'}; retried: {s['retried'] or 'none'}")
+    print(f"K=5 validation NLL: defaults {s['default_val_nll_K5']}, best {s['best_val_nll_K5']} (trial {s['best_trial']})")
+    if "confirm" in s:
+        c = s["confirm"]
+        print(f"retrained with another seed, fresh test tasks (K=5): defaults {c['defaults']['test_nll_K5']:.4f}, best "
+              f"{c['best']['test_nll_K5']:.4f}, paired difference {c['difference']:+.4f} ± {c['difference_se']:.4f}")
+    return result
+
+
 def add_bench_parser(sub) -> argparse.ArgumentParser:
     """``bayesmeta bench``: a sub-command per benchmark under the command line's sub-parsers ``sub``."""
     b = sub.add_parser("bench", help="run a reproducible benchmark (prints a table, writes JSON)",
@@ -218,6 +255,24 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--cases", nargs="+", default=None, help="cases (default: all): logistic, poisson")
     g.add_argument("--max-time", type=float, default=300.0, help="training seconds per case (default: 300)")
     _shared_flags(g, "glm", num_tasks=True, progress=True)
+    r = _sub(bench, "continual", "continual meta-learning: forgetting with and without replay, against joint training",
+             _run_continual)
+    r.add_argument("--methods", nargs="+", default=list(CONTINUAL_METHODS), choices=CONTINUAL_METHODS)
+    r.add_argument("--steps-per-phase", type=int, default=1000, help="training steps per phase (default: 1000)")
+    r.add_argument("--phases", type=int, default=3, help="phases of the drifting sinusoid (default: 3)")
+    r.add_argument("--capacity", type=int, default=1000, help="replay buffer capacity in tasks (default: 1000)")
+    r.add_argument("--fraction", type=float, default=0.5, help="replayed share of each mini-batch (default: 0.5)")
+    r.add_argument("--num-tasks", type=int, default=200, help="test tasks per phase (default: 200)")
+    _shared_flags(r, "continual", progress=True)
+    u = _sub(bench, "tune", "a time-boxed tuning study on sinusoid tasks with several workers, one of them killed",
+             _run_tune)
+    u.add_argument("--minutes", type=float, default=20.0, help="wall-clock minutes of the study (default: 20)")
+    u.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    u.add_argument("--trial-seconds", type=float, default=60.0, help="training seconds per trial (default: 60)")
+    u.add_argument("--kill-at", type=float, default=0.5, help="kill a worker at this fraction of the study (default: 0.5)")
+    u.add_argument("--num-tasks", type=int, default=500, help="tasks in the training CSV (default: 500)")
+    u.add_argument("--no-confirm", action="store_true", help="skip retraining defaults and best on fresh test tasks")
+    _shared_flags(u, "tune", device=False)
     return b
 
 

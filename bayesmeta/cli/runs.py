@@ -44,7 +44,7 @@ from ..models import (
 from ..tasks import Standardization, TaskDataset
 from .rundir import LOCK_NAME, RunLock, Undo
 
-__all__ = ["cmd_evaluate", "cmd_fit", "load_run_config", "read_tasks", "run_data_path", "standardised_predictor"]
+__all__ = ["cmd_evaluate", "cmd_fit", "fit_run", "load_run_config", "read_tasks", "run_data_path", "standardised_predictor"]
 
 CHECKPOINT = "checkpoints/last.pt"
 LEARNER_FILE = "learner.pt"  # the saved learner in every run directory (fit and demo)
@@ -66,12 +66,12 @@ def build_learner(model_cfg, x_dim: int, y_dim: int, data_cfg=None) -> BayesLear
         glm = HierarchicalRegression(x_dim=x_dim - extra, likelihood=model_cfg.likelihood,
                                      offset=bool(data_cfg is not None and data_cfg.offset))
         return BayesLearner(glm, guide=model_cfg.guide, objective=model_cfg.objective,
-                            num_particles=model_cfg.num_particles)
+                            num_particles=model_cfg.num_particles, guide_options={"hidden": model_cfg.encoder_hidden})
     if model_cfg.kind == "latent":
         model = LatentCodeRegression(x_dim=x_dim, y_dim=y_dim, latent_dim=model_cfg.latent_dim,
                                      hidden=model_cfg.hidden, heteroscedastic=model_cfg.heteroscedastic)
         return BayesLearner(model, guide=model_cfg.guide, objective=model_cfg.objective,
-                            num_particles=model_cfg.num_particles)
+                            num_particles=model_cfg.num_particles, guide_options={"hidden": model_cfg.encoder_hidden})
     if y_dim != 1:
         raise ValueError(f"config: model.kind={model_cfg.kind!r} supports one y column; got {y_dim}")
     if model_cfg.kind == "linear":
@@ -226,15 +226,18 @@ def _fit_config(args, out: Path) -> FitConfig:
 
 def _plan_fit(args, out: Path) -> _FitPlan:
     """Read and check config, output directory, data, standardisation, device and checkpoint; write nothing."""
-    cfg = _fit_config(args, out)
-    if not args.resume:
-        _check_new_out(out, force=args.force)
+    return _plan(_fit_config(args, out), out, resume=args.resume, force=args.force)
+
+
+def _plan(cfg: FitConfig, out: Path, *, resume: bool, force: bool) -> _FitPlan:
+    if not resume:
+        _check_new_out(out, force=force)
     d = cfg.data
-    path = run_data_path(cfg, out) if args.resume else Path(d.path)
+    path = run_data_path(cfg, out) if resume else Path(d.path)
     data = read_tasks(d, path)
     if len(data) < 2:
         raise ValueError(f"{path}: only {len(data)} task ({d.task}={data.task_ids}); meta-learning needs at least 2")
-    if args.resume:
+    if resume:
         train, std = data.subset(_read_split(out)), read_standardisation(out)
         val_ids = _read_split(out, "validation")
         val = data.subset(val_ids) if val_ids else None
@@ -246,7 +249,7 @@ def _plan_fit(args, out: Path) -> _FitPlan:
     resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)  # the initial weights too: the same config gives the same run
     learner = build_learner(cfg.model, data.x_dim, data.y_dim, d)
-    if not args.resume:
+    if not resume:
         outputs, keep = learner._standardized_columns()  # counts and labels, trials and offsets stay as they are
         std = (train.fit_standardization(outputs=outputs, keep_x=keep) if d.standardize
                else Standardization.identity(data.x_dim, data.y_dim))
@@ -256,16 +259,22 @@ def _plan_fit(args, out: Path) -> _FitPlan:
                     val if val is not None and len(val) else None)
 
 
-def _train(plan: _FitPlan, args, out: Path, *, distributed: bool, main: bool) -> None:
+def _train(plan: _FitPlan, out: Path, *, resume: bool, progress: bool, distributed: bool, main: bool,
+           on_checkpoint=None) -> None:
     t = plan.cfg.train
     if main:
         _say(f"fitting {plan.cfg.model.kind} model on {len(plan.train)} tasks ({sum(plan.train.sizes)} rows) "
              f"from {plan.data_path} ...")
     validation = False if plan.val_data is None else plan.val_data.to_batch(plan.std)  # the held-out groups
-    plan.learner.fit(plan.train.to_batch(plan.std), config=replace(t, progress=t.progress and not args.no_progress),
-                     validation=validation,
-                     checkpoint=out / CHECKPOINT, resume=args.resume, distributed=distributed,
-                     on_checkpoint=lambda step, history: _write_metrics(out, history),
+
+    def checkpointed(step, history) -> None:
+        _write_metrics(out, history)
+        if on_checkpoint is not None:
+            on_checkpoint(step, history)
+
+    plan.learner.fit(plan.train.to_batch(plan.std), config=replace(t, progress=t.progress and progress),
+                     validation=validation, checkpoint=out / CHECKPOINT, resume=resume, distributed=distributed,
+                     on_checkpoint=checkpointed,
                      standardize=False)  # the run standardised the data itself (standardisation.json)
 
 
@@ -302,21 +311,44 @@ def cmd_fit(args) -> Path:
     distributed, main = _launch()
     plan = _plan_fit(args, out)
     if not main:
-        _train(plan, args, out, distributed=distributed, main=False)
+        _train(plan, out, resume=args.resume, progress=not args.no_progress, distributed=distributed, main=False)
         return out
-    undo = None if args.resume else Undo(out)
+    _run_fit(plan, out, resume=args.resume, force=args.force, progress=not args.no_progress, distributed=distributed)
+    return out
+
+
+def fit_run(cfg: FitConfig, out, *, force: bool = False, progress: bool = True, on_checkpoint=None) -> BayesLearner:
+    """Fit what ``cfg`` describes into a new run directory ``out``, as ``bayesmeta fit --config`` does.
+
+    ``on_checkpoint(step, history)`` is called after each checkpoint (after ``metrics.jsonl`` is
+    written); an exception it raises ends the fit, and the run directory is removed as for any
+    failed fit. Returns the fitted learner.
+    """
+    cfg.data.check_complete()
+    cfg.check_consistent()
+    out = Path(out)
+    plan = _plan(cfg, out, resume=False, force=force)
+    _run_fit(plan, out, resume=False, force=force, progress=progress, distributed=False, on_checkpoint=on_checkpoint)
+    return plan.learner
+
+
+def _run_fit(plan: _FitPlan, out: Path, *, resume: bool, force: bool, progress: bool, distributed: bool,
+             on_checkpoint=None) -> None:
+    """The main process's fit: lock, snapshot for undo, write, train, write results (undo on failure)."""
+    undo = None if resume else Undo(out)
     lock = RunLock(out, warn=_say)
     failed = True
     try:
-        if not args.resume:
+        if not resume:
             _make_dir(out)
         lock.acquire()
-        if not args.resume:
-            _check_new_out(out, force=args.force, ignore=(LOCK_NAME,))  # again, now that the run is ours
+        if not resume:
+            _check_new_out(out, force=force, ignore=(LOCK_NAME,))  # again, now that the run is ours
             assert undo is not None  # made above for every new run
             undo.snapshot(FIT_FILES, dirs=["checkpoints"])
             _write_run(plan, out)
-        _train(plan, args, out, distributed=distributed, main=True)
+        _train(plan, out, resume=resume, progress=progress, distributed=distributed, main=True,
+               on_checkpoint=on_checkpoint)
         _write_results(plan, out)
         failed = False
     except KeyboardInterrupt:
@@ -332,7 +364,6 @@ def cmd_fit(args) -> Path:
         lock.release()
         if undo is not None and failed:
             undo.remove_new_dirs()
-    return out
 
 
 def _make_dir(path: Path) -> None:

@@ -1,0 +1,320 @@
+"""Tuning studies on Optuna: each trial is an ordinary run directory, the study survives kills.
+
+A study directory holds::
+
+    base.toml            the fit config every trial starts from (read back by workers and restarts)
+    space.toml           the search space as given
+    study.journal        Optuna's journal (embedded storage: a file; several processes share it)
+    trials/NNNN/         one run directory per trial (``bayesmeta fit`` layout: evaluate / report work)
+    best.toml            the best trial's resolved config (``bayesmeta fit --config best.toml``)
+    trials.csv, summary.md, plots/, report.html     written when a study ends (``bayesmeta report``)
+    worker-N.log         what helper workers printed
+
+Workers share the study through its storage; a worker killed mid-trial leaves that trial
+``RUNNING`` in the journal: the next worker to start marks it failed and queues its parameters
+again, so no finished trial is lost and no unfinished one is forgotten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from ..config import FitConfig, load_config, to_toml
+from ..io import atomic_write_text
+from .space import SearchSpace, load_space, space_from_dict
+
+__all__ = ["STUDY_NAME", "default_values", "open_study", "run_worker", "tune"]
+
+STUDY_NAME = "bayesmeta"
+BASE_FILE, SPACE_FILE, JOURNAL_FILE, BEST_FILE = "base.toml", "space.toml", "study.journal", "best.toml"
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:  # pragma: no cover - optuna is a dependency; a broken install is possible
+        raise ImportError("tuning needs Optuna: pip install 'optuna>=4'") from None
+    return optuna
+
+
+def default_values(base: FitConfig, space: SearchSpace) -> dict[str, Any] | None:
+    """The base config's own value of every tuned parameter, or ``None`` if one lies outside the space."""
+    out: dict[str, Any] = {}
+    for p in space.params:
+        if p.name in ("width", "depth", "encoder_width", "encoder_depth"):
+            widths = base.model.hidden if p.name in ("width", "depth") else base.model.encoder_hidden
+            if len(set(widths)) != 1:
+                return None
+            value: Any = widths[0] if p.name.endswith("width") else len(widths)
+        else:
+            value = getattr(getattr(base, p.section), p.name)
+        inside = value in p.choices if p.choices else (value is not None and p.low <= value <= p.high)
+        if not inside:
+            return None
+        out[p.key] = value
+    return out
+
+
+def _storage(out: Path, storage: str | None):
+    optuna = _optuna()
+    if storage:
+        try:
+            return optuna.storages.RDBStorage(storage)
+        except Exception as err:  # SQLAlchemy raises many kinds: say which storage could not be opened
+            raise ValueError(f"storage {storage!r} cannot be opened ({type(err).__name__}: {err})") from None
+    from optuna.storages.journal import JournalFileBackend
+
+    path = out / JOURNAL_FILE
+    try:
+        backend = JournalFileBackend(str(path))
+    except OSError as err:
+        raise OSError(f"{path}: cannot open the study journal ({err.strerror or err})") from None
+    return optuna.storages.JournalStorage(backend)
+
+
+def _sampler(space: SearchSpace, seed: int):
+    optuna = _optuna()
+    name = space.options.sampler
+    if name == "gp":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental-feature and "no greenlet" notices
+            return optuna.samplers.GPSampler(seed=seed)
+    if name == "tpe":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _pruner(space: SearchSpace):
+    optuna = _optuna()
+    if space.options.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
+
+
+def open_study(out, *, config=None, space=None, storage: str | None = None, seed_offset: int = 0):
+    """Create the study in directory ``out`` (with ``config`` and ``space``) or open the existing one.
+
+    Returns ``(study, base config, space)``. For an existing study ``config`` and ``space`` may be
+    omitted; given, they must be the ones it was started with.
+    """
+    optuna = _optuna()
+    out = Path(out)
+    new = not (out / BASE_FILE).is_file()
+    if new:
+        if config is None or space is None:
+            raise ValueError(f"{out}: not a tuning study (no {BASE_FILE}); start one with a fit config and a space")
+        base, space_obj, space_text = _read_inputs(config, space)
+        space_obj.check(base)
+        base.data.check_complete()
+        base.check_consistent()
+        if not Path(base.data.path).is_file():
+            raise FileNotFoundError(f"config: data.path {base.data.path!r}: no such file")
+        if out.is_dir() and any(out.iterdir()):
+            raise ValueError(f"{out} is a non-empty directory and not a tuning study (no {BASE_FILE}); choose a new "
+                             "study directory")
+        base = replace(base, data=replace(base.data, path=str(Path(base.data.path).resolve())))
+    else:
+        base, space_obj = load_config(out / BASE_FILE), load_space(out / SPACE_FILE)
+        _check_same(out, base, space_obj, config, space)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Using an existing study ..." from every worker
+    try:
+        study = optuna.create_study(study_name=STUDY_NAME, storage=_storage(out, storage), direction="minimize",
+                                    sampler=_sampler(space_obj, (space_obj.options.seed + 7919 * seed_offset) % 2**32),
+                                    pruner=_pruner(space_obj), load_if_exists=True)
+    except BaseException:
+        if created:  # a storage that cannot be opened leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        optuna.logging.set_verbosity(level)
+    if new:
+        atomic_write_text(to_toml(base), out / BASE_FILE)
+        atomic_write_text(space_text, out / SPACE_FILE)
+    if new and space_obj.options.enqueue_defaults and not study.trials:
+        values = default_values(base, space_obj)
+        if values is None:
+            warnings.warn("tune: the fit config's own settings lie outside the search space, so no trial runs them "
+                          "as the baseline", stacklevel=2)
+        else:
+            study.enqueue_trial(values, user_attrs={"defaults": True})
+    return study, base, space_obj
+
+
+def _read_inputs(config, space) -> tuple[FitConfig, SearchSpace, str]:
+    import tomllib
+
+    base = config if isinstance(config, FitConfig) else load_config(config)
+    if isinstance(space, SearchSpace):
+        raise TypeError("tune: give the search space as a path or a dict (as in a space file), so the study "
+                        "directory can keep it")
+    if isinstance(space, dict):
+        space_obj = space_from_dict(space)
+        text = _dict_to_toml(space)
+        if space_from_dict(tomllib.loads(text)) != space_obj:  # pragma: no cover - a writer bug
+            raise AssertionError("search space did not survive its TOML round trip")
+        return base, space_obj, text
+    path = Path(space)
+    space_obj = load_space(path)
+    return base, space_obj, path.read_text(encoding="utf-8-sig")
+
+
+def _dict_to_toml(data: dict) -> str:
+    """A space dict (already checked by :func:`space_from_dict`) as the TOML of a space file."""
+    from ..config import _toml_value
+
+    def value(v) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return _toml_value(v)
+
+    tables = [(t, data[t]) for t in ("objective", "study") if data.get(t)]
+    tables += [(f"space.{section}", keys) for section, keys in data.get("space", {}).items()]
+    return "\n".join(f"[{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in keys.items()) for name, keys in tables)
+
+
+def _check_same(out: Path, base: FitConfig, space: SearchSpace, config, given_space) -> None:
+    if config is not None:
+        other = config if isinstance(config, FitConfig) else load_config(config)
+        if asdict(other)["model"] != asdict(base)["model"] or asdict(other)["train"] != asdict(base)["train"]:
+            raise ValueError(f"{out}: this study was started with another fit config ({out / BASE_FILE}); give no "
+                             "--config to continue it, or start a new study directory")
+    if given_space is not None:
+        other_space = given_space if isinstance(given_space, SearchSpace) else (
+            space_from_dict(given_space) if isinstance(given_space, dict) else load_space(given_space))
+        if other_space != space:
+            raise ValueError(f"{out}: this study was started with another search space ({out / SPACE_FILE}); give "
+                             "no --space to continue it, or start a new study directory")
+
+
+def _pid_alive(pid) -> bool:
+    from ..cli.rundir import _pid_alive as alive
+
+    return alive(pid)
+
+
+def recover_stale_trials(study, out: Path) -> list[int]:
+    """Trials left RUNNING by a dead worker on this machine: mark them failed, queue their parameters again."""
+    optuna = _optuna()
+    host = socket.gethostname()
+    recovered = []
+    with _study_lock(out):
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.user_attrs.get("host") != host or _pid_alive(t.user_attrs.get("pid")):
+                continue
+            study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            attrs = {k: v for k, v in t.user_attrs.items() if k in ("defaults",)}
+            study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number}, skip_if_exists=False)
+            recovered.append(t.number)
+    return recovered
+
+
+@contextlib.contextmanager
+def _study_lock(out: Path):
+    """An exclusive lock on the study directory for short bookkeeping (POSIX ``flock``; none elsewhere)."""
+    path = out / "study.lock"
+    with open(path, "a+") as fh:
+        try:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - Windows
+            pass
+        yield
+
+
+def run_worker(out, *, trials: int | None = None, timeout: float | None = None, storage: str | None = None,
+               progress: bool = False, worker: int = 0) -> None:
+    """One worker: run trials of the study in ``out`` until the study has ``trials`` finished ones or
+    ``timeout`` seconds have passed (a trial started before then runs to its end)."""
+    from .objective import make_objective
+
+    optuna = _optuna()
+    out = Path(out)
+    # each worker process samples from its own random stream (two workers with one seed propose the same trials)
+    study, base, space = open_study(out, storage=storage, seed_offset=worker + 1 + 7919 * os.getpid())
+    recover_stale_trials(study, out)
+    trials = space.options.trials if trials is None else trials
+    timeout = space.options.timeout if timeout is None else timeout
+    if not trials and not timeout:
+        raise ValueError("tune: give a number of trials or a timeout (or set study.trials / study.timeout), "
+                         "or the study never ends")
+    callbacks = []
+    if trials:
+        done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        if sum(t.state in done for t in study.get_trials(deepcopy=False)) >= trials:
+            return
+        callbacks.append(optuna.study.MaxTrialsCallback(trials, states=done))
+    study.optimize(make_objective(base, space, out, progress=progress), timeout=timeout or None,
+                   callbacks=callbacks, catch=(ValueError, FloatingPointError), gc_after_trial=True)
+
+
+def _spawn(out: Path, i: int, args: list[str], threads: int) -> subprocess.Popen:
+    log = open(out / f"worker-{i}.log", "ab")  # noqa: SIM115 - the child owns it
+    cmd = [sys.executable, "-m", "bayesmeta", "tune", "--out", str(out), "--worker-index", str(i),
+           "--threads", str(threads), "--no-progress", *args]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def tune(config, space, out, *, trials: int | None = None, timeout: float | None = None, workers: int = 1,
+         storage: str | None = None, progress: bool = True, threads: int | None = None, report: bool = True):
+    """Tune a fit config's settings and architecture on its validation groups; returns a :class:`TuneResult`.
+
+    Args:
+        config: the fit config every trial starts from (a ``FitConfig`` or a TOML path); its
+            ``data`` section names the training CSV, whose held-out groups (``data.val_fraction``)
+            score each trial; ``train.max_time`` (or ``steps``) is each trial's budget.
+        space: the search space file (a path) or the same as a dict; see :mod:`.space`.
+        out: the study directory (created; an existing one is continued).
+        trials: finished trials in the whole study (default: ``study.trials`` of the space).
+        timeout: seconds for each worker (default: ``study.timeout``).
+        workers: processes on this machine sharing the study (the others are started here).
+        storage: an Optuna storage URL (a database server, for many machines); default: the
+            journal file in ``out``.
+        progress: progress bars and Optuna's per-trial log lines.
+        threads: torch CPU threads per worker (default: this machine's cores / workers).
+        report: write the tables, plots and ``report.html`` at the end.
+    """
+    from .report import TuneResult, write_report
+
+    optuna = _optuna()
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"tune: workers must be an int >= 1; got {workers!r}")
+    out = Path(out)
+    open_study(out, config=config, space=space, storage=storage)  # create or check; workers reopen it
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    import torch
+
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.INFO if progress else optuna.logging.WARNING)
+    flags = [*(["--trials", str(trials)] if trials is not None else []),
+             *(["--timeout", str(timeout)] if timeout is not None else []),
+             *(["--storage", storage] if storage else [])]
+    children = [_spawn(out, i, flags, threads) for i in range(1, workers)]
+    try:
+        run_worker(out, trials=trials, timeout=timeout, storage=storage, progress=progress, worker=0)
+        for child in children:
+            child.wait()
+    except BaseException:
+        for child in children:  # Ctrl-C: the helpers end their trials as failed and stop
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGINT)
+        raise
+    result = TuneResult.load(out, storage=storage)
+    if report:
+        write_report(result)
+    return result

@@ -1,0 +1,174 @@
+"""Tuning studies: trials are run directories, the best config fits as it is, studies survive a killed worker."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import bayesmeta as bm
+from bayesmeta.cli import main
+from bayesmeta.config import load_config
+
+optuna = pytest.importorskip("optuna")
+
+FIT = """[data]
+path = "{path}"
+task = "subject"
+x = ["time"]
+y = ["response"]
+
+[model]
+latent_dim = 2
+hidden = [16]
+encoder_hidden = [16]
+num_particles = 2
+
+[train]
+steps = {steps}
+tasks_per_step = 8
+val_every = {val_every}
+checkpoint_every = {val_every}
+val_shots = [1]
+"""
+SPACE = """[space.train]
+lr = {{ low = 3e-4, high = 3e-3, log = true }}
+
+[space.model]
+width = [8, 16]
+
+[study]
+sampler = "random"
+trials = {trials}
+
+[objective]
+shots = [2]
+"""
+
+
+def _csv(path: Path, groups: int = 20) -> Path:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    lines = ["subject,time,response"]
+    for i in range(groups):
+        a = 2 + torch.randn((), generator=g)
+        for x in (5 * torch.rand(8, generator=g)).tolist():
+            lines.append(f"g{i},{x:.4f},{float(a * torch.exp(torch.tensor(-x / 2))):.4f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def study_files(tmp_path):
+    data = _csv(tmp_path / "train.csv")
+
+    def write(steps=20, trials=3):
+        (tmp_path / "fit.toml").write_text(FIT.format(path=data, steps=steps, val_every=min(10, steps)))
+        (tmp_path / "space.toml").write_text(SPACE.format(trials=trials))
+        return tmp_path / "fit.toml", tmp_path / "space.toml"
+    return write
+
+
+def test_study_runs_trials_as_run_directories_and_writes_a_usable_best_config(study_files, tmp_path, capsys):
+    fit, space = study_files()
+    out = tmp_path / "study"
+    result = bm.tune(fit, space, out, progress=False)
+    rows = result.rows
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3
+    assert rows[0]["defaults"] and rows[0]["params"] == {"train.lr": 1e-3, "model.width": 16}  # the baseline
+    for r in rows:
+        run = Path(r["run"])
+        cfg = load_config(run / "config.toml")
+        assert cfg.train.lr == pytest.approx(r["params"]["train.lr"]) and cfg.model.hidden == (r["params"]["model.width"],)
+        assert cfg.train.val_shots == (2,)  # validated at the objective's shot count
+        trial = json.loads((run / "trial.json").read_text())
+        assert trial["value"] == pytest.approx(r["value"])
+        # the objective is the validation NLL at the step the fit kept, as recorded in its metrics
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        kept = [line for line in lines if line.get("val_nll") is not None and line["step"] == trial["best_step"]]
+        assert kept and kept[0]["val_nll_K2"] == pytest.approx(r["value"])
+        # every validation was reported to Optuna (what a pruner reads)
+        frozen = result.study.trials[r["number"]]
+        assert sorted(frozen.intermediate_values) == [10, 20]
+    best = result.best
+    assert best["value"] == min(r["value"] for r in rows)
+    for name in ("best.toml", "trials.csv", "summary.md", "report.html", "results.json", "plots/optimization_history.png"):
+        assert (out / name).is_file(), name
+    assert load_config(out / "best.toml") == load_config(Path(best["run"]) / "config.toml")
+    # best.toml is accepted by `bayesmeta fit --config` as it is
+    assert main(["fit", "--config", str(out / "best.toml"), "--out", str(tmp_path / "refit"), "--no-progress"]) == 0
+    assert load_config(tmp_path / "refit" / "config.toml").model == load_config(out / "best.toml").model
+    # a second call continues the study (more trials, none lost); the report command rewrites the report
+    more = bm.tune(None, None, out, trials=4, progress=False)
+    assert [r["number"] for r in more.rows] == [0, 1, 2, 3]
+    assert [r["value"] for r in more.rows[:3]] == [r["value"] for r in rows]
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+
+
+def test_a_worker_killed_mid_trial_loses_no_finished_trial(study_files, tmp_path):
+    fit, space = study_files(steps=400, trials=3)
+    out = tmp_path / "study"
+    bm.tuning.open_study(out, config=fit, space=space)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "bayesmeta", "tune", "--out", str(out), "--no-progress", "--threads", "1"]
+    worker = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while not (out / "trials" / "0001" / "checkpoints" / "last.pt").exists():  # trial 0 done, trial 1 training
+            assert worker.poll() is None and time.time() < deadline, "the worker ended before it could be killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    before = bm.tuning.TuneResult.load(out).rows
+    assert [r["state"] for r in before[:2]] == ["COMPLETE", "RUNNING"]
+    done_value = before[0]["value"]
+    assert main(["tune", "--out", str(out), "--no-progress", "--threads", "1"]) == 0  # start it again
+    after = bm.tuning.TuneResult.load(out).rows
+    assert after[0]["state"] == "COMPLETE" and after[0]["value"] == done_value  # kept as it was
+    assert after[1]["state"] == "FAIL"  # the killed trial
+    retry = next(r for r in after if r["retry_of"] == 1)
+    assert retry["state"] == "COMPLETE" and retry["params"] == before[1]["params"]  # run again, same settings
+    assert sum(r["state"] == "COMPLETE" for r in after) == 3
+
+
+def test_tune_refuses_bad_input_and_keeps_the_study(study_files, tmp_path, capsys):
+    fit, space = study_files()
+    out = tmp_path / "study"
+    assert main(["tune", "--config", str(fit), "--out", str(out)]) == 2
+    assert "a new study needs both --config and --space" in capsys.readouterr().err
+    bad = tmp_path / "bad_space.toml"
+    bad.write_text("[space.model]\nlatent_dim = { low = 4, high = 2 }\n")
+    assert main(["tune", "--config", str(fit), "--space", str(bad), "--out", str(out)]) == 2
+    assert "model.latent_dim is an empty range" in capsys.readouterr().err
+    assert main(["tune", "--config", str(fit), "--space", str(space), "--out", str(out), "--storage",
+                 "notadb://nowhere"]) == 2
+    assert "storage 'notadb://nowhere' cannot be opened" in capsys.readouterr().err
+    assert not out.exists()  # nothing created by the refused commands
+    bm.tune(fit, space, out, trials=1, progress=False)
+    journal = (out / "study.journal").read_bytes()
+    other = tmp_path / "other.toml"
+    other.write_text(SPACE.format(trials=3).replace("width = [8, 16]", "width = [8, 32]"))
+    with pytest.raises(ValueError, match="started with another search space"):
+        bm.tune(fit, other, out, trials=2, progress=False)
+    assert (out / "study.journal").read_bytes() == journal  # nothing of the running study touched
+    with pytest.raises(ValueError, match="give a number of trials or a timeout"):
+        bm.tuning.run_worker(tmp_path / "study", trials=0, timeout=0)
+
+
+def test_report_leaves_the_matplotlib_style_as_it_was(study_files, tmp_path):
+    import matplotlib
+
+    fit, space = study_files(steps=10, trials=2)
+    before = dict(matplotlib.rcParams)
+    bm.tune(fit, space, tmp_path / "study", progress=False)
+    assert (tmp_path / "study" / "plots" / "param_importances.png").is_file()
+    after = dict(matplotlib.rcParams)
+    assert {k for k in before if before[k] != after[k]} == set()
