@@ -22,12 +22,16 @@ def test_each_benchmark_has_only_its_own_flags():
     assert _flags("sinusoid") == SHARED | {"--variants", "--max-time", "--seed", "--device", "--num-tasks",
                                            "--no-progress"}
     assert _flags("compare") == SHARED | {"--families", "--methods", "--budget", "--sweep-seconds", "--classic-budget",
-                                          "--seed", "--device", "--num-tasks"}
+                                          "--seed", "--device", "--num-tasks", "--tune-seconds"}
     assert _flags("throughput") == SHARED | {"--batch-sizes", "--learners", "--seconds", "--processes",
                                              "--predict-batches", "--device"}
     assert _flags("exact-fit") == SHARED | {"--repeats", "--seed"}
     assert _flags("pools") == SHARED | {"--cases", "--steps", "--last-tasks", "--seed", "--device", "--num-tasks",
                                         "--no-progress", "--hidden", "--latent-dim", "--weight-decay"}
+    assert _flags("continual") == SHARED | {"--methods", "--steps-per-phase", "--phases", "--capacity", "--fraction",
+                                            "--num-tasks", "--seed", "--device", "--no-progress"}
+    assert _flags("tune") == SHARED | {"--minutes", "--workers", "--trial-seconds", "--kill-at", "--num-tasks",
+                                       "--no-confirm", "--seed"}
 
 
 def test_defaults_and_values_reach_the_namespace():
@@ -95,3 +99,23 @@ def test_pools_benchmark_runs_with_tiny_arguments(tmp_path, capsys):
     rows = {(r["method"], r["shots"]) for r in result["summary"]}
     assert {("linear-100/best-validation", k) for k in (1, 5, 10)} <= rows
     assert "linear-100" in capsys.readouterr().out
+
+
+def test_continual_bench_runs_end_to_end_at_a_tiny_size(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "continual"
+    assert main(["bench", "continual", "--methods", "maml", "--steps-per-phase", "3", "--phases", "2",
+                 "--capacity", "64", "--num-tasks", "4", "--no-progress", "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    arms = result["results"]["maml"]
+    assert [a["name"] for a in arms] == ["no replay", "replay", "joint"]
+    assert all(len(a["nll"]) == 2 and len(a["nll"][0]) == 2 for a in arms)  # [after phase, on phase]
+    assert set(result["summary"]["maml"]) >= {"forgetting_no_replay", "forgetting_replay", "final_difference"}
+    assert (out / "plots" / "forgetting_maml.png").is_file() and (out / "report.html").is_file()
+    assert "forgetting (phase 1)" in capsys.readouterr().out
+
+
+def test_bench_refuses_bad_continual_settings(tmp_path, capsys):
+    assert main(["bench", "continual", "--fraction", "1.5", "--out", str(tmp_path / "c")]) == 2
+    assert "fraction must be a number in [0, 1)" in capsys.readouterr().err

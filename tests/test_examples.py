@@ -190,3 +190,15 @@ def test_fewshot_digits_example_runs_and_scores_both_methods(tmp_path):
     assert all(r["accuracy"] > 0.4 and 0 <= r["ece"] <= 1 for r in out.values())
     assert out[("protonet", 1)]["accuracy"] == out[("protonet+T", 1)]["accuracy"]  # temperature keeps the classes
     assert (tmp_path / "reliability.png").exists() and (tmp_path / "selective.png").exists()
+
+
+def test_continual_replay_example_runs_and_scores_every_phase_after_every_phase(tmp_path):
+    mod = _load("continual_replay")
+    out = mod.main(argparse.Namespace(steps_per_phase=4, capacity=64, num_tasks=5, out=str(tmp_path), seed=0,
+                                      device="cpu", no_progress=True))
+    assert set(out) == {"no replay", "replay (reservoir)"}
+    for r in out.values():
+        nll = np.array(r["nll"])
+        assert nll.shape == (3, 3) and np.isfinite(nll).all()  # [after phase, on phase]
+        assert r["forgetting"] == pytest.approx(nll[-1, 0] - nll[0, 0]) and r["final"] == nll[-1, -1]
+    assert (tmp_path / "forgetting.png").exists()

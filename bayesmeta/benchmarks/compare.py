@@ -3,7 +3,9 @@
 For each task family every method meta-trains for the same wall-clock budget, then all are scored
 by :func:`bayesmeta.evaluate` on the same fixed test tasks (shots 1, 5, 10) next to the Bayes
 oracle. Baselines first get a small learning-rate sweep (short runs, scored on separate
-validation tasks; the sweep's time is not part of the budget and is reported). Two side studies:
+validation tasks; the sweep's time is not part of the budget and is reported) -- or, with
+``tune_seconds``, every method (the Bayesian learner too) gets an Optuna study of that many seconds
+over its learning rate, tasks per step and inner step size, with trials of ``sweep_seconds``. Two side studies:
 the classic noise-free MAML sinusoid (K=10, MSE after 1 and 10 inner steps, squared-error net, the
 MAML paper's settings) and the speed of the vectorised MAML step against a per-task loop.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,14 +63,56 @@ def _sweep(name: str, family, *, seconds: float, seed: int, device) -> tuple[dic
     return {"inner_lr": best["inner_lr"], "lr": best["lr"]}, trials
 
 
+def _tune(name: str, family, *, seconds: float, trial_seconds: float, seed: int, device) -> tuple[dict, list[dict]]:
+    """An Optuna study (Gaussian-process sampler) of ``seconds`` over the learning rate, tasks per step and,
+    for the MAML family, the inner step size; each trial trains ``trial_seconds`` and is scored by the
+    validation NLL at K=5 (the tasks the fixed sweep uses). The first trial runs the method's defaults."""
+    import optuna
+
+    from ..tuning.space import Param
+
+    val = {5: family.sample(200, shots=5, num_query=50, generator=torch.Generator().manual_seed(seed + 777))}
+    params = [Param("train", "lr", 1e-4, 1e-2, log=True), Param("train", "tasks_per_step", choices=(8, 16, 32, 64))]
+    defaults: dict[str, Any] = {"train.lr": 1e-3, "train.tasks_per_step": TrainConfig().tasks_per_step}
+    if name != "bayes":
+        params.append(Param("model", "inner_lr", 1e-3, 1e-1, log=True))
+        defaults["model.inner_lr"] = SWEEP["reptile" if name == "reptile" else "maml"][0][0]
+
+    def objective(trial) -> float:
+        v = {p.key: p.suggest(trial) for p in params}
+        learner = amortized_learner(family.x_dim, family.y_dim) if name == "bayes" else \
+            _baseline(name, family, v["model.inner_lr"])
+        learner.fit(family, 10**9, max_time=trial_seconds, lr=v["train.lr"], tasks_per_step=v["train.tasks_per_step"],
+                    seed=seed, device=device, progress=False)
+        nll = evaluate(learner, val, name=name, metrics=("nll",), oracle=False).summary[0]["nll"]
+        _log(f"  tune {name}: {v} -> validation NLL {nll:.3f}")
+        return nll  # nan: Optuna records a failed trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's experimental-feature notices
+        study = optuna.create_study(sampler=optuna.samplers.GPSampler(seed=seed))
+    study.enqueue_trial(defaults)
+    study.optimize(objective, timeout=seconds, catch=(FloatingPointError, ValueError, RuntimeError))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise RuntimeError(f"tuning {name}: no trial finished in {seconds} s (trials of {trial_seconds} s)")
+    best = min(done, key=lambda t: float(t.value or 0.0)).params
+    trials = [{**t.params, "val_nll": t.value, "state": t.state.name} for t in study.trials]
+    chosen = {"lr": best["train.lr"], "tasks_per_step": best["train.tasks_per_step"]}
+    if name != "bayes":
+        chosen["inner_lr"] = best["model.inner_lr"]
+    return chosen, trials
+
+
 def _train(method: str, family, *, budget: float, seed: int, device, settings: dict):
-    """``(learner meta-trained for budget seconds, its tasks per step)``; baselines with their swept settings."""
-    tasks_per_step = TrainConfig().tasks_per_step  # every method: the one default
+    """``(learner meta-trained for budget seconds, its tasks per step)``, with the swept or tuned settings."""
     learner: MetaLearner | Ensemble
+    s = settings.get("maml" if method == "ensemble" else method, {})
+    tasks_per_step = s.get("tasks_per_step", TrainConfig().tasks_per_step)  # untuned: the one default
     if method == "bayes":
-        learner, options = amortized_learner(family.x_dim, family.y_dim), {}
+        learner, options = amortized_learner(family.x_dim, family.y_dim), {k: s[k] for k in ("lr",) if k in s}
     else:
-        s = settings["maml" if method == "ensemble" else method]
         options = {"lr": s["lr"]}
         if method == "ensemble":
             learner = Ensemble(lambda: _baseline("maml", family, s["inner_lr"]), n=5)
@@ -84,16 +129,21 @@ def _throughput(learner, tasks_per_step: int) -> float:
 
 
 def compare_family(family_name: str, *, methods, budget: float, sweep_seconds: float, num_tasks: int, seed: int,
-                   device) -> tuple[Evaluation, dict]:
+                   device, tune_seconds: float = 0.0) -> tuple[Evaluation, dict]:
     family = COMPARE_FAMILIES[family_name]()
     tests = make_test_sets(family, (1, 5, 10), num_tasks=num_tasks, num_query=100, seed=1)
     settings: dict[str, dict] = {}
     meta: dict[str, Any] = {"family": repr(family), "budget_seconds": budget, "methods": {}}
-    for name in {"maml" if m == "ensemble" else m for m in methods} & set(BASELINES):
+    tuned = {"maml" if m == "ensemble" else m for m in methods}
+    for name in sorted(tuned if tune_seconds else tuned & set(BASELINES)):
         t0 = time.perf_counter()
-        settings[name], trials = _sweep(name, family, seconds=sweep_seconds, seed=seed, device=device)
-        meta["methods"].setdefault(name, {})["sweep"] = {"trials": trials, "chosen": settings[name],
-                                                         "seconds": time.perf_counter() - t0}
+        if tune_seconds:  # every method, the Bayesian learner too, gets the same tuning budget
+            settings[name], trials = _tune(name, family, seconds=tune_seconds, trial_seconds=sweep_seconds, seed=seed,
+                                           device=device)
+        else:
+            settings[name], trials = _sweep(name, family, seconds=sweep_seconds, seed=seed, device=device)
+        meta["methods"].setdefault(name, {})["tune" if tune_seconds else "sweep"] = {
+            "trials": trials, "chosen": settings[name], "seconds": time.perf_counter() - t0}
     evals = [evaluate(family.oracle_predict, tests, name="oracle",
                       oracle=False, seed=seed)]  # its own gap is zero; no need to compute the oracle twice
     for method in methods:
@@ -157,7 +207,7 @@ def format_compare(ev: Evaluation) -> str:
 
 def run_compare(*, families=("sinusoid", "linear"), methods=COMPARE_METHODS, budget: float = 300.0,
                 sweep_seconds: float = 45.0, classic_budget: float = 150.0, num_tasks: int = 1000,
-                out_dir="bench_out/compare", seed: int = 0, device="cpu") -> dict:
+                out_dir="bench_out/compare", seed: int = 0, device="cpu", tune_seconds: float = 0.0) -> dict:
     """Run the comparison; writes ``results.json``, ``eval_{family}.csv`` and comparison plots."""
     unknown = sorted(set(families) - set(COMPARE_FAMILIES)) + sorted(set(methods) - set(COMPARE_METHODS))
     if unknown:
@@ -165,12 +215,15 @@ def run_compare(*, families=("sinusoid", "linear"), methods=COMPARE_METHODS, bud
                          f"methods: {list(COMPARE_METHODS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if tune_seconds < 0:
+        raise ValueError(f"tune_seconds must be >= 0 (0: the fixed learning-rate sweep); got {tune_seconds}")
     result: dict[str, Any] = {"benchmark": "compare", "budget_seconds": budget, "sweep_seconds": sweep_seconds,
+                              "tune_seconds": tune_seconds,
               "torch_threads": torch.get_num_threads(), "families": {}}
     tables = []
     for fam in families:
         ev, meta = compare_family(fam, methods=list(methods), budget=budget, sweep_seconds=sweep_seconds,
-                                  num_tasks=num_tasks, seed=seed, device=device)
+                                  num_tasks=num_tasks, seed=seed, device=device, tune_seconds=tune_seconds)
         ev.to_csv(out / f"eval_{fam}.csv")
         plot_method_comparison(ev).savefig(out / f"comparison_{fam}.png", dpi=100)
         plot_calibration_curve(ev, shots=[1, 5]).savefig(out / f"calibration_{fam}.png", dpi=100)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..baselines import MAML
+from ..diagnostics.html_report import report
 from ..diagnostics.plots import plot_forgetting
 from ..evaluation.continual import ContinualResult, continual_evaluation, forgetting_table
 from ..inference.replay import ReplayBuffer
@@ -33,7 +34,8 @@ ARMS = ("no replay", "replay", "joint")
 def run_continual(*, methods=None, steps_per_phase: int = 1000, phases: int = 3, capacity: int = 1000,
                   fraction: float = 0.5, shots=(5,), num_tasks: int = 200, out_dir="bench_out/continual",
                   seed: int = 0, device="cpu", progress: bool = True) -> dict:
-    """Run every method x arm; writes ``results.json`` (after each arm) and ``forgetting_<method>.png``."""
+    """Run every method x arm; writes ``results.json`` (after each arm), ``plots/forgetting_<method>.png`` and
+    ``report.html``."""
     methods = list(CONTINUAL_METHODS) if methods is None else list(methods)
     unknown = sorted(set(methods) - set(CONTINUAL_METHODS))
     if unknown or not methods:
@@ -43,7 +45,7 @@ def run_continual(*, methods=None, steps_per_phase: int = 1000, phases: int = 3,
     out.mkdir(parents=True, exist_ok=True)
     stream = drifting_sinusoid(phases, steps_per_phase)
     results: dict[str, list[ContinualResult]] = {}
-    tables = []
+    tables, figures = [], {}
     for method in methods:
         for arm in ARMS:
             torch.manual_seed(seed)  # the same initial weights in every arm
@@ -55,9 +57,12 @@ def run_continual(*, methods=None, steps_per_phase: int = 1000, phases: int = 3,
             results.setdefault(method, []).append(r)
             _write(out, results, stream, capacity, fraction, shots, num_tasks, seed)
         tables.append(f"### {method}\n\n" + forgetting_table(results[method]))
-        plot_forgetting(results[method], title=f"{method}: forgetting on a drifting sinusoid").savefig(
-            out / f"forgetting_{method}.png", dpi=110)
+        figures[f"forgetting_{method}"] = plot_forgetting(results[method],
+                                                          title=f"{method}: forgetting on a drifting sinusoid")
     summary = {m: _summary(rs) for m, rs in results.items()}
+    info = {f"{m}: forgetting without / with replay": f"{s['forgetting_no_replay']:+.3f} / {s['forgetting_replay']:+.3f}"
+            for m, s in summary.items()}
+    report(out, figures=figures, info={"stream": repr(stream), **info}, title="bayesmeta: continual meta-learning")
     return {"tables": tables, "summary": summary, "results": {m: [r.to_dict() for r in rs] for m, rs in results.items()}}
 
 

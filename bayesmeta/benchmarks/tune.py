@@ -12,6 +12,7 @@ scored on the fresh test tasks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -76,6 +77,9 @@ def run_tune_bench(*, minutes: float = 20.0, workers: int = 2, trial_seconds: fl
 
     if workers < 1 or not 0 < kill_at < 1:
         raise ValueError(f"workers must be >= 1 and kill_at in (0, 1); got {workers}, {kill_at}")
+    budget = minutes * 60 - trial_seconds  # a trial started before the timeout runs to its end
+    if budget <= 0:
+        raise ValueError(f"--minutes {minutes} leaves no time for trials of --trial-seconds {trial_seconds}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     study = out / "study"
@@ -87,9 +91,9 @@ def run_tune_bench(*, minutes: float = 20.0, workers: int = 2, trial_seconds: fl
     atomic_write_text(TUNE_SPACE, out / "space.toml")
     open_study(study, config=out / "fit.toml", space=out / "space.toml")
     threads = max(1, (os.cpu_count() or 1) // workers)
-    budget = minutes * 60 - trial_seconds  # a trial started before the timeout runs to its end
     start = time.perf_counter()
     logs = [open(out / f"worker-{i}.log", "ab") for i in range(workers)]  # noqa: SIM115 - closed below
+    procs: list[subprocess.Popen] = []
     try:
         procs = [_worker(study, budget, threads, logs[i]) for i in range(workers)]
         time.sleep(kill_at * budget)
@@ -100,6 +104,11 @@ def run_tune_bench(*, minutes: float = 20.0, workers: int = 2, trial_seconds: fl
         procs[-1] = _worker(study, max(1.0, budget - killed_at), threads, logs[-1])
         for p in procs:
             p.wait()
+    except BaseException:
+        for p in procs:  # an interrupted benchmark leaves no worker behind
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        raise
     finally:
         for log in logs:
             log.close()
@@ -112,7 +121,7 @@ def run_tune_bench(*, minutes: float = 20.0, workers: int = 2, trial_seconds: fl
     best, default = result.best, result.defaults
     summary = {"wall_seconds": round(wall, 1), "killed_at_seconds": round(killed_at, 1),
                "trials": len(result.rows), "states": {s: sum(r["state"] == s for r in result.rows)
-                                                     for s in ("COMPLETE", "PRUNED", "FAIL")},
+                                                     for s in ("COMPLETE", "STOPPED", "FAIL")},
                "finished_before_kill": len(finished_before), "finished_trials_lost": lost,
                "retried": [r["retry_of"] for r in result.rows if r["retry_of"] is not None],
                "default_val_nll_K5": None if default is None else default["value"],
@@ -132,7 +141,8 @@ def _confirm(main, out: Path, study: Path, seed: int) -> dict:
     """Train the defaults and the best config again (another seed) and score both on the fresh test tasks (K=5)."""
     scores: dict = {}
     per_task = {}
-    for name, config in (("defaults", study / "base.toml"), ("best", study / "best.toml")):
+    # trial 0's own config (validated at the objective's shots, as every trial): the defaults as the study ran them
+    for name, config in (("defaults", study / "trials" / "0000" / "config.toml"), ("best", study / "best.toml")):
         run = out / f"confirm_{name}"
         code = main(["fit", "--config", str(config), "--set", f"train.seed={seed}", "--out", str(run), "--force",
                      "--no-progress"])

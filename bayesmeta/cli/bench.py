@@ -84,7 +84,8 @@ def _run_compare(args) -> dict:
 
     result = run_compare(families=args.families, methods=args.methods, budget=args.budget,
                          sweep_seconds=args.sweep_seconds, classic_budget=args.classic_budget,
-                         num_tasks=args.num_tasks, out_dir=args.out, seed=args.seed, device=args.device)
+                         num_tasks=args.num_tasks, out_dir=args.out, seed=args.seed, device=args.device,
+                         tune_seconds=args.tune_seconds)
     print("\n\n".join(result["tables"]))
     for fam, meta in result["families"].items():
         for m, info in meta["methods"].items():
@@ -212,6 +213,9 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--budget", type=float, default=300.0, help="training seconds per method (default: 300)")
     c.add_argument("--sweep-seconds", type=float, default=45.0,
                    help="seconds per learning-rate trial of each baseline (default: 45)")
+    c.add_argument("--tune-seconds", type=float, default=0.0,
+                   help="give every method (the Bayesian learner too) an Optuna study of this many seconds over lr, "
+                   "tasks per step and inner step size, trials of --sweep-seconds (0: the fixed sweep; default: 0)")
     c.add_argument("--classic-budget", type=float, default=150.0,
                    help="seconds for the noise-free MAML check (0: skip; default: 150)")
     _shared_flags(c, "compare", num_tasks=True)

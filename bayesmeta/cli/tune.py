@@ -15,7 +15,7 @@ TUNE_EPILOG = """examples:
   bayesmeta tune --config fit.toml --space space.toml --out studies/s1 --timeout 1200 --workers 2
   bayesmeta tune --out studies/s1 --timeout 600     # continue the study (another worker, or after a kill)
   bayesmeta tune --config fit.toml --space space.toml --out studies/s1 --storage postgresql://host/db
-  bayesmeta fit --config studies/s1/best.toml --out runs/best   # the best trial's config, as it is
+then the best trial's config, as it is:  bayesmeta fit --config studies/s1/best.toml --out runs/best
 space.toml:
   [space.train]  lr = { low = 3e-4, high = 3e-3, log = true }, tasks_per_step = [16, 32, 64], ...
   [space.model]  latent_dim = { low = 2, high = 16 }, width, depth, encoder_width, encoder_depth, ...

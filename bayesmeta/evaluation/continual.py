@@ -10,6 +10,7 @@ and, at the end of each phase, scores fixed test tasks of *every* phase. The res
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,29 +86,39 @@ def continual_evaluation(learner, stream: Phases, *, replay=None, joint: bool = 
         raise TypeError(f"continual_evaluation: stream must be a bayesmeta.tasks.Phases; got {type(stream).__name__}")
     if joint and replay is not None:
         raise ValueError("continual_evaluation: joint=True trains on every phase at once; replay does not apply")
-    fixed = sorted({"steps", "max_time", "checkpoint_every", "checkpoint", "on_checkpoint"} & set(fit_options))
+    fixed = sorted({"steps", "max_time", "checkpoint_every", "checkpoint", "on_checkpoint", "config", "resume",
+                    "validation"} & set(fit_options))
     if fixed:
-        raise ValueError(f"continual_evaluation: {fixed} are set here (the phases decide the steps)")
+        raise ValueError(f"continual_evaluation: {fixed} cannot be given here (the phases decide the steps and when "
+                         "to score; give the other options as keywords)")
     tests = [make_test_sets(f, shots, num_tasks=num_tasks, num_query=num_query, seed=test_seed)
              for f in stream.families]
     rows: list[list[tuple[float, float]]] = []
     steps: list[int] = []
-    spent = [0.0]
+    scoring: list[float] = []
+    device = getattr(learner, "device", torch.device("cpu"))
+    devices = [device] if torch.device(device).type == "cuda" else []
 
     def score(step: int, history) -> None:
-        with torch.random.fork_rng(devices=[]):  # scoring must not change the training run
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=devices):  # scoring must not change the training run
             rows.append([_mean_nll(learner, sets, predict_options) for sets in tests])
         steps.append(step)
-        spent[0] = history.time[-1] if history.time else 0.0
+        scoring.append(time.perf_counter() - start)
 
     with tempfile.TemporaryDirectory(prefix="bayesmeta-continual-") as tmp:
         learner.fit(stream.joint() if joint else stream, stream.total_steps, replay=replay,
                     checkpoint=Path(tmp) / "ck.pt", checkpoint_every=stream.steps_per_phase, on_checkpoint=score,
                     **fit_options)
+    if len(rows) != len(stream):  # pragma: no cover - a checkpoint at every phase end, and only there
+        raise RuntimeError(f"continual_evaluation: scored {len(rows)} times for {len(stream)} phases")
+    h = learner.history
+    # the training time: the last step's clock ran through every scoring but the final one
+    seconds = (h.time[-1] if h.time else 0.0) - sum(scoring[:-1])
     nll = np.array([[m for m, _ in r] for r in rows])
     se = np.array([[s for _, s in r] for r in rows])
     label = name or ("joint" if joint else "no replay" if replay is None else f"replay ({replay.strategy})")
-    return ContinualResult(label, nll, se, steps, tuple(shots), spent[0])
+    return ContinualResult(label, nll, se, steps, tuple(shots), seconds)
 
 
 def _mean_nll(learner, sets: dict, predict_options: dict | None) -> tuple[float, float]:

@@ -82,6 +82,10 @@ class TaskStream:
         self.replay = _check_replay(replay, source, cfg)
         if self.replay is not None:
             self.replay.to(device)
+        if isinstance(source, Phases) and cfg.steps < source.total_steps:
+            warnings.warn(f"fit: steps={cfg.steps} ends in phase {source.phase_at(cfg.steps) + 1} of the {len(source)} "
+                          f"phases of this stream ({source.total_steps} steps); give steps=stream.total_steps to see "
+                          "them all", stacklevel=user_stacklevel())
         self.min_points = cfg.min_points if min_points is None else max(min_points, cfg.min_points)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)  # rank 0: the single-process stream
         if isinstance(source, TaskFamily):
@@ -407,6 +411,7 @@ def _raise_if_bad(bad_steps: torch.Tensor, step: int) -> None:
 
 def _restore(state: dict, modules: dict, run: _Run) -> int:
     """Load a checkpoint into the modules, optimiser, history and random streams; returns its step."""
+    _restore_replay(state, run.stream)  # first: a refused replay setting must leave the learner as it was
     for name, m in modules.items():
         if m is not None:
             if state.get(name) is None:
@@ -416,7 +421,6 @@ def _restore(state: dict, modules: dict, run: _Run) -> int:
     if run.stopper is not None and state.get("early_stopping") is not None:
         run.stopper.load_state_dict(state["early_stopping"])
     step = int(state["step"])
-    _restore_replay(state, run.stream)
     run.stream.drawn = step
     run.start -= state["elapsed"]
     run.history = History(**state["history"])

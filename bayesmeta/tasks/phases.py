@@ -33,7 +33,19 @@ def _check_families(families: Sequence, name: str) -> list[TaskFamily]:
                              f"x_dim={first.x_dim}, y_dim={first.y_dim} (every family must have the same shapes)")
         if getattr(f, "episodic", False) != getattr(first, "episodic", False):
             raise ValueError(f"{name}: families[{i}] and families[0] disagree on being episodic (classification)")
+        if getattr(f, "ways", None) != getattr(first, "ways", None):
+            raise ValueError(f"{name}: families[{i}] has ways={getattr(f, 'ways', None)}; families[0] has "
+                             f"ways={getattr(first, 'ways', None)} (episodes of every phase need the same classes)")
     return families
+
+
+def _copy_shape(target, families: list[TaskFamily]) -> None:
+    """Shapes a learner reads from its source: sizes, episodic and classes per episode."""
+    first = families[0]
+    target.x_dim, target.y_dim = first.x_dim, first.y_dim
+    target.episodic = getattr(first, "episodic", False)
+    if hasattr(first, "ways"):
+        target.ways = first.ways
 
 
 class TaskMixture(TaskFamily):
@@ -57,14 +69,15 @@ class TaskMixture(TaskFamily):
             raise ValueError(f"TaskMixture: weights must be {len(self.families)} finite numbers >= 0 with a "
                              f"positive sum; got {weights!r}")
         self.weights = (w / w.sum()).double()
-        self.x_dim, self.y_dim = self.families[0].x_dim, self.families[0].y_dim
-        self.episodic = getattr(self.families[0], "episodic", False)
+        _copy_shape(self, self.families)
 
     def __repr__(self) -> str:
         return f"TaskMixture({self.families!r}, weights={[round(float(w), 4) for w in self.weights]})"
 
     def sample(self, num_tasks: int, shots: int, num_query: int = 0,
                generator: torch.Generator | None = None) -> TaskBatch:
+        if not isinstance(num_tasks, int) or isinstance(num_tasks, bool) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be an int >= 1; got {num_tasks!r}")
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         which = torch.multinomial(self.weights, num_tasks, replacement=True, generator=g)  # [T]
         parts, ids = [], []
@@ -83,6 +96,8 @@ class TaskMixture(TaskFamily):
             if all(isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[1:] == values[0].shape[1:]
                    for v in values):
                 params[key] = torch.cat(values)[order]
+            elif not any(isinstance(v, torch.Tensor) for v in values) and all(v == values[0] for v in values):
+                params[key] = values[0]  # a setting every family shares
         return TaskBatch(**fields, params=params)
 
 
@@ -110,8 +125,7 @@ class Phases(TaskFamily):
         if not isinstance(steps_per_phase, int) or isinstance(steps_per_phase, bool) or steps_per_phase < 1:
             raise ValueError(f"Phases: steps_per_phase must be an int >= 1; got {steps_per_phase!r}")
         self.steps_per_phase = steps_per_phase
-        self.x_dim, self.y_dim = self.families[0].x_dim, self.families[0].y_dim
-        self.episodic = getattr(self.families[0], "episodic", False)
+        _copy_shape(self, self.families)
 
     def __repr__(self) -> str:
         return f"Phases({self.families!r}, steps_per_phase={self.steps_per_phase})"
@@ -150,7 +164,7 @@ def drifting_sinusoid(num_phases: int = 3, steps_per_phase: int = 1000, *, noise
     """
     from .sinusoid import Sinusoid
 
-    if not isinstance(num_phases, int) or num_phases < 1:
+    if not isinstance(num_phases, int) or isinstance(num_phases, bool) or num_phases < 1:
         raise ValueError(f"drifting_sinusoid: num_phases must be an int >= 1; got {num_phases!r}")
     edges = [round(0.1 + 4.9 * k / num_phases, 6) for k in range(num_phases + 1)]
     starts = [round(-5.0 + 6.0 * k / (num_phases - 1), 6) for k in range(num_phases)] if num_phases > 1 else [-5.0]

@@ -4,6 +4,13 @@ The score is the validation NLL (mean over the space's ``objective.shots``) at t
 keeps (early stopping's best step): the same held-out groups, support / query splits and
 predictive as ``bayesmeta fit`` validates on. Each validation is reported to Optuna, so a pruner
 can stop a trial that trails the others at the same step.
+
+A trial the pruner stops is *not* recorded as pruned: it finishes with the best validation NLL it
+reached (``stopped_at`` says when). Optuna's Gaussian-process sampler learns only from finished
+trials, so with pruned ones it never learns that a region is bad and proposes it again and again
+(measured: 51 of 85 trials pruned at their first validation, nearly all in two spots); a finished
+trial with its pessimistic value steers it away. Its run directory is removed (it is not a
+trained run), and the report never picks it as the best trial.
 """
 
 from __future__ import annotations
@@ -33,30 +40,42 @@ def validation_score(history) -> tuple[float, int]:
     return float(entry["nll"]), int(entry["step"])
 
 
+class _Stopped(Exception):
+    """The pruner stopped the trial at validation step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step}: validation NLL trails the other trials")
+        self.step = step
+
+
 def make_objective(base: FitConfig, space: SearchSpace, out: Path, *, progress: bool = False):
     """The Optuna objective of a study: ``objective(trial) -> validation NLL``."""
-    import optuna
-
     from ..cli.runs import fit_run
+    from .study import process_start
 
     def objective(trial) -> float:
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
+                 "run": f"trials/{trial.number:04d}"}  # the run: relative to the study directory
+        for key, attr in owner.items():
+            trial.set_user_attr(key, attr)
         values = {p.key: p.suggest(trial) for p in space.params}
         cfg = space.apply(base, values)
         run = out / "trials" / f"{trial.number:04d}"
-        trial.set_user_attr("run", str(run))
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
-        reported: set[int] = set()
+        reported: dict[int, float] = {}
 
         def on_checkpoint(step: int, history) -> None:
             for v in history.validation:
                 if v["step"] not in reported:
-                    reported.add(v["step"])
+                    reported[v["step"]] = float(v["nll"])
                     trial.report(float(v["nll"]), v["step"])
             if reported and trial.should_prune():
-                raise optuna.TrialPruned(f"validation NLL trails the other trials at step {max(reported)}")
+                raise _Stopped(max(reported))
 
-        learner = fit_run(cfg, run, progress=progress, on_checkpoint=on_checkpoint)
+        try:
+            learner = fit_run(cfg, run, progress=progress, on_checkpoint=on_checkpoint)
+        except _Stopped as stop:
+            trial.set_user_attr("stopped_at", stop.step)
+            return min(reported.values())
         value, step = validation_score(learner.history)
         h = learner.history
         trial.set_user_attr("best_step", step)

@@ -31,7 +31,7 @@ class TuneResult:
     def load(cls, out, *, storage: str | None = None) -> TuneResult:
         """Read the study in directory ``out`` (its storage: the journal there, or ``storage``)."""
         study, base, _ = open_study(out, storage=storage)
-        return cls(Path(out), study, base, _rows(study))
+        return cls(Path(out), study, base, _rows(study, Path(out)))
 
     @property
     def complete(self) -> list[dict]:
@@ -50,7 +50,7 @@ class TuneResult:
     @property
     def best_config(self) -> FitConfig | None:
         best = self.best
-        return None if best is None else load_config(Path(best["run"]) / "config.toml")
+        return None if best is None else load_config(self.out / best["run"] / "config.toml")
 
     def table(self) -> str:
         """Markdown: every trial, best first, with its parameters, state and validation NLL."""
@@ -63,8 +63,8 @@ class TuneResult:
             name = f"{r['number']}" + (" (defaults)" if r["defaults"] else "") + \
                 (f" (retry of {r['retry_of']})" if r["retry_of"] is not None else "")
             value = "-" if r["value"] is None else f"{r['value']:.4f}"
-            if r["state"] == "PRUNED" and r["pruned_at"] is not None:
-                value = f"({value} at step {r['pruned_at']})"
+            if r["state"] == "STOPPED":
+                value = f"({value} at step {r['stopped_at']})"
             cells = [_fmt(r["params"].get(k)) for k in keys]
             lines.append(f"| {name} | {r['state'].lower()} | {value} | {r['train_steps'] or '-'} | "
                          f"{r['train_seconds'] or '-'} | " + " | ".join(cells) + " |")
@@ -77,16 +77,18 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _rows(study) -> list[dict]:
+def _rows(study, out: Path) -> list[dict]:
+    """One dict per trial; ``run`` (relative to the study directory) only where the run directory exists."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": dict(t.params),
+        run = t.user_attrs.get("run")
+        stopped = t.user_attrs.get("stopped_at")
+        rows.append({"number": t.number, "state": "STOPPED" if stopped is not None else t.state.name, "value": t.value, "params": dict(t.params),
                      "defaults": bool(t.user_attrs.get("defaults")), "retry_of": t.user_attrs.get("retry_of"),
-                     "run": t.user_attrs.get("run"), "best_step": t.user_attrs.get("best_step"),
+                     "run": run if run is not None and (out / run).is_dir() else None, "best_step": t.user_attrs.get("best_step"),
                      "train_steps": t.user_attrs.get("train_steps"), "train_seconds": t.user_attrs.get("train_seconds"),
                      "per_shot": {k: v for k, v in t.user_attrs.items() if k.startswith("val_nll_K")},
-                     "pruned_at": max(t.intermediate_values) if t.state.name == "PRUNED" and t.intermediate_values
-                     else None})
+                     "stopped_at": stopped})
     return rows
 
 
@@ -113,7 +115,28 @@ def _figures(result: TuneResult) -> dict[str, object]:
                 continue
             ax0 = ax.flat[0] if hasattr(ax, "flat") else ax
             figures[name] = ax0.figure
+    if result.best is not None:
+        figures["best_trial"] = _best_trial_figure(result)
     return figures
+
+
+def _best_trial_figure(result: TuneResult):
+    """Validation NLL against training step of the best trial and of the defaults' trial."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    shown = [("best", result.best), ("defaults", result.defaults)]
+    for label, row in shown:
+        if row is None or (label == "defaults" and row is result.best):
+            continue
+        values = result.study.trials[row["number"]].intermediate_values
+        steps = sorted(values)
+        ax.plot(steps, [values[s] for s in steps], marker="o", label=f"{label} (trial {row['number']})")
+    ax.set(xlabel="training step", ylabel="validation NLL", title="best trial's validation curve")
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def write_report(result: TuneResult) -> Path:
@@ -148,7 +171,7 @@ def write_report(result: TuneResult) -> Path:
     for name, fig in _figures(result).items():
         png = io.BytesIO()
         fig.savefig(png, format="png", dpi=100, bbox_inches="tight")  # type: ignore[attr-defined]
-        plt.close(fig)  # type: ignore[arg-type]
+        plt.close(fig)  # type: ignore[arg-type]  # Optuna draws with pyplot: release its figures
         atomic_write_bytes(png.getvalue(), plots / f"{name}.png")
         images.append(name)
     page = (f"<html><head><meta charset='utf-8'><title>bayesmeta tuning study</title></head><body>"
@@ -163,8 +186,8 @@ def write_report(result: TuneResult) -> Path:
 
 def _headline(result: TuneResult) -> str:
     states = [r["state"] for r in result.rows]
-    counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
-                       if states.count(s))
+    counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "STOPPED", "PRUNED", "FAIL", "RUNNING",
+                                                                   "WAITING") if states.count(s))
     best, base = result.best, result.defaults
     text = f"{len(states)} trials ({counts or 'none'})."
     if best is not None:

@@ -4,6 +4,7 @@ A study directory holds::
 
     base.toml            the fit config every trial starts from (read back by workers and restarts)
     space.toml           the search space as given
+    study.json           where the study is stored (the journal file, or a storage URL) and its name
     study.journal        Optuna's journal (embedded storage: a file; several processes share it)
     trials/NNNN/         one run directory per trial (``bayesmeta fit`` layout: evaluate / report work)
     best.toml            the best trial's resolved config (``bayesmeta fit --config best.toml``)
@@ -18,25 +19,26 @@ again, so no finished trial is lost and no unfinished one is forgotten.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
+import uuid
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from ..config import FitConfig, load_config, to_toml
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_json
 from .space import SearchSpace, load_space, space_from_dict
 
-__all__ = ["STUDY_NAME", "default_values", "open_study", "run_worker", "tune"]
+__all__ = ["default_values", "open_study", "run_worker", "tune"]
 
-STUDY_NAME = "bayesmeta"
 BASE_FILE, SPACE_FILE, JOURNAL_FILE, BEST_FILE = "base.toml", "space.toml", "study.journal", "best.toml"
+META_FILE = "study.json"  # the storage (None: the journal file) and the study's name in it
 
 
 def _optuna():
@@ -65,7 +67,7 @@ def default_values(base: FitConfig, space: SearchSpace) -> dict[str, Any] | None
     return out
 
 
-def _storage(out: Path, storage: str | None):
+def _storage(out: Path, storage: str | None, *, new: bool):
     optuna = _optuna()
     if storage:
         try:
@@ -75,6 +77,8 @@ def _storage(out: Path, storage: str | None):
     from optuna.storages.journal import JournalFileBackend
 
     path = out / JOURNAL_FILE
+    if not new and not path.is_file():
+        raise FileNotFoundError(f"{path}: the study's journal is missing (was the study directory copied in part?)")
     try:
         backend = JournalFileBackend(str(path))
     except OSError as err:
@@ -106,8 +110,9 @@ def _pruner(space: SearchSpace):
 def open_study(out, *, config=None, space=None, storage: str | None = None, seed_offset: int = 0):
     """Create the study in directory ``out`` (with ``config`` and ``space``) or open the existing one.
 
-    Returns ``(study, base config, space)``. For an existing study ``config`` and ``space`` may be
-    omitted; given, they must be the ones it was started with.
+    Returns ``(study, base config, space)``. For an existing study ``config``, ``space`` and
+    ``storage`` may be omitted (the study directory remembers them); given, they must be the ones
+    it was started with.
     """
     optuna = _optuna()
     out = Path(out)
@@ -116,43 +121,70 @@ def open_study(out, *, config=None, space=None, storage: str | None = None, seed
         if config is None or space is None:
             raise ValueError(f"{out}: not a tuning study (no {BASE_FILE}); start one with a fit config and a space")
         base, space_obj, space_text = _read_inputs(config, space)
-        space_obj.check(base)
-        base.data.check_complete()
-        base.check_consistent()
-        if not Path(base.data.path).is_file():
-            raise FileNotFoundError(f"config: data.path {base.data.path!r}: no such file")
-        if out.is_dir() and any(out.iterdir()):
-            raise ValueError(f"{out} is a non-empty directory and not a tuning study (no {BASE_FILE}); choose a new "
-                             "study directory")
+        _check_new(out, base, space_obj)
         base = replace(base, data=replace(base.data, path=str(Path(base.data.path).resolve())))
+        meta = {"storage": storage, "study_name": f"bayesmeta-{uuid.uuid4().hex[:12]}"}
     else:
         base, space_obj = load_config(out / BASE_FILE), load_space(out / SPACE_FILE)
+        meta = read_json(out / META_FILE, "study's storage record")
         _check_same(out, base, space_obj, config, space)
-    created = not out.exists()
+        if storage is not None and storage != meta["storage"]:
+            raise ValueError(f"{out}: this study lives in {meta['storage'] or 'its journal file'}; got storage "
+                             f"{storage!r}")
+    written: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Using an existing study ..." from every worker
     try:
-        study = optuna.create_study(study_name=STUDY_NAME, storage=_storage(out, storage), direction="minimize",
-                                    sampler=_sampler(space_obj, (space_obj.options.seed + 7919 * seed_offset) % 2**32),
-                                    pruner=_pruner(space_obj), load_if_exists=True)
+        if new:
+            written.append(out / JOURNAL_FILE)
+        study = optuna.create_study(study_name=meta["study_name"], storage=_storage(out, meta["storage"], new=new),
+                                    direction="minimize", load_if_exists=not new, pruner=_pruner(space_obj),
+                                    sampler=_sampler(space_obj, (space_obj.options.seed + 7919 * seed_offset) % 2**32))
+        if new:
+            for path, text in ((out / META_FILE, json.dumps(meta, indent=1)), (out / SPACE_FILE, space_text),
+                               (out / BASE_FILE, to_toml(base))):  # base.toml last: it marks a complete study
+                written.append(path)
+                atomic_write_text(text, path)
+            _enqueue_defaults(study, base, space_obj)
     except BaseException:
-        if created:  # a storage that cannot be opened leaves nothing behind
-            shutil.rmtree(out, ignore_errors=True)
+        for path in written:  # a study that could not be created leaves nothing behind
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            out.rmdir()  # only if it is empty now
         raise
     finally:
         optuna.logging.set_verbosity(level)
-    if new:
-        atomic_write_text(to_toml(base), out / BASE_FILE)
-        atomic_write_text(space_text, out / SPACE_FILE)
-    if new and space_obj.options.enqueue_defaults and not study.trials:
-        values = default_values(base, space_obj)
-        if values is None:
-            warnings.warn("tune: the fit config's own settings lie outside the search space, so no trial runs them "
-                          "as the baseline", stacklevel=2)
-        else:
-            study.enqueue_trial(values, user_attrs={"defaults": True})
     return study, base, space_obj
+
+
+def _check_new(out: Path, base: FitConfig, space: SearchSpace) -> None:
+    """Refuse a study that could not run a single trial, before anything is written."""
+    space.check(base)
+    base.data.check_complete()
+    base.check_consistent()
+    if not Path(base.data.path).is_file():
+        raise FileNotFoundError(f"config: data.path {base.data.path!r}: no such file")
+    if not base.data.val_fraction:
+        raise ValueError("config: data.val_fraction is 0: a study scores every trial on held-out groups; set it "
+                         "above 0 (e.g. 0.2)")
+    if base.model.likelihood == "gaussian" and base.model.kind != "latent":
+        raise ValueError(f"config: model.kind={base.model.kind!r} is fitted exactly (type-II maximum likelihood): "
+                         "there is no training run to tune; tune model.kind = 'latent' or a GLM")
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{out} is a non-empty directory and not a tuning study (no {BASE_FILE}); choose a new "
+                         "study directory")
+
+
+def _enqueue_defaults(study, base: FitConfig, space: SearchSpace) -> None:
+    if not space.options.enqueue_defaults:
+        return
+    values = default_values(base, space)
+    if values is None:
+        warnings.warn("tune: the fit config's own settings lie outside the search space, so no trial runs them "
+                      "as the baseline", stacklevel=3)
+    else:
+        study.enqueue_trial(values, user_attrs={"defaults": True})
 
 
 def _read_inputs(config, space) -> tuple[FitConfig, SearchSpace, str]:
@@ -190,13 +222,17 @@ def _dict_to_toml(data: dict) -> str:
 def _check_same(out: Path, base: FitConfig, space: SearchSpace, config, given_space) -> None:
     if config is not None:
         other = config if isinstance(config, FitConfig) else load_config(config)
-        if asdict(other)["model"] != asdict(base)["model"] or asdict(other)["train"] != asdict(base)["train"]:
+        other = replace(other, data=replace(other.data, path=str(Path(other.data.path).resolve())))
+        if asdict(other) != asdict(base):
             raise ValueError(f"{out}: this study was started with another fit config ({out / BASE_FILE}); give no "
                              "--config to continue it, or start a new study directory")
     if given_space is not None:
         other_space = given_space if isinstance(given_space, SearchSpace) else (
             space_from_dict(given_space) if isinstance(given_space, dict) else load_space(given_space))
-        if other_space != space:
+        # how long to run may change from one start to the next; what is searched may not
+        budget = ("trials", "timeout")
+        if other_space.params != space.params or {k: v for k, v in asdict(other_space.options).items() if k not in budget} \
+                != {k: v for k, v in asdict(space.options).items() if k not in budget}:
             raise ValueError(f"{out}: this study was started with another search space ({out / SPACE_FILE}); give "
                              "no --space to continue it, or start a new study directory")
 
@@ -210,17 +246,41 @@ def _pid_alive(pid) -> bool:
 def recover_stale_trials(study, out: Path) -> list[int]:
     """Trials left RUNNING by a dead worker on this machine: mark them failed, queue their parameters again."""
     optuna = _optuna()
-    host = socket.gethostname()
     recovered = []
     with _study_lock(out):
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if t.user_attrs.get("host") != host or _pid_alive(t.user_attrs.get("pid")):
+            if t.user_attrs.get("host") != socket.gethostname() or _owner_alive(t.user_attrs):
                 continue
+            # Optuna's storage API (no public call marks another process's trial failed)
             study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
-            attrs = {k: v for k, v in t.user_attrs.items() if k in ("defaults",)}
-            study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number}, skip_if_exists=False)
+            retries = int(t.user_attrs.get("retries", 0))
+            if retries < MAX_RETRIES:  # a trial that kills its worker (e.g. out of memory) is not retried forever
+                attrs = {k: v for k, v in t.user_attrs.items() if k == "defaults"}
+                study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.user_attrs.get("retry_of", t.number),
+                                                          "retries": retries + 1}, skip_if_exists=False)
             recovered.append(t.number)
     return recovered
+
+
+MAX_RETRIES = 1
+
+
+def process_start(pid) -> str | None:
+    """When process ``pid`` started (Linux: clock ticks since boot, from ``/proc``), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError, TypeError):
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22: starttime
+
+
+def _owner_alive(attrs: dict) -> bool:
+    """Whether the worker that ran a trial still runs (same pid, same start time, not this very process)."""
+    pid = attrs.get("pid")
+    if pid is None or pid == os.getpid() or not _pid_alive(pid):
+        return False
+    started = attrs.get("pid_start")
+    return started is None or process_start(pid) in (None, started)
 
 
 @contextlib.contextmanager
@@ -245,29 +305,59 @@ def run_worker(out, *, trials: int | None = None, timeout: float | None = None, 
 
     optuna = _optuna()
     out = Path(out)
+    _check_budget(trials, timeout)
     # each worker process samples from its own random stream (two workers with one seed propose the same trials)
     study, base, space = open_study(out, storage=storage, seed_offset=worker + 1 + 7919 * os.getpid())
-    recover_stale_trials(study, out)
     trials = space.options.trials if trials is None else trials
     timeout = space.options.timeout if timeout is None else timeout
     if not trials and not timeout:
         raise ValueError("tune: give a number of trials or a timeout (or set study.trials / study.timeout), "
                          "or the study never ends")
-    callbacks = []
+    recover_stale_trials(study, out)
+    callbacks: list = [_StopAfterFailures(3)]
     if trials:
         done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         if sum(t.state in done for t in study.get_trials(deepcopy=False)) >= trials:
             return
         callbacks.append(optuna.study.MaxTrialsCallback(trials, states=done))
     study.optimize(make_objective(base, space, out, progress=progress), timeout=timeout or None,
-                   callbacks=callbacks, catch=(ValueError, FloatingPointError), gc_after_trial=True)
+                   callbacks=callbacks, catch=(ValueError, FloatingPointError, RuntimeError), gc_after_trial=True)
+
+
+def _check_budget(trials, timeout, workers: int = 1, threads=None) -> None:
+    """The flags / arguments that bound a study, checked before any worker starts (naming the flag)."""
+    checks = [("--trials", trials, trials is None or (isinstance(trials, int) and not isinstance(trials, bool)
+                                                      and trials >= 0), "an int >= 0"),
+              ("--timeout", timeout, timeout is None or (isinstance(timeout, int | float) and not isinstance(timeout, bool)
+                                                         and timeout >= 0), "seconds >= 0"),
+              ("--workers", workers, isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1,
+               "an int >= 1"),
+              ("--threads", threads, threads is None or (isinstance(threads, int) and threads >= 1), "an int >= 1")]
+    for flag, value, ok, allowed in checks:
+        if not ok:
+            raise ValueError(f"tune: {flag} must be {allowed}; got {value!r}")
+
+
+class _StopAfterFailures:
+    """Stop a worker after ``n`` failed trials in a row (a setting that fails every trial would loop forever)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.failed = n, 0
+
+    def __call__(self, study, trial) -> None:
+        self.failed = self.failed + 1 if trial.state.name == "FAIL" else 0
+        if self.failed >= self.n:
+            reason = trial.system_attrs.get("fail_reason", "see the log above")
+            warnings.warn(f"tune: {self.n} trials in a row failed (last: trial {trial.number}: {reason}); this "
+                          "worker stops", stacklevel=2)
+            study.stop()
 
 
 def _spawn(out: Path, i: int, args: list[str], threads: int) -> subprocess.Popen:
-    log = open(out / f"worker-{i}.log", "ab")  # noqa: SIM115 - the child owns it
     cmd = [sys.executable, "-m", "bayesmeta", "tune", "--out", str(out), "--worker-index", str(i),
            "--threads", str(threads), "--no-progress", *args]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(out / f"worker-{i}.log", "ab") as log:  # the child keeps its own handle
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def tune(config, space, out, *, trials: int | None = None, timeout: float | None = None, workers: int = 1,
@@ -292,10 +382,13 @@ def tune(config, space, out, *, trials: int | None = None, timeout: float | None
     from .report import TuneResult, write_report
 
     optuna = _optuna()
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"tune: workers must be an int >= 1; got {workers!r}")
+    _check_budget(trials, timeout, workers, threads)
     out = Path(out)
-    open_study(out, config=config, space=space, storage=storage)  # create or check; workers reopen it
+    _, _, space_obj = open_study(out, config=config, space=space, storage=storage)  # create or check
+    if not (space_obj.options.trials if trials is None else trials) and \
+            not (space_obj.options.timeout if timeout is None else timeout):
+        raise ValueError("tune: give a number of trials or a timeout (or set study.trials / study.timeout), "
+                         "or the study never ends")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     import torch
 
@@ -307,8 +400,10 @@ def tune(config, space, out, *, trials: int | None = None, timeout: float | None
     children = [_spawn(out, i, flags, threads) for i in range(1, workers)]
     try:
         run_worker(out, trials=trials, timeout=timeout, storage=storage, progress=progress, worker=0)
-        for child in children:
-            child.wait()
+        for i, child in enumerate(children, 1):
+            if child.wait() != 0:
+                warnings.warn(f"tune: helper worker {i} ended with exit code {child.returncode}; see "
+                              f"{out / f'worker-{i}.log'}", stacklevel=2)
     except BaseException:
         for child in children:  # Ctrl-C: the helpers end their trials as failed and stop
             with contextlib.suppress(ProcessLookupError):

@@ -50,3 +50,17 @@ def test_phases_refuse_bad_input(bad, match):
 def test_mixture_refuses_bad_weights():
     with pytest.raises(ValueError, match="weights"):
         TaskMixture([Sinusoid(), Sinusoid()], weights=[1, -1])
+
+
+def test_phases_of_episodes_train_a_few_shot_classifier_with_replay():
+    """Classification streams: every phase's episodes have the same ways; classifiers read them from the stream."""
+    a, b = bm.tasks.GaussianClusters(ways=3, dim=4), bm.tasks.GaussianClusters(ways=3, dim=4, prior_std=3.0)
+    stream = Phases([a, b], steps_per_phase=3)
+    assert stream.episodic and stream.ways == 3
+    buffer = bm.ReplayBuffer(capacity=16, fraction=0.5)
+    clf = bm.fewshot.ProtoNet(x_dim=4).fit(stream, 6, tasks_per_step=4, max_points=3, replay=buffer, progress=False)
+    assert clf.history.step[-1] == 6 and buffer.seen == 4 + 5 * 2
+    batch = stream.sample(5, shots=2, num_query=1, generator=torch.Generator().manual_seed(0))
+    assert batch.params["ways"].tolist() == [3] * 5 and batch.x_support.shape == (5, 6, 4)
+    with pytest.raises(ValueError, match=r"families\[1\] has ways=5; families\[0\] has ways=3"):
+        Phases([a, bm.tasks.GaussianClusters(ways=5, dim=4)], 3)

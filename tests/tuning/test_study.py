@@ -82,7 +82,7 @@ def test_study_runs_trials_as_run_directories_and_writes_a_usable_best_config(st
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3
     assert rows[0]["defaults"] and rows[0]["params"] == {"train.lr": 1e-3, "model.width": 16}  # the baseline
     for r in rows:
-        run = Path(r["run"])
+        run = out / r["run"]
         cfg = load_config(run / "config.toml")
         assert cfg.train.lr == pytest.approx(r["params"]["train.lr"]) and cfg.model.hidden == (r["params"]["model.width"],)
         assert cfg.train.val_shots == (2,)  # validated at the objective's shot count
@@ -99,7 +99,7 @@ def test_study_runs_trials_as_run_directories_and_writes_a_usable_best_config(st
     assert best["value"] == min(r["value"] for r in rows)
     for name in ("best.toml", "trials.csv", "summary.md", "report.html", "results.json", "plots/optimization_history.png"):
         assert (out / name).is_file(), name
-    assert load_config(out / "best.toml") == load_config(Path(best["run"]) / "config.toml")
+    assert load_config(out / "best.toml") == load_config(out / best["run"] / "config.toml")
     # best.toml is accepted by `bayesmeta fit --config` as it is
     assert main(["fit", "--config", str(out / "best.toml"), "--out", str(tmp_path / "refit"), "--no-progress"]) == 0
     assert load_config(tmp_path / "refit" / "config.toml").model == load_config(out / "best.toml").model
@@ -172,3 +172,52 @@ def test_report_leaves_the_matplotlib_style_as_it_was(study_files, tmp_path):
     assert (tmp_path / "study" / "plots" / "param_importances.png").is_file()
     after = dict(matplotlib.rcParams)
     assert {k for k in before if before[k] != after[k]} == set()
+
+
+def test_a_trial_the_pruner_stops_finishes_with_the_value_it_reached(study_files, tmp_path):
+    """Stopped trials are finished ones for the sampler (a GP learns nothing from pruned trials) and leave no run."""
+    from bayesmeta.tuning.objective import make_objective
+
+    fit, space = study_files(steps=30)
+    base, space_obj = load_config(fit), bm.tuning.load_space(space)
+    out = tmp_path / "study"
+    (out / "trials").mkdir(parents=True)
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=-100.0))  # any NLL above -100: stop
+    study.optimize(make_objective(base, space_obj, out), n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["stopped_at"] == 10
+    assert t.value == t.intermediate_values[10]  # the best (only) validation NLL it reached
+    assert not (out / "trials" / "0000").exists()  # a stopped run is not a trained run: removed
+
+
+def test_a_worker_stops_after_three_failed_trials_in_a_row():
+    from bayesmeta.tuning.study import _StopAfterFailures
+
+    calls = []
+
+    def objective(trial):
+        calls.append(trial.number)
+        raise ValueError("this setting cannot train")
+
+    study = optuna.create_study()
+    with pytest.warns(UserWarning, match=r"3 trials in a row failed .*this worker stops"):
+        study.optimize(objective, n_trials=10, catch=(ValueError,), callbacks=[_StopAfterFailures(3)])
+    assert calls == [0, 1, 2]
+
+
+@pytest.mark.parametrize("edit, match", [
+    ("val_fraction = 0.0", "data.val_fraction is 0"),
+    ("kind = \"linear\"", "is fitted exactly"),
+])
+def test_a_study_that_could_not_score_a_trial_is_refused_before_it_starts(study_files, tmp_path, edit, match):
+    fit, space = study_files()
+    text = fit.read_text()
+    text = text.replace('y = ["response"]\n', f'y = ["response"]\n{edit}\n') if "val_fraction" in edit else \
+        text.replace("[model]\n", f"[model]\n{edit}\n").replace("latent_dim = 2\n", "").replace(
+            "encoder_hidden = [16]\n", "").replace("num_particles = 2\n", "")
+    fit.write_text(text)
+    (tmp_path / "space.toml").write_text("[space.train]\nlr = { low = 3e-4, high = 3e-3, log = true }\n"
+                                         "[study]\ntrials = 2\n")
+    with pytest.raises(ValueError, match=match):
+        bm.tune(fit, space, tmp_path / "study", progress=False)
+    assert not (tmp_path / "study").exists()
