@@ -228,3 +228,23 @@ def test_bench_throughput_tiny_run(tmp_path, capsys):
     assert all(math.isfinite(p["us_per_task"]) and p["us_per_task"] > 0 for p in res["prediction"])
     assert f"| maml | 256 | {rates[256]:.0f} |" in capsys.readouterr().out
 
+
+
+def test_bench_compare_gives_every_method_the_same_tuning_budget(tmp_path):
+    rc = main(["bench", "compare", "--families", "linear", "--methods", "bayes", "fomaml", "--budget", "0.5",
+               "--sweep-seconds", "0.3", "--tune-seconds", "1.0", "--classic-budget", "0", "--num-tasks", "5",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    methods = res["families"]["linear"]["methods"]
+    assert res["tune_seconds"] == 1.0
+    for name, keys in (("bayes", {"lr", "tasks_per_step"}), ("fomaml", {"lr", "tasks_per_step", "inner_lr"})):
+        tune = methods[name]["tune"]
+        assert "sweep" not in methods[name] and set(tune["chosen"]) == keys
+        first = tune["trials"][0]  # the method's defaults come first
+        assert first["train.lr"] == 1e-3 and first["train.tasks_per_step"] == 32
+        finished = [t for t in tune["trials"] if t["state"] == "COMPLETE"]
+        best = min(finished, key=lambda t: t["val_nll"])
+        assert tune["chosen"]["lr"] == best["train.lr"] and methods[name]["settings"] == tune["chosen"]
+        assert methods[name]["tasks_per_step"] == tune["chosen"]["tasks_per_step"]  # trained with the tuned batch
+    assert main(["bench", "compare", "--tune-seconds", "-1", "--out", str(tmp_path / "x")]) == 2

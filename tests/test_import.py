@@ -11,8 +11,8 @@ def _run(code: str, cache_dir) -> subprocess.CompletedProcess:
 
 
 def test_import_does_not_load_heavy_optional_packages(tmp_path):
-    out = _run("import sys, bayesmeta; print(sorted(m for m in ('arviz', 'xarray', 'pandas', 'matplotlib') "
-               "if m in sys.modules))", tmp_path)
+    out = _run("import sys, bayesmeta; print(sorted(m for m in ('arviz', 'xarray', 'pandas', 'matplotlib', 'optuna', "
+               "'sqlalchemy', 'sklearn') if m in sys.modules))", tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 

@@ -213,10 +213,10 @@ def run_compare(*, families=("sinusoid", "linear"), methods=COMPARE_METHODS, bud
     if unknown:
         raise ValueError(f"unknown family or method {unknown}; families: {list(COMPARE_FAMILIES)}, "
                          f"methods: {list(COMPARE_METHODS)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if tune_seconds < 0:
         raise ValueError(f"tune_seconds must be >= 0 (0: the fixed learning-rate sweep); got {tune_seconds}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"benchmark": "compare", "budget_seconds": budget, "sweep_seconds": sweep_seconds,
                               "tune_seconds": tune_seconds,
               "torch_threads": torch.get_num_threads(), "families": {}}

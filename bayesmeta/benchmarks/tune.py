@@ -121,7 +121,7 @@ def run_tune_bench(*, minutes: float = 20.0, workers: int = 2, trial_seconds: fl
     best, default = result.best, result.defaults
     summary = {"wall_seconds": round(wall, 1), "killed_at_seconds": round(killed_at, 1),
                "trials": len(result.rows), "states": {s: sum(r["state"] == s for r in result.rows)
-                                                     for s in ("COMPLETE", "STOPPED", "FAIL")},
+                                                     for s in ("COMPLETE", "STOPPED", "DIVERGED", "FAIL")},
                "finished_before_kill": len(finished_before), "finished_trials_lost": lost,
                "retried": [r["retry_of"] for r in result.rows if r["retry_of"] is not None],
                "default_val_nll_K5": None if default is None else default["value"],

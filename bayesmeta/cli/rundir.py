@@ -27,7 +27,7 @@ try:  # POSIX: the kernel releases an flock when its process dies
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["LOCK_NAME", "RunInUseError", "RunLock", "Undo"]
+__all__ = ["LOCK_NAME", "RunInUseError", "RunLock", "Undo", "pid_alive"]
 
 LOCK_NAME = "run.lock"
 
@@ -36,7 +36,8 @@ class RunInUseError(RuntimeError):
     """Another live process holds the run directory's lock."""
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid runs (on this machine)."""
     if pid is None or pid <= 0:
         return False
     try:
@@ -118,7 +119,7 @@ class RunLock:
             raise file_error(err, self.path, "open the lock file") from err
         try:
             owner = _read_pid(fd)
-            if _pid_alive(owner) or not _flock(fd):
+            if pid_alive(owner) or not _flock(fd):
                 raise self._in_use(owner)
             if os.fstat(fd).st_ino != os.stat(self.path).st_ino:  # released and re-created meanwhile
                 os.close(fd)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["REPLAY_STRATEGIES", "ReplayBuffer"]
+__all__ = ["REPLAY_STRATEGIES", "ReplayBuffer", "refuse_shared_replay"]
 
 REPLAY_STRATEGIES = ("reservoir", "fifo")
 
@@ -126,7 +126,6 @@ class ReplayBuffer:
         if self.x is not None and self.y is not None:
             self.x, self.y = self.x.to(device), self.y.to(device)
         return self
-
 
 
 def refuse_shared_replay(name: str, options: dict) -> None:

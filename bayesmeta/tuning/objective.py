@@ -5,6 +5,9 @@ keeps (early stopping's best step): the same held-out groups, support / query sp
 predictive as ``bayesmeta fit`` validates on. Each validation is reported to Optuna, so a pruner
 can stop a trial that trails the others at the same step.
 
+A trial that diverges finishes the same way, with the best validation NLL it reached before (or
+the worst finished trial's value if it never validated); ``diverged`` says so.
+
 A trial the pruner stops is *not* recorded as pruned: it finishes with the best validation NLL it
 reached (``stopped_at`` says when). Optuna's Gaussian-process sampler learns only from finished
 trials, so with pruned ones it never learns that a region is bad and proposes it again and again
@@ -48,6 +51,19 @@ class _Stopped(Exception):
         self.step = step
 
 
+def _diverged_value(trial, reported: dict[int, float]) -> float | None:
+    """What a diverged trial tells the sampler: the best validation NLL it reached, else the worst finished
+    trial's value (a failed trial would teach a Gaussian-process sampler nothing, and it would propose the
+    same diverging setting again); ``None`` before any trial has finished."""
+    if reported:
+        return min(reported.values())
+    import optuna
+
+    done = [t.value for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.value is not None]
+    return max(done) if done else None
+
+
 def make_objective(base: FitConfig, space: SearchSpace, out: Path, *, progress: bool = False):
     """The Optuna objective of a study: ``objective(trial) -> validation NLL``."""
     from ..cli.runs import fit_run
@@ -76,6 +92,12 @@ def make_objective(base: FitConfig, space: SearchSpace, out: Path, *, progress: 
         except _Stopped as stop:
             trial.set_user_attr("stopped_at", stop.step)
             return min(reported.values())
+        except FloatingPointError as err:  # diverged (e.g. too large a learning rate): a bad value, not a failure
+            value = _diverged_value(trial, reported)
+            if value is None:
+                raise
+            trial.set_user_attr("diverged", str(err).split("(")[0].strip())
+            return value
         value, step = validation_score(learner.history)
         h = learner.history
         trial.set_user_attr("best_step", step)

@@ -83,7 +83,8 @@ def _rows(study, out: Path) -> list[dict]:
     for t in study.get_trials(deepcopy=False):
         run = t.user_attrs.get("run")
         stopped = t.user_attrs.get("stopped_at")
-        rows.append({"number": t.number, "state": "STOPPED" if stopped is not None else t.state.name, "value": t.value, "params": dict(t.params),
+        label = "STOPPED" if stopped is not None else "DIVERGED" if t.user_attrs.get("diverged") else t.state.name
+        rows.append({"number": t.number, "state": label, "value": t.value, "params": dict(t.params),
                      "defaults": bool(t.user_attrs.get("defaults")), "retry_of": t.user_attrs.get("retry_of"),
                      "run": run if run is not None and (out / run).is_dir() else None, "best_step": t.user_attrs.get("best_step"),
                      "train_steps": t.user_attrs.get("train_steps"), "train_seconds": t.user_attrs.get("train_seconds"),
@@ -186,8 +187,8 @@ def write_report(result: TuneResult) -> Path:
 
 def _headline(result: TuneResult) -> str:
     states = [r["state"] for r in result.rows]
-    counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "STOPPED", "PRUNED", "FAIL", "RUNNING",
-                                                                   "WAITING") if states.count(s))
+    counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "STOPPED", "DIVERGED", "PRUNED", "FAIL",
+                                                                   "RUNNING", "WAITING") if states.count(s))
     best, base = result.best, result.defaults
     text = f"{len(states)} trials ({counts or 'none'})."
     if best is not None:

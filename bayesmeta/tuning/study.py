@@ -237,12 +237,6 @@ def _check_same(out: Path, base: FitConfig, space: SearchSpace, config, given_sp
                              "no --space to continue it, or start a new study directory")
 
 
-def _pid_alive(pid) -> bool:
-    from ..cli.rundir import _pid_alive as alive
-
-    return alive(pid)
-
-
 def recover_stale_trials(study, out: Path) -> list[int]:
     """Trials left RUNNING by a dead worker on this machine: mark them failed, queue their parameters again."""
     optuna = _optuna()
@@ -277,7 +271,9 @@ def process_start(pid) -> str | None:
 def _owner_alive(attrs: dict) -> bool:
     """Whether the worker that ran a trial still runs (same pid, same start time, not this very process)."""
     pid = attrs.get("pid")
-    if pid is None or pid == os.getpid() or not _pid_alive(pid):
+    from ..cli.rundir import pid_alive
+
+    if pid is None or pid == os.getpid() or not pid_alive(pid):
         return False
     started = attrs.get("pid_start")
     return started is None or process_start(pid) in (None, started)

@@ -221,3 +221,18 @@ def test_a_study_that_could_not_score_a_trial_is_refused_before_it_starts(study_
     with pytest.raises(ValueError, match=match):
         bm.tune(fit, space, tmp_path / "study", progress=False)
     assert not (tmp_path / "study").exists()
+
+
+def test_a_diverging_trial_is_a_bad_value_for_the_sampler_not_a_failure(study_files, tmp_path):
+    fit, _ = study_files(steps=20, trials=2)
+    space = tmp_path / "space_lr.toml"
+    space.write_text("[space.train]\nlr = [1e-3, 1e6]\n[study]\nsampler = \"random\"\ntrials = 2\n"
+                     "[objective]\nshots = [2]\n")
+    out = tmp_path / "study"
+    study, _, _ = bm.tuning.open_study(out, config=fit, space=space)
+    study.enqueue_trial({"train.lr": 1e6})  # after trial 0 (the defaults): diverges at once
+    rows = bm.tune(None, None, out, progress=False).rows
+    assert [r["state"] for r in rows] == ["COMPLETE", "DIVERGED"]
+    # it never validated: it reports the worst finished value, so the sampler learns the region is bad
+    assert rows[1]["value"] == rows[0]["value"] and rows[1]["run"] is None
+    assert bm.tuning.TuneResult.load(out).best["number"] == 0  # never chosen as the best
