@@ -23,7 +23,7 @@ from .io import file_error
 from .models.glm import LIKELIHOODS
 
 __all__ = ["DataConfig", "FitConfig", "ModelConfig", "TrainConfig", "MODEL_KINDS", "apply_overrides",
-           "config_from_dict", "load_config", "to_toml"]
+           "config_from_dict", "load_config", "read_toml", "to_toml"]
 
 MODEL_KINDS = ("latent", "linear", "bayes-head")
 
@@ -170,21 +170,27 @@ def config_from_dict(data: dict, base: FitConfig | None = None) -> FitConfig:
     return cfg
 
 
-def load_config(path, base: FitConfig | None = None) -> FitConfig:
-    """Read a TOML config file (errors name the file)."""
+def read_toml(path, what: str = "config file") -> dict:
+    """A TOML file as a dict; a missing, unreadable, non-UTF-8 or malformed file is an error naming it."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a directory, not a config file")
+        raise IsADirectoryError(f"{path}: is a directory, not a {what}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such config file") from None
+        raise FileNotFoundError(f"{path}: no such {what}") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise file_error(err, path, "read") from err
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: not valid TOML ({err})") from None
+
+
+def load_config(path, base: FitConfig | None = None) -> FitConfig:
+    """Read a TOML config file (errors name the file)."""
+    path = Path(path)
+    data = read_toml(path)
     try:
         return config_from_dict(data, base)
     except ValueError as err:

@@ -32,13 +32,11 @@ checked against the config's own rules before the study starts.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import FitConfig, ModelConfig, TrainConfig, config_from_dict
-from ..io import file_error
+from ..config import FitConfig, ModelConfig, TrainConfig, config_from_dict, read_toml
 
 __all__ = ["ARCHITECTURE_KEYS", "Param", "SearchSpace", "StudyOptions", "load_space"]
 
@@ -260,18 +258,7 @@ def space_from_dict(data: dict) -> SearchSpace:
 def load_space(path) -> SearchSpace:
     """Read a space file (errors name the file)."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such search-space file") from None
-    except IsADirectoryError:
-        raise IsADirectoryError(f"{path}: is a directory, not a search-space file") from None
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise file_error(err, path, "read") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML ({err})") from None
+    data = read_toml(path, "search-space file")
     try:
         return space_from_dict(data)
     except ValueError as err:
