@@ -17,6 +17,7 @@ from .inference.guides import AmortizedGuide
 from .inference.objectives import OBJECTIVES
 from .inference.program import ModelProgram, program_of
 from .inference.refine import refine_local
+from .inference.replay import check_replay
 from .inference.trainer import (
     History,
     TrainConfig,
@@ -239,10 +240,8 @@ class MetaLearner:
                 rate. ``None`` (default): on for a ``TaskBatch`` pool (your data), off for a task
                 family (synthetic families set their own scale). ``adapt`` and ``predict`` take
                 and return natural units either way (``self.standardization``).
-            replay: a :class:`~bayesmeta.ReplayBuffer` for a task stream that changes (e.g.
-                :class:`~bayesmeta.tasks.Phases`): each step mixes ``replay.fraction`` stored past
-                tasks into the mini-batch; the buffer keeps what it gathered for the next ``fit``
-                and is saved in checkpoints (``docs/continual.md``).
+            replay: a :class:`~bayesmeta.ReplayBuffer` for a changing task stream (``docs/continual.md``):
+                stored past tasks mixed into every mini-batch; kept across fits and in checkpoints.
 
         Example:
             >>> import bayesmeta as bm
@@ -252,6 +251,7 @@ class MetaLearner:
             32
         """
         cfg = self._train_config(source, config, steps, options, distributed)
+        check_replay(replay, source, cfg.tasks_per_step)  # every learner, before anything is trained or held out
         self.to(self.device if cfg.device is None else cfg.device)  # None: train where the learner is
         source, validate = self._validation(source, validation, cfg, distributed)
         state = self._resume_state(checkpoint, resume, cfg)
@@ -376,8 +376,6 @@ class BayesLearner(MetaLearner):
         exact = self._fits_exactly(source, distributed)
         source = self._prepare_source(source, state, standardize, default=not exact)
         if exact:
-            if replay is not None:
-                raise ValueError("replay does not apply to the exact type-II ML fit of a conjugate model on a pool")
             history = fit_type2_ml(self.model, source, max_iter=cfg.steps)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, len(history.step), {"model": self.model, "guide": None}, None, history,

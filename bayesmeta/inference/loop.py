@@ -29,7 +29,7 @@ from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, all_reduce_, broadcast_parameters, check_same_config
 from .early_stopping import EarlyStopping, MetaOverfittingWarning, Validator
 from .options import OPTIMIZERS, History, TrainConfig, resolve_device
-from .replay import ReplayBuffer
+from .replay import ReplayBuffer, check_replay
 
 __all__ = [
     "CHECKPOINT_FORMAT", "OPTIMIZERS", "Batch", "History", "TaskStream", "TrainConfig", "load_checkpoint",
@@ -79,7 +79,7 @@ class TaskStream:
                  replay: ReplayBuffer | None = None) -> None:
         self.cfg, self.device, self.whole_episodes = cfg, device, whole_episodes
         self.drawn = 0  # batches drawn so far: a Phases stream's position
-        self.replay = _check_replay(replay, source, cfg)
+        self.replay = check_replay(replay, source, cfg.tasks_per_step)
         if self.replay is not None:
             self.replay.to(device)
         if isinstance(source, Phases) and cfg.steps < source.total_steps:
@@ -156,18 +156,6 @@ class TaskStream:
         n = mask.sum(-1, keepdim=True)
         keep = (torch.rand(n.shape, generator=self.gen).to(mask.device) * (n + 1)).floor()
         return mask & (rank < keep)
-
-
-def _check_replay(replay, source, cfg: TrainConfig) -> ReplayBuffer | None:
-    if replay is None:
-        return None
-    if not isinstance(replay, ReplayBuffer):
-        raise TypeError(f"replay must be a bayesmeta.ReplayBuffer or None; got {type(replay).__name__}")
-    if not isinstance(source, TaskFamily):
-        raise ValueError("replay applies to a task family stream (e.g. bm.tasks.Phases); a TaskBatch pool is "
-                         "trained on in full at every step, so there is nothing to replay")
-    replay.check(cfg.tasks_per_step)
-    return replay
 
 
 def set_lr(optim, cfg, step: int, elapsed: float) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["REPLAY_STRATEGIES", "ReplayBuffer", "refuse_shared_replay"]
+from ..tasks.family import TaskFamily
+
+__all__ = ["REPLAY_STRATEGIES", "ReplayBuffer", "check_replay", "refuse_shared_replay"]
 
 REPLAY_STRATEGIES = ("reservoir", "fifo")
 
@@ -126,6 +128,19 @@ class ReplayBuffer:
         if self.x is not None and self.y is not None:
             self.x, self.y = self.x.to(device), self.y.to(device)
         return self
+
+
+def check_replay(replay, source, tasks_per_step: int) -> ReplayBuffer | None:
+    """``replay`` if it can feed a fit on ``source`` with mini-batches of ``tasks_per_step`` tasks, else an error."""
+    if replay is None:
+        return None
+    if not isinstance(replay, ReplayBuffer):
+        raise TypeError(f"replay must be a bayesmeta.ReplayBuffer or None; got {type(replay).__name__}")
+    if not isinstance(source, TaskFamily):
+        raise ValueError("replay applies to a task family stream (e.g. bm.tasks.Phases); a TaskBatch pool is "
+                         "trained on in full at every step, so there is nothing to replay")
+    replay.check(tasks_per_step)
+    return replay
 
 
 def refuse_shared_replay(name: str, options: dict) -> None:

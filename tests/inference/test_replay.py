@@ -94,6 +94,9 @@ def test_fit_refuses_replay_that_cannot_apply():
     pool = Sinusoid().sample(10, shots=5, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="TaskBatch pool is trained on in full"):
         learner.fit(pool, 2, tasks_per_step=4, replay=ReplayBuffer(8), progress=False, validation=False)
+    exact = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), conjugate=True)  # type-II ML on a pool
+    with pytest.raises(ValueError, match="TaskBatch pool is trained on in full"):
+        exact.fit(pool, 2, replay=ReplayBuffer(64), progress=False, validation=False)
     with pytest.raises(TypeError, match="replay must be a bayesmeta.ReplayBuffer"):
         learner.fit(Sinusoid(), 2, replay=100, progress=False)
     ensemble = bm.baselines.Ensemble(lambda: bm.baselines.MAML(x_dim=1, y_dim=1), n=2)
