@@ -62,10 +62,10 @@ class ModelConfig:
     kind: str = "latent"
     likelihood: str = "gaussian"
     latent_dim: int = 8
-    hidden: tuple[int, ...] = (128, 128, 128)
+    hidden: tuple[int, ...] = (64, 64, 64)
     heteroscedastic: bool = True
     guide: str = "diagonal"
-    objective: str = "elbo"
+    objective: str = "rws"
     num_particles: int = 8
     encoder_hidden: tuple[int, ...] = (128, 128)
 

@@ -31,7 +31,7 @@ from .tasks import Sinusoid
 
 __all__ = ["demo_diagnostics", "run_demo"]
 
-_MODEL = "LatentCodeRegression(latent_dim=8)"
+_MODEL = "LatentCodeRegression(latent_dim=8), reweighted wake-sleep, diagonal guide"
 
 
 def _say(msg: str, verbose: bool) -> None:
@@ -88,7 +88,7 @@ def _write(out: Path, learner, ev, diag: dict, info: dict) -> None:
     atomic_write_text(json.dumps(info, indent=1), out / "run.json")
 
 
-def run_demo(out="demo_out", *, max_time: float = 240.0, steps: int = 1_000_000, num_tasks: int = 1000,
+def run_demo(out="demo_out", *, max_time: float = 120.0, steps: int = 1_000_000, num_tasks: int = 500,
              seed: int = 0, device="cpu", progress: bool = True, sbc_simulations: int = 200,
              reference_tasks: int = 3, verbose: bool = True) -> dict:
     """Meta-train the default learner on sinusoids, evaluate shots 1/5/10, diagnose, write a report.

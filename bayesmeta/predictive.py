@@ -91,6 +91,15 @@ def _check_num_samples(n) -> int:
     return n
 
 
+def _check_draw_budget(min_ess, max_draws: int, method: str) -> None:
+    """``min_ess``: a finite number >= 0 that ``max_draws`` draws can reach (importance only)."""
+    if isinstance(min_ess, bool) or not isinstance(min_ess, int | float) or not 0 <= min_ess < float("inf"):
+        raise ValueError(f"min_ess must be a finite number >= 0 (0: no extra draws); got {min_ess!r}")
+    if method == "importance" and min_ess > max_draws:
+        raise ValueError(f"min_ess={min_ess} is above the draw budget max_draws={max_draws} (the effective sample "
+                         "size of n draws is at most n): lower min_ess or raise max_draws / num_samples")
+
+
 @contextlib.contextmanager
 def _seeded(seed: int | None, device: torch.device):
     if seed is None:
@@ -146,11 +155,12 @@ class Posterior:
                 posterior; ``"guide"`` draws from the amortized guide; ``"exact"`` (default for
                 conjugate posteriors) from the exact posterior.
             seed: makes the draws reproducible.
-            min_ess: importance only: tasks below this ESS are re-drawn with 4x more samples
-                (up to 16x).
+            min_ess: importance only: target effective sample size; tasks below it get more draws
+                (doubling, up to ``16 * num_samples``).
         """
         method = self._method(method)
         n = _check_num_samples(num_samples)
+        _check_draw_budget(min_ess, 16 * n, method)
         if method == "exact" and self.exact is None:
             raise ValueError("method='exact' needs an exact posterior (BayesLearner(..., conjugate=True))")
         with _seeded(seed, self.device):
@@ -191,10 +201,15 @@ class Posterior:
                 guide; ``"exact"`` (default for conjugate posteriors): closed form.
             num_samples: posterior samples (default 1000 for importance, 200 for guide).
             seed: makes the Monte-Carlo draws reproducible.
-            min_ess: importance only: tasks whose effective sample size falls below this are
-                re-drawn with 4x more samples, up to ``max_draws`` (default ``16 * num_samples``).
-                At most ``num_samples`` draws per task are then pushed through the likelihood
-                on ``x`` (systematic resampling when more carry weight), which bounds the cost.
+            min_ess: importance only: target effective sample size per task. A task below it
+                gets as many draws again (its earlier draws kept), until it reaches ``min_ess`` or
+                ``max_draws`` (default ``16 * num_samples``). Only the draws that carry weight, at
+                most ``num_samples`` per task (systematic resampling beyond), are pushed through
+                the likelihood on ``x``, which bounds the cost.
+
+        Raises:
+            ValueError: a bad ``method``, ``num_samples``, ``min_ess`` or ``max_draws``, or a target
+                ESS the draw budget cannot reach (``min_ess > max_draws``).
         """
         pred = self._predict(self._query(x), num_samples, method=method, seed=seed, min_ess=min_ess,
                              max_draws=max_draws)
@@ -206,6 +221,9 @@ class Posterior:
         if method == "exact":
             return self._predict_exact(x)
         n = _check_num_samples(DEFAULT_SAMPLES[method] if num_samples is None else num_samples)
+        if max_draws is not None and (isinstance(max_draws, bool) or not isinstance(max_draws, int) or max_draws < n):
+            raise ValueError(f"max_draws must be None or an int >= num_samples={n}; got {max_draws!r}")
+        _check_draw_budget(min_ess, max_draws or 16 * n, method)
         self._task_chunks(max(n, max_draws or 16 * n) if method == "importance" else n)  # checks the draws' bound
         if n * x.shape[1] * self.model.y_dim > MAX_TASK_ELEMENTS:
             raise ValueError(f"x: {x.shape[1]} query points x {n} draws is {n * x.shape[1]:.2e} mixture components "
@@ -276,19 +294,31 @@ class Posterior:
                 return program.observation_distribution(x[tasks], params)
         return components
 
-    def _importance_draws(self, n: int, *, min_ess: float, max_draws: int, cap: int):
-        """Importance draws for every task, re-drawn 4x larger for tasks whose ESS < ``min_ess``.
+    def _importance_draws(self, n: int, *, min_ess: float, max_draws: int, cap: int, earlier=None):
+        """Importance draws for every task; tasks whose ESS < ``min_ess`` get as many draws again (their
+        earlier draws are kept: one proposal, one weighted sample), until ``max_draws``.
 
         Returns the components to keep (``theta [m, T, P]``, log weights ``[m, T]``; padding has
-        weight zero), and per task the ESS, Pareto-k and number of draws of its final round.
+        weight zero), and per task the ESS, Pareto-k and number of draws used.
         """
         theta, log_w = self.importance_samples(n)
-        ess, k = effective_sample_size(log_w), pareto_k(log_w)
-        used = torch.full_like(ess, float(n))
-        theta, log_w = _reduce(theta, log_w, cap)
+        if earlier is not None:
+            theta, log_w = torch.cat([earlier[0], theta]), torch.cat([earlier[1], log_w])
+        total = theta.shape[0]
+        ess = effective_sample_size(log_w)
         low = (ess < min_ess).nonzero()[:, 0]
-        if len(low) and 4 * n <= max_draws:
-            sub = self._subset(low)._importance_draws(4 * n, min_ess=min_ess, max_draws=max_draws, cap=cap)
+        more = len(low) > 0 and 2 * total <= max_draws
+        if more:
+            sub = self._subset(low)._importance_draws(total, min_ess=min_ess, max_draws=max_draws, cap=cap,
+                                                      earlier=(theta[:, low], log_w[:, low]))
+        done = torch.ones_like(ess, dtype=torch.bool)
+        if more:
+            done[low] = False
+        k = torch.full_like(ess, float("nan"))
+        k[done] = pareto_k(log_w[:, done])  # the tasks given more draws get theirs from the last round
+        used = torch.full_like(ess, float(total))
+        theta, log_w = _reduce(theta, log_w, cap)
+        if more:
             theta, log_w = pad_components(theta, log_w, sub[0].shape[0])
             sub_theta, sub_log_w = pad_components(sub[0], sub[1], theta.shape[0])
             theta[:, low], log_w[:, low] = sub_theta, sub_log_w

@@ -33,15 +33,27 @@ def test_low_ess_tasks_are_redrawn_until_the_ess_is_reached_or_the_draws_run_out
     assert low.sum() >= 16  # the case under test: most tasks start below min_ess
     pred = _predict(post, test.x_query)
     assert torch.equal(pred.num_draws[~low], first.num_draws[~low])  # enough ESS: not re-drawn
-    assert ((pred.num_draws[low] == 400) | (pred.num_draws[low] == 1600)).all()  # 4x per round, up to max_draws
+    assert torch.isin(pred.num_draws[low], torch.tensor([200.0, 400.0, 800.0, 1600.0])).all()  # doubling, to max_draws
     assert (pred.num_draws > 100).any() and (pred.num_draws == 1600).any()
-    # the reported ESS is that of the last round: at least min_ess unless max_draws stopped it
+    # the reported ESS is that of all the task's draws: at least min_ess unless max_draws stopped it
     assert ((pred.ess >= 100) | (pred.num_draws == 1600)).all()
     assert (pred.ess[low] > first.ess[low]).all()
     assert (pred.ess <= pred.num_draws).all() and (pred.ess >= 1).all()  # Kish ESS lies in [1, n]
     assert pred.pareto_k.shape == (32,) and torch.isfinite(pred.pareto_k).all()
-    capped = _predict(post, test.x_query, max_draws=400)  # one re-draw at most
+    capped = _predict(post, test.x_query, max_draws=400)  # two doublings at most
     assert capped.num_draws.max() == 400 and torch.equal(capped.num_draws > 100, low)
+
+
+def test_a_target_ess_the_draw_budget_cannot_reach_is_refused(tasks):
+    test, post, _, _ = tasks
+    with pytest.raises(ValueError, match=r"min_ess=2000 is above the draw budget max_draws=1600"):
+        post.predict(test.x_query, num_samples=100, min_ess=2000)
+    with pytest.raises(ValueError, match=r"min_ess=500 is above the draw budget max_draws=400"):
+        post.predict(test.x_query, num_samples=100, max_draws=400, min_ess=500)
+    with pytest.raises(ValueError, match=r"max_draws must be None or an int >= num_samples=100"):
+        post.predict(test.x_query, num_samples=100, max_draws=50)
+    with pytest.raises(ValueError, match=r"min_ess must be a finite number >= 0"):
+        post.sample(100, min_ess=float("nan"))
 
 
 def test_redrawn_predictive_agrees_with_the_exact_one(tasks):

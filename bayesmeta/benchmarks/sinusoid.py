@@ -25,7 +25,11 @@ __all__ = ["SINUSOID_VARIANTS", "amortized_learner", "evaluate_on_family", "make
 
 # name -> (learner options, prediction methods evaluated)
 SINUSOID_VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
-    "default": ({}, ("guide", "importance")),  # BayesLearner(model) as a user gets it
+    "default": ({}, ("guide", "importance")),  # BayesLearner(model) as a user gets it (rws, diagonal)
+    "rws-flow": ({"objective": "rws", "guide": "flow"}, ("guide", "importance")),
+    "rws-wake-diagonal": ({"objective": "rws-wake", "guide": "diagonal"}, ("guide", "importance")),
+    "rws-sleep-diagonal": ({"objective": "rws-sleep", "guide": "diagonal"}, ("guide", "importance")),
+    "elbo+sleep-diagonal": ({"objective": "elbo+sleep", "guide": "diagonal"}, ("guide", "importance")),
     "elbo-diagonal": ({"objective": "elbo", "guide": "diagonal"}, ("guide", "importance")),
     "iwae-diagonal": ({"objective": "iwae", "guide": "diagonal"}, ("guide", "importance")),
     "iwae-flow": ({"objective": "iwae", "guide": "flow"}, ("guide", "importance")),

@@ -26,7 +26,7 @@ FIT_EPILOG = """examples:
 config file (TOML; every key optional, flags override it, --set overrides both):
   [data]  path, task, x = [..], y = [..], val_fraction, split_seed, standardize
   [model] kind = "latent" | "linear" | "bayes-head", latent_dim, hidden = [..], heteroscedastic,
-          guide = "diagonal" | "flow", objective = "elbo" | "iwae" | "iwae-dreg", num_particles,
+          guide = "diagonal" | "flow", objective = "rws" | "rws-wake" | "rws-sleep" | "elbo+sleep" | "elbo" | "iwae" | "iwae-dreg", num_particles,
           encoder_hidden = [..]
   [train] the fields of bayesmeta.inference.TrainConfig: steps, max_time (0: none), tasks_per_step,
           lr, final_lr_fraction, clip_norm (0: none), optimizer, seed, device, checkpoint_every, ...
@@ -55,9 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="meta-train on sinusoids and report calibrated few-shot predictions",
                        epilog=DEMO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    d.add_argument("--max-time", type=float, default=240.0, help="training budget in seconds (default: 240)")
+    d.add_argument("--max-time", type=float, default=120.0, help="training budget in seconds (default: 120)")
     d.add_argument("--steps", type=int, default=1_000_000, help="maximum training steps")
-    d.add_argument("--num-tasks", type=int, default=1000, help="test tasks per shot count (default: 1000)")
+    d.add_argument("--num-tasks", type=int, default=500, help="test tasks per shot count (default: 500)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -6,7 +6,7 @@ from .exact import ConvergenceWarning, fit_type2_ml
 from .guides import GUIDE_FAMILIES, AmortizedGuide
 from .importance import defensive_importance, effective_sample_size, pareto_k
 from .loop import History, TrainConfig, resolve_device, train_loop
-from .objectives import OBJECTIVES, TaskImportanceELBO, make_objective
+from .objectives import OBJECTIVES, ReweightedWakeSleep, TaskImportanceELBO, make_objective, sleep_log_q
 from .refine import refine_local
 from .replay import REPLAY_STRATEGIES, ReplayBuffer
 from .trainer import meta_train
@@ -20,6 +20,8 @@ __all__ = [
     "AmortizedGuide",
     "GUIDE_FAMILIES",
     "TaskImportanceELBO",
+    "ReweightedWakeSleep",
+    "sleep_log_q",
     "make_objective",
     "OBJECTIVES",
     "TrainConfig",

@@ -42,6 +42,7 @@ from .program import TASK_DIM, ModelProgram, is_real, program_of
 __all__ = ["AmortizedGuide", "GUIDE_FAMILIES", "prior_loc_tril"]
 
 GUIDE_FAMILIES = ("diagonal", "flow")
+_MAX_SHIFT, _MAX_LOG_SCALE = 1e4, 15.0  # in the prior's (whitened) units
 
 
 def prior_loc_tril(prior: dist.TorchDistribution) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -117,6 +118,9 @@ class AmortizedGuide(nn.Module):
         r = self.encoder(*self._encoder_inputs(x, y), mask)  # [T, R]
         raw = self.head(r) - self.head(self.encoder.empty(r))  # [T, 2P]; zero for empty sets
         a, log_s = raw.split(self.param_dim, -1)
+        # bounded (identity inside): a wild support set (a sleep phase's simulated task from the prior's tail)
+        # must not overflow exp(log_s) or the location into inf and spoil a training step
+        a, log_s = a.clamp(-_MAX_SHIFT, _MAX_SHIFT), log_s.clamp(-_MAX_LOG_SCALE, _MAX_LOG_SCALE)
         observed = mask.any(-1, keepdim=True).to(r.dtype)  # [T, 1]: 0 for an empty set (flows: identity)
         return {"a": a, "log_s": log_s, "context": r, "observed": observed}
 
@@ -140,12 +144,13 @@ class AmortizedGuide(nn.Module):
     def program(self) -> ModelProgram:
         return self.model[0]
 
-    def whitening(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """``(loc, scale, tril)`` of the Gaussian the empty set gets (the prior where it is Gaussian)."""
+    def whitening(self, *, detach: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(loc, scale, tril)`` of the Gaussian the empty set gets (the prior where it is Gaussian);
+        ``detach``: without gradients to the prior's parameters."""
         prior = self.program.gaussian_prior()
         if prior is not None:
             loc, scale, tril = prior_loc_tril(prior)
-            if not self.prior_gradients:
+            if detach or not self.prior_gradients:
                 return loc.detach(), None if scale is None else scale.detach(), None if tril is None else tril.detach()
             return loc, scale, tril
         # detached: the training objective moves the encoder; only prior_matching_loss moves these
@@ -163,11 +168,12 @@ class AmortizedGuide(nn.Module):
         lp = dist.Normal(self.empty_loc, self.empty_log_scale.exp()).log_prob(u).sum(-1)
         return -lp.mean()
 
-    def build(self, local: dict[str, torch.Tensor], *, widen: float = 1.0,
-              plate_dim: bool = False) -> dist.TorchDistribution:
+    def build(self, local: dict[str, torch.Tensor], *, widen: float = 1.0, plate_dim: bool = False,
+              detach_prior: bool = False) -> dist.TorchDistribution:
         """``q`` over flat unconstrained parameters from local parameters; batch ``[T]`` (``[T, 1]``
-        with ``plate_dim``), event ``[P]``."""
-        loc, scale, tril = self.whitening()
+        with ``plate_dim``), event ``[P]``; ``detach_prior``: the prior's parameters get no gradient
+        through ``q`` (objectives that train the guide and the model with separate terms)."""
+        loc, scale, tril = self.whitening(detach=detach_prior)
         a, s, ctx = local["a"], local["log_s"].exp() * widen, local["context"]
         gate = local.get("observed")  # [T, 1]; absent: every task has points
         if plate_dim:
@@ -191,9 +197,9 @@ class AmortizedGuide(nn.Module):
             transforms.append(T.LowerCholeskyAffine(loc, tril))
         return dist.TransformedDistribution(base, transforms)
 
-    def distribution(self, x, y, mask, *, widen: float = 1.0) -> dist.TorchDistribution:
+    def distribution(self, x, y, mask, *, widen: float = 1.0, detach_prior: bool = False) -> dist.TorchDistribution:
         """``q(theta_i | D_i)`` over flat task parameters: batch ``[T]``, event ``[P]``."""
-        return self.build(self.encode(x, y, mask), widen=widen)
+        return self.build(self.encode(x, y, mask), widen=widen, detach_prior=detach_prior)
 
     # ------------------------------------------------------------------ the Pyro guide
     def forward(self, x, y=None, mask=None, *, num_tasks: int | None = None):

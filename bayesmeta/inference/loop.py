@@ -15,7 +15,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -28,7 +28,7 @@ from ..tasks.phases import Phases
 from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, all_reduce_, broadcast_parameters, check_same_config
 from .early_stopping import EarlyStopping, MetaOverfittingWarning, Validator
-from .options import OPTIMIZERS, History, TrainConfig, resolve_device
+from .options import DEFAULT_LR, OPTIMIZERS, History, TrainConfig, resolve_device
 from .replay import ReplayBuffer, check_replay
 
 __all__ = [
@@ -248,6 +248,8 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
             every log and checkpoint step, so a checkpoint never holds parameters updated after a
             non-finite loss.
     """
+    if cfg.lr is None:  # a learner resolves its own default before this; direct callers get the library's
+        cfg = replace(cfg, lr=DEFAULT_LR)
     rank = 0 if distributed is None else distributed.rank
     torch.manual_seed(cfg.seed + 1_000_003 * rank)
     stream = TaskStream(source, cfg, device, x_dim, y_dim, rank=rank, min_points=min_points,
@@ -386,7 +388,7 @@ def _raise_if_diverged(err: Exception, step: int, run: _Run) -> None:
     first = text.splitlines()[0] if text else type(err).__name__
     raise FloatingPointError(
         f"meta-training diverged at step {step}: parameters became too large or non-finite ({first}). The "
-        f"learning rate (lr={run.cfg.lr}) is likely too large for this model: try a smaller lr (default 1e-3) or a "
+        f"learning rate (lr={run.cfg.lr}) is likely too large for this model: try a smaller lr or a "
         "tighter clip_norm; the last checkpoint (if any) holds earlier parameters") from err
 
 

@@ -1,4 +1,5 @@
-"""Training objectives: the mean-field ELBO and per-task importance-weighted bounds (plain and DReG)."""
+"""Training objectives: the mean-field ELBO, per-task importance-weighted bounds (plain and DReG), and
+reweighted wake-sleep (the model on importance-weighted gradients, the guide on forward KL: wake and sleep)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
-__all__ = ["TaskImportanceELBO", "DReGImportanceELBO", "make_objective", "OBJECTIVES"]
+__all__ = ["TaskImportanceELBO", "DReGImportanceELBO", "ReweightedWakeSleep", "make_objective", "sleep_log_q",
+           "OBJECTIVES", "SLEEP_OBJECTIVES"]
 
-OBJECTIVES = ("elbo", "iwae", "iwae-dreg")
+OBJECTIVES = ("elbo", "iwae", "iwae-dreg", "rws", "rws-wake", "rws-sleep", "elbo+sleep")
+SLEEP_OBJECTIVES = ("rws", "rws-sleep", "elbo+sleep")  # those that simulate tasks from the model
 
 
 class TaskImportanceELBO(ELBO):
@@ -81,6 +84,11 @@ def make_objective(name: str, num_particles: int, *, analytic_kl: bool = True) -
         return TaskImportanceELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     if name == "iwae-dreg":
         return DReGImportanceELBO(num_particles=num_particles)
+    if name in ("rws", "rws-wake", "rws-sleep"):
+        return ReweightedWakeSleep(num_particles, wake=name != "rws-sleep", sleep=name != "rws-wake")
+    if name == "elbo+sleep":
+        cls = TraceMeanField_ELBO if analytic_kl else Trace_ELBO
+        return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=2)
     raise ValueError(f"objective must be one of {OBJECTIVES}; got {name!r}")
 
 
@@ -128,6 +136,83 @@ class DReGImportanceELBO(ELBO):
         direct = model.log_joint(x, y, mask, theta.detach())  # [K, T]
         surrogate = (w**2 * log_w_path + w * direct).sum(0)  # [T]
         bound = torch.logsumexp(log_w_path.detach(), 0) - math.log(self.num_particles)
+        scale = (num_tasks or x.shape[0]) / x.shape[0]
+        return -scale * (bound + surrogate - surrogate.detach()).sum()
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+
+def sleep_log_q(model, guide, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The sleep phase: ``log q(theta_i | D_i)`` of simulated tasks, ``[T]``; gradients reach the guide only.
+
+    For every task of ``x [T, N, D]``, ``theta_i`` is drawn from the learned prior and all of its
+    points' outcomes from the learned likelihood; the guide then reads a uniformly random number
+    ``U{0..n_i}`` of the ``n_i`` points ``mask`` observes (every set size the guide will meet).
+    Maximising the mean of this over simulated tasks is maximum likelihood of ``theta`` under
+    ``q``: it minimises the forward KL ``E_D KL(p(theta | D) || q(theta | D))`` under the model,
+    which is mass-covering and, at its optimum, calibrated by construction (simulation-based
+    calibration then passes). No gradient reaches the model (its draws are constants and ``q``
+    is built without the prior's gradients).
+    """
+    u, y = model.sample_joint(x, mask)  # [T, P], [T, N, E]
+    finite = torch.isfinite(y).all(-1) & torch.isfinite(u).all(-1)[:, None]  # [T, N]: an overflowing simulation
+    y = torch.where(finite[..., None], y, torch.zeros_like(y))
+    mask = mask & finite.all(-1, keepdim=True)  # such a task is shown no points and scores nothing
+    rank = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, 2.0).argsort(-1).argsort(-1)
+    n = mask.sum(-1, keepdim=True)  # [T, 1]
+    keep = (torch.rand(n.shape, device=mask.device) * (n + 1)).floor()  # U{0..n_i}
+    observed = mask & (rank < keep)  # [T, N]
+    q = guide.distribution(x, y, observed, detach_prior=True)
+    return q.log_prob(u) * finite.all(-1).to(u.dtype)
+
+
+class ReweightedWakeSleep(ELBO):
+    """Reweighted wake-sleep (Bornschein & Bengio 2015; Le et al. 2019), one set of weights per task.
+
+    With ``K`` draws ``theta_k ~ q(theta | D_i)`` and self-normalised weights
+    ``w_k ∝ p(theta_k, D_i) / q(theta_k | D_i)`` (constants for the gradient):
+
+    * the model (prior and likelihood) ascends ``sum_k w_k log p(theta_k, D_i)``, the
+      importance-sampling estimate of the gradient of ``log p(D_i)``: no reparameterisation
+      through ``q``, so a wide or imperfect guide does not bias the model towards explaining the
+      data with a larger noise (the mean-field ELBO's failure mode);
+    * the guide, with ``wake``, ascends ``sum_k w_k log q(theta_k | D_i)`` (forward KL on the real
+      tasks), and with ``sleep``, :func:`sleep_log_q` (forward KL on tasks simulated from the
+      model). Both pull ``q`` to cover the posterior's mass rather than to sit in one mode.
+
+    The reported loss is the negative importance-weighted bound ``-log (1/K) sum_k w_k`` (what
+    :class:`TaskImportanceELBO` reports). Needs a model program and an
+    :class:`~bayesmeta.inference.AmortizedGuide` (their ``log_joint`` and ``distribution``).
+    """
+
+    def __init__(self, num_particles: int = 8, *, wake: bool = True, sleep: bool = True) -> None:
+        if not (wake or sleep):
+            raise ValueError("ReweightedWakeSleep needs wake=True, sleep=True or both (else the guide never learns)")
+        super().__init__(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=2)
+        self.wake, self.sleep = wake, sleep
+
+    def _get_trace(self, model, guide, args, kwargs):  # pragma: no cover - traces are not used
+        raise NotImplementedError("ReweightedWakeSleep evaluates log_joint directly, without traces")
+
+    def differentiable_loss(self, model, guide, x, y, mask=None, *, num_tasks=None) -> torch.Tensor:
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        q = guide.distribution(x, y, mask, detach_prior=True)
+        # constants; a clone, so that a flow's log_prob recomputes the inverse (with gradients) rather than
+        # reading what sample() cached without them
+        theta = q.sample((self.num_particles,)).clone()  # [K, T, P]
+        log_p = model.log_joint(x, y, mask, theta)  # [K, T]; gradients: the model
+        log_q = q.log_prob(theta)  # [K, T]; gradients: the guide
+        log_w = (log_p - log_q).detach()
+        w = torch.softmax(log_w, 0)
+        surrogate = (w * log_p).sum(0)  # [T]
+        if self.wake:
+            surrogate = surrogate + (w * log_q).sum(0)
+        if self.sleep:
+            surrogate = surrogate + sleep_log_q(model, guide, x, mask)
+        bound = torch.logsumexp(log_w, 0) - math.log(self.num_particles)  # [T]
         scale = (num_tasks or x.shape[0]) / x.shape[0]
         return -scale * (bound + surrogate - surrogate.detach()).sum()
 

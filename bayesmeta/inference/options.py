@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["OPTIMIZERS", "History", "TrainConfig", "resolve_device"]
+__all__ = ["DEFAULT_LR", "OPTIMIZERS", "History", "TrainConfig", "resolve_device"]
+
+DEFAULT_LR = 1e-3  # the learning rate of a learner that does not choose its own (lr=None)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 _DEVICE = re.compile(r"cpu|auto|mps|meta|cuda(:\d+)?")
@@ -52,7 +54,8 @@ class TrainConfig:
         tasks_per_step: tasks in each mini-batch.
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
         lr: initial learning rate; cosine decay to ``lr * final_lr_fraction`` over ``steps`` (or
-            ``max_time``, if that fraction is larger).
+            ``max_time``, if that fraction is larger). ``None`` (default): the learner's own
+            default (``BayesLearner``: 3e-3; the gradient-based baselines: 1e-3).
         final_lr_fraction: in ``(0, 1]``; 1 keeps the rate constant.
         clip_norm: global gradient-norm clipping (``None``: none).
         min_points, max_points: tasks drawn from a family have ``max_points`` points, of which
@@ -89,7 +92,7 @@ class TrainConfig:
     max_time: float | None = None
     tasks_per_step: int = 32
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float | None = None
     final_lr_fraction: float = 0.1
     clip_norm: float | None = 10.0
     min_points: int = 0
@@ -125,7 +128,7 @@ class TrainConfig:
             ("max_time", self.max_time is None or positive(self.max_time), "None or > 0 seconds"),
             ("tasks_per_step", _is_int(self.tasks_per_step, 1), "an int >= 1"),
             ("optimizer", self.optimizer in OPTIMIZERS, f"one of {tuple(OPTIMIZERS)}"),
-            ("lr", positive(self.lr), "a finite number > 0"),
+            ("lr", self.lr is None or positive(self.lr), "None (the learner's default) or a finite number > 0"),
             ("final_lr_fraction", positive(self.final_lr_fraction) and self.final_lr_fraction <= 1, "in (0, 1]"),
             ("clip_norm", self.clip_norm is None or positive(self.clip_norm), "None or > 0"),
             ("max_points", _is_int(self.max_points, 1), "an int >= 1"),

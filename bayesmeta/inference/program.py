@@ -373,6 +373,31 @@ class ModelProgram(nn.Module):
         u = torch.nan_to_num(u, nan=0.0, posinf=bound, neginf=-bound).clamp(-bound, bound)
         return u.expand(num_samples, x.shape[0], self.param_dim)
 
+    def sample_joint(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One simulated task per task of ``x [T, N, D]``: parameters from the prior and outcomes from the
+        likelihood, ``(u [T, P], y [T, N, E])`` (flat unconstrained parameters; ``y`` in the library's
+        format, every point simulated whatever ``mask`` says). No gradients.
+
+        Raises:
+            ModelError: the observation site's distribution cannot be sampled (names it).
+        """
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        try:
+            with torch.no_grad():
+                trace = self._run(x, None, mask)
+        except NotImplementedError as err:
+            raise ModelError(f"{type(self.model).__name__}: the observation site '{self.observation.name}' "
+                             f"({self.observation.family}) cannot be sampled ({err or 'no sample()'}); simulated "
+                             "tasks (a sleep phase, simulation-based calibration) need a likelihood with sample()") from err
+        values = {s.name: trace.nodes[s.name]["value"].squeeze(-1 - len(s.shape)) for s in self.sites}
+        u = self.flatten(values)  # [T, P]
+        bound = math.log(torch.finfo(u.dtype).max) - 1.0
+        u = torch.nan_to_num(u, nan=0.0, posinf=bound, neginf=-bound).clamp(-bound, bound)
+        y = trace.nodes[self.observation.name]["value"].detach()
+        y = y.unsqueeze(-1) if len(self.observation.event_shape) == 0 else y  # [T, N, E]
+        return u, y.to(x.dtype)
+
     def observation_distribution(self, x: torch.Tensor, u: torch.Tensor) -> Any:
         """The observation site's distribution at ``x [T, N, D]`` for draws ``u [n, T, P]``: batch
         ``[n, T, N]`` and the site's event shape (masks removed)."""

@@ -30,7 +30,7 @@ def refine_local(guide, model, x, y, mask, local: dict[str, torch.Tensor], *, st
             q = guide.build(local)
             theta = q.rsample((num_particles,))  # [K, T, P]
             log_w = model.log_joint(x, y, mask, theta) - q.log_prob(theta)  # [K, T]
-            if objective.startswith("iwae"):
+            if objective.startswith(("iwae", "rws")):
                 bound = torch.logsumexp(log_w, 0) - math.log(num_particles)
             else:
                 bound = log_w.mean(0)

@@ -32,7 +32,7 @@ from .loop import (
     set_lr,
     train_loop,
 )
-from .objectives import make_objective
+from .objectives import make_objective, sleep_log_q
 from .program import is_real as _real
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 
-def meta_train(model, guide, source, config: TrainConfig, *, device: torch.device, objective: str = "elbo",
+def meta_train(model, guide, source, config: TrainConfig, *, device: torch.device, objective: str = "rws",
                num_particles: int = 8, conjugate: bool = False, checkpoint=None, resume: dict | None = None,
                on_checkpoint=None, distributed: DistributedContext | None = None,
                extra_state: dict | None = None, validate=None, replay=None) -> History:
@@ -63,6 +63,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
     loss_fn = (_conjugate_loss(model.model) if conjugate
                else make_objective(objective, num_particles, analytic_kl=analytic)(model, guide))
     guide_params = [] if guide is None else list(guide.parameters())
+    sleep_term = objective == "elbo+sleep" and guide is not None  # the ELBO, and a sleep phase for the guide
 
     def make_step(stream: TaskStream):
         subsets = guide is not None and stream.pool is not None and config.encoder_subsets
@@ -73,6 +74,8 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
             if subsets:
                 _add_guide_grads(loss_fn(b.x, b.y, stream.random_subset(b.mask), num_tasks=b.num_tasks),
                                  guide_params)
+            if sleep_term:
+                (-(b.num_tasks or b.x.shape[0]) / b.x.shape[0] * sleep_log_q(model, guide, b.x, b.mask).sum()).backward()
             matching = None if guide is None else guide.prior_matching_loss(b.x)
             if matching is not None:  # the empty set's Gaussian follows a non-Gaussian prior
                 matching.backward()

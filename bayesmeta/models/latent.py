@@ -39,7 +39,7 @@ class LatentCodeRegression(HierarchicalModel):
     """
 
     def __init__(self, x_dim: int, y_dim: int = 1, latent_dim: int = 8,
-                 hidden: Sequence[int] = (128, 128, 128), *, heteroscedastic: bool = True,
+                 hidden: Sequence[int] = (64, 64, 64), *, heteroscedastic: bool = True,
                  min_scale: float = 1e-3, init_scale: float = 1.0) -> None:
         super().__init__(x_dim, y_dim)
         if latent_dim < 1:
