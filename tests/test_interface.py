@@ -26,7 +26,9 @@ def _learners():
 @pytest.mark.parametrize("name", ["bayes", "maml", "reptile"])
 def test_every_learner_shares_the_defaults_and_the_options_class(name):
     learner = _learners()[name].fit(bm.tasks.Sinusoid(), 3, progress=False)
-    assert learner.train_config == {**TrainConfig().__dict__, "steps": 3, "progress": False}
+    # lr=None (the default) is the learner's own: 3e-3 for the Bayesian learner, 1e-3 for the gradient-based ones
+    assert TrainConfig().lr is None and learner.default_lr == (3e-3 if name == "bayes" else 1e-3)
+    assert learner.train_config == {**TrainConfig().__dict__, "steps": 3, "progress": False, "lr": learner.default_lr}
     assert learner.history.step == [3]
     cfg = TrainConfig(steps=4, tasks_per_step=5, lr=2e-3, progress=False)
     learner.fit(bm.tasks.Sinusoid(), config=cfg, seed=2)  # keywords override the config
@@ -103,7 +105,7 @@ def test_baselines_checkpoint_and_resume_bit_for_bit(tmp_path):
     with pytest.raises(ValueError, match=r"other settings \(inner_lr: 0.01 -> 0.02\)"):
         bm.baselines.MetaSGD(x_dim=1, y_dim=1, hidden=(8,), inner_lr=0.02).fit(
             bm.tasks.Sinusoid(), 6, checkpoint=tmp_path / "c.pt", resume=True, **opts)
-    with pytest.raises(ValueError, match=r"other settings \(learner: 'MetaSGD' -> 'BayesLearner'"):
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.001 -> 0.003, learner: 'MetaSGD' -> 'BayesLearner'"):
         _bayes().fit(bm.tasks.Sinusoid(), 6, checkpoint=tmp_path / "c.pt", resume=True, **opts)
 
 
@@ -158,10 +160,10 @@ def test_an_ensemble_of_mixtures_with_different_sizes_is_their_equal_weight_mixt
 
 def test_a_diverging_run_says_so_and_what_to_try():
     pool = bm.tasks.HierarchicalLinear(dim=1, noise_std=0.5).sample(16, shots=6, generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(0)  # lr 0.05 is 50x the default: the guide's scales overflow within a few steps
+    torch.manual_seed(0)  # lr 100: the prior's parameters overflow within ~20 steps
     learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), num_particles=4)
-    with pytest.raises(FloatingPointError, match=r"diverged at step \d+: .*lr=0.05\) is likely too large") as info:
-        learner.fit(pool, steps=30, tasks_per_step=3, lr=0.05, progress=False)
+    with pytest.raises(FloatingPointError, match=r"diverged at step \d+: .*lr=100.0\) is likely too large") as info:
+        learner.fit(pool, steps=30, tasks_per_step=3, lr=100.0, progress=False)
     assert "scale_tril" in str(info.value) and isinstance(info.value.__cause__, ValueError)
 
 

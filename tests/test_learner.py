@@ -120,8 +120,9 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path):
 
 def test_refinement_raises_the_per_task_bound():
     fam = bm.tasks.Sinusoid(noise_std=0.1)
-    learner = bm.BayesLearner(bm.models.LatentCodeRegression(1, 1, latent_dim=3, hidden=(16, 16)))
-    learner.fit(fam, steps=30, progress=False)
+    # the ELBO's mode-seeking guide leaves a gap to close (a wake-sleep guide is already near its IWAE optimum)
+    learner = bm.BayesLearner(bm.models.LatentCodeRegression(1, 1, latent_dim=3, hidden=(16, 16)), objective="elbo")
+    learner.fit(fam, steps=30, lr=1e-3, progress=False)
     test = fam.sample(16, shots=5, generator=torch.Generator().manual_seed(4))
     x, y, m = test.support
 

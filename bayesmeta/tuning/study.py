@@ -60,6 +60,10 @@ def default_values(base: FitConfig, space: SearchSpace) -> dict[str, Any] | None
             value: Any = widths[0] if p.name.endswith("width") else len(widths)
         else:
             value = getattr(getattr(base, p.section), p.name)
+            if p.key == "train.lr" and value is None:  # the learner's own default (fit configs train a BayesLearner)
+                from ..learners import BayesLearner
+
+                value = BayesLearner.default_lr
         inside = value in p.choices if p.choices else (value is not None and p.low <= value <= p.high)
         if not inside:
             return None

@@ -26,7 +26,7 @@ def test_space_parses_types_and_applies_architecture_keys():
     assert cfg.model.latent_dim == 3 and cfg.model.guide == "flow" and cfg.train.tasks_per_step == 16
     assert cfg.train.val_shots == (1, 5)  # the fit validates (and stops early) on the objective's shots
     # a depth alone keeps the base width
-    assert space.apply(base, {"model.depth": 1}).model.hidden == (128,)
+    assert space.apply(base, {"model.depth": 1}).model.hidden == (64,)
 
 
 def test_space_file_round_trip(tmp_path):

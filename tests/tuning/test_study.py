@@ -80,7 +80,7 @@ def test_study_runs_trials_as_run_directories_and_writes_a_usable_best_config(st
     result = bm.tune(fit, space, out, progress=False)
     rows = result.rows
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3
-    assert rows[0]["defaults"] and rows[0]["params"] == {"train.lr": 1e-3, "model.width": 16}  # the baseline
+    assert rows[0]["defaults"] and rows[0]["params"] == {"train.lr": 3e-3, "model.width": 16}  # the baseline
     for r in rows:
         run = out / r["run"]
         cfg = load_config(run / "config.toml")
@@ -226,7 +226,7 @@ def test_a_study_that_could_not_score_a_trial_is_refused_before_it_starts(study_
 def test_a_diverging_trial_is_a_bad_value_for_the_sampler_not_a_failure(study_files, tmp_path):
     fit, _ = study_files(steps=20, trials=2)
     space = tmp_path / "space_lr.toml"
-    space.write_text("[space.train]\nlr = [1e-3, 1e6]\n[study]\nsampler = \"random\"\ntrials = 2\n"
+    space.write_text("[space.train]\nlr = [3e-3, 1e6]\n[study]\nsampler = \"random\"\ntrials = 2\n"
                      "[objective]\nshots = [2]\n")
     out = tmp_path / "study"
     study, _, _ = bm.tuning.open_study(out, config=fit, space=space)
