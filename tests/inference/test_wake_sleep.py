@@ -10,8 +10,8 @@ from pyro.nn import PyroModule
 
 import bayesmeta as bm
 from bayesmeta.inference import AmortizedGuide
-from bayesmeta.inference.program import ModelProgram
 from bayesmeta.inference.objectives import ReweightedWakeSleep, make_objective, sleep_log_q
+from bayesmeta.inference.program import ModelProgram
 
 
 def _setup(points=4, tasks=6):
@@ -126,12 +126,12 @@ class _NoSampleNormal(dist.Normal):
 
     can_sample = True
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         if not _NoSampleNormal.can_sample:
             raise NotImplementedError("this likelihood has no sampler")
-        return super().sample(sample_shape)
+        return super().sample(torch.Size(sample_shape))
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=()):
         return self.sample(sample_shape)
 
 
