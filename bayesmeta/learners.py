@@ -16,7 +16,7 @@ from .inference.exact import fit_type2_ml
 from .inference.guides import AmortizedGuide
 from .inference.objectives import OBJECTIVES, SLEEP_OBJECTIVES
 from .inference.options import DEFAULT_LR
-from .inference.program import ModelProgram, program_of
+from .inference.program import ModelError, ModelProgram, program_of
 from .inference.refine import refine_local
 from .inference.replay import check_replay
 from .inference.trainer import (
@@ -271,11 +271,11 @@ class MetaLearner:
 
 def _check_simulable(program: ModelProgram, objective: str) -> None:
     """A sleep phase simulates tasks from the model: refuse a model whose likelihood cannot be sampled."""
-    x = torch.zeros(2, 3, program.x_dim, dtype=_param_dtype(program), device=_param_device(program))
+    x = torch.ones(2, 3, program.x_dim, dtype=_param_dtype(program), device=_param_device(program))  # as the probe
     try:
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             program.sample_joint(x)
-    except Exception as err:  # noqa: BLE001 - any failure means the sleep phase cannot run
+    except ModelError as err:
         raise ValueError(f"objective={objective!r} trains the guide on tasks simulated from the model, but "
                          f"{type(program.model).__name__} cannot simulate them: {err}. Use objective='iwae' or "
                          "'rws-wake' (no sleep phase), or give the observation distribution a sample()") from err

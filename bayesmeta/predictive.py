@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from typing import Any
 
@@ -17,6 +18,7 @@ __all__ = ["Posterior", "PosteriorPredictive", "PREDICT_METHODS", "systematic_re
 
 PREDICT_METHODS = ("importance", "guide", "exact")
 DEFAULT_SAMPLES = {"importance": 1000, "guide": 200}
+DEFAULT_MIN_ESS = 100.0
 _CHUNK_ELEMENTS = 2**25  # decoder rows x 64 per chunk when evaluating many samples
 _DRAW_ELEMENTS = 2**24  # draws x tasks x (parameters + support points) held at once
 _BLOCK_ELEMENTS = 2**18  # components x query points per likelihood call (decoder activations)
@@ -91,13 +93,19 @@ def _check_num_samples(n) -> int:
     return n
 
 
-def _check_draw_budget(min_ess, max_draws: int, method: str) -> None:
-    """``min_ess``: a finite number >= 0 that ``max_draws`` draws can reach (importance only)."""
+def _check_draw_budget(min_ess, n: int, max_draws: int, method: str) -> float:
+    """The target ESS: ``min_ess`` if given (a finite number >= 0 that the draws can reach, importance only),
+    else ``DEFAULT_MIN_ESS`` or the most draws doubling from ``n`` reaches within ``max_draws``, if fewer."""
+    reachable = n * 2 ** int(math.floor(math.log2(max(max_draws, n) / n)))  # n, 2n, 4n, ... <= max_draws
+    if min_ess is None:
+        return float(min(DEFAULT_MIN_ESS, reachable))
     if isinstance(min_ess, bool) or not isinstance(min_ess, int | float) or not 0 <= min_ess < float("inf"):
-        raise ValueError(f"min_ess must be a finite number >= 0 (0: no extra draws); got {min_ess!r}")
-    if method == "importance" and min_ess > max_draws:
-        raise ValueError(f"min_ess={min_ess} is above the draw budget max_draws={max_draws} (the effective sample "
-                         "size of n draws is at most n): lower min_ess or raise max_draws / num_samples")
+        raise ValueError(f"min_ess must be None or a finite number >= 0 (0: no extra draws); got {min_ess!r}")
+    if method == "importance" and min_ess > reachable:
+        raise ValueError(f"min_ess={min_ess} is above the draw budget max_draws={max_draws} (doubling from "
+                         f"num_samples={n} reaches {reachable} draws, and n draws have an effective sample size of "
+                         "at most n): lower min_ess or raise max_draws / num_samples")
+    return float(min_ess)
 
 
 @contextlib.contextmanager
@@ -146,7 +154,7 @@ class Posterior:
 
     @torch.no_grad()
     def sample(self, num_samples: int = 1000, *, method: str | None = None, seed: int | None = None,
-               min_ess: float = 100.0) -> dict[str, torch.Tensor]:
+               min_ess: float | None = None) -> dict[str, torch.Tensor]:
         """Draw ``num_samples`` equally weighted parameter sets per task: ``{site: [n, T, *event]}``.
 
         Args:
@@ -155,12 +163,12 @@ class Posterior:
                 posterior; ``"guide"`` draws from the amortized guide; ``"exact"`` (default for
                 conjugate posteriors) from the exact posterior.
             seed: makes the draws reproducible.
-            min_ess: importance only: target effective sample size; tasks below it get more draws
+            min_ess: importance only: target effective sample size (default 100); tasks below it get more draws
                 (doubling, up to ``16 * num_samples``).
         """
         method = self._method(method)
         n = _check_num_samples(num_samples)
-        _check_draw_budget(min_ess, 16 * n, method)
+        min_ess = _check_draw_budget(min_ess, n, 16 * n, method)
         if method == "exact" and self.exact is None:
             raise ValueError("method='exact' needs an exact posterior (BayesLearner(..., conjugate=True))")
         with _seeded(seed, self.device):
@@ -191,7 +199,7 @@ class Posterior:
 
     @torch.no_grad()
     def predict(self, x, num_samples: int | None = None, *, method: str | None = None,
-                seed: int | None = None, min_ess: float = 100.0, max_draws: int | None = None) -> PosteriorPredictive | FamilyMixture:
+                seed: int | None = None, min_ess: float | None = None, max_draws: int | None = None) -> PosteriorPredictive | FamilyMixture:
         """Posterior predictive at query inputs ``x`` ``[T, N, D]`` (or ``[N, D]`` for all tasks).
 
         Args:
@@ -201,7 +209,8 @@ class Posterior:
                 guide; ``"exact"`` (default for conjugate posteriors): closed form.
             num_samples: posterior samples (default 1000 for importance, 200 for guide).
             seed: makes the Monte-Carlo draws reproducible.
-            min_ess: importance only: target effective sample size per task. A task below it
+            min_ess: importance only: target effective sample size per task (default 100, or
+                the most draws the budget reaches if fewer). A task below it
                 gets as many draws again (its earlier draws kept), until it reaches ``min_ess`` or
                 ``max_draws`` (default ``16 * num_samples``). Only the draws that carry weight, at
                 most ``num_samples`` per task (systematic resampling beyond), are pushed through
@@ -223,7 +232,7 @@ class Posterior:
         n = _check_num_samples(DEFAULT_SAMPLES[method] if num_samples is None else num_samples)
         if max_draws is not None and (isinstance(max_draws, bool) or not isinstance(max_draws, int) or max_draws < n):
             raise ValueError(f"max_draws must be None or an int >= num_samples={n}; got {max_draws!r}")
-        _check_draw_budget(min_ess, max_draws or 16 * n, method)
+        min_ess = _check_draw_budget(min_ess, n, max_draws or 16 * n, method)
         self._task_chunks(max(n, max_draws or 16 * n) if method == "importance" else n)  # checks the draws' bound
         if n * x.shape[1] * self.model.y_dim > MAX_TASK_ELEMENTS:
             raise ValueError(f"x: {x.shape[1]} query points x {n} draws is {n * x.shape[1]:.2e} mixture components "

@@ -52,8 +52,14 @@ def test_a_target_ess_the_draw_budget_cannot_reach_is_refused(tasks):
         post.predict(test.x_query, num_samples=100, max_draws=400, min_ess=500)
     with pytest.raises(ValueError, match=r"max_draws must be None or an int >= num_samples=100"):
         post.predict(test.x_query, num_samples=100, max_draws=50)
-    with pytest.raises(ValueError, match=r"min_ess must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"min_ess=900 is above the draw budget max_draws=1000 \(doubling from "
+                       r"num_samples=100 reaches 800 draws"):
+        post.predict(test.x_query, num_samples=100, max_draws=1000, min_ess=900)
+    with pytest.raises(ValueError, match=r"min_ess must be None or a finite number >= 0"):
         post.sample(100, min_ess=float("nan"))
+    # the default target shrinks to what a small budget can reach: these are fine
+    assert post.sample(5, seed=0)["w"].shape[:2] == (5, 32)
+    assert post.predict(test.x_query, num_samples=50, max_draws=50, seed=0).num_draws.max() == 50
 
 
 def test_redrawn_predictive_agrees_with_the_exact_one(tasks):

@@ -28,7 +28,7 @@ from ..evaluation import Evaluation, evaluate, make_test_sets
 from ..evaluation.results import markdown_table, plus_minus
 from ..inference import TrainConfig
 from ..io import atomic_write_text
-from ..learners import MetaLearner
+from ..learners import BayesLearner, MetaLearner
 from ..tasks import HierarchicalLinear, Sinusoid
 from .sinusoid import amortized_learner
 
@@ -73,7 +73,8 @@ def _tune(name: str, family, *, seconds: float, trial_seconds: float, seed: int,
 
     val = {5: family.sample(200, shots=5, num_query=50, generator=torch.Generator().manual_seed(seed + 777))}
     params = [Param("train", "lr", 1e-4, 1e-2, log=True), Param("train", "tasks_per_step", choices=(8, 16, 32, 64))]
-    defaults: dict[str, Any] = {"train.lr": 1e-3, "train.tasks_per_step": TrainConfig().tasks_per_step}
+    default_lr = BayesLearner.default_lr if name == "bayes" else MetaLearner.default_lr  # what lr=None trains at
+    defaults: dict[str, Any] = {"train.lr": default_lr, "train.tasks_per_step": TrainConfig().tasks_per_step}
     if name != "bayes":
         params.append(Param("model", "inner_lr", 1e-3, 1e-1, log=True))
         defaults["model.inner_lr"] = SWEEP["reptile" if name == "reptile" else "maml"][0][0]

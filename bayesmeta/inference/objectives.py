@@ -164,8 +164,10 @@ def sleep_log_q(model, guide, x: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     n = mask.sum(-1, keepdim=True)  # [T, 1]
     keep = (torch.rand(n.shape, device=mask.device) * (n + 1)).floor()  # U{0..n_i}
     observed = mask & (rank < keep)  # [T, N]
+    y = torch.where(observed[..., None], y, torch.zeros_like(y))  # a huge unshown value must not reach the encoder
     q = guide.distribution(x, y, observed, detach_prior=True)
-    return q.log_prob(u) * finite.all(-1).to(u.dtype)
+    lq = q.log_prob(u)
+    return torch.where(finite.all(-1) & torch.isfinite(lq), lq, torch.zeros_like(lq))
 
 
 class ReweightedWakeSleep(ELBO):
@@ -196,7 +198,10 @@ class ReweightedWakeSleep(ELBO):
     def _get_trace(self, model, guide, args, kwargs):  # pragma: no cover - traces are not used
         raise NotImplementedError("ReweightedWakeSleep evaluates log_joint directly, without traces")
 
-    def differentiable_loss(self, model, guide, x, y, mask=None, *, num_tasks=None) -> torch.Tensor:
+    def differentiable_loss(self, model, guide, x, y, mask=None, *, num_tasks=None,
+                            sleep: bool | None = None) -> torch.Tensor:
+        """``sleep=False`` leaves the sleep phase out of this call (e.g. a guide-only term on subsets
+        of the same tasks, which must not simulate and weigh the sleep phase twice)."""
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         q = guide.distribution(x, y, mask, detach_prior=True)
@@ -207,10 +212,11 @@ class ReweightedWakeSleep(ELBO):
         log_q = q.log_prob(theta)  # [K, T]; gradients: the guide
         log_w = (log_p - log_q).detach()
         w = torch.softmax(log_w, 0)
-        surrogate = (w * log_p).sum(0)  # [T]
+        carries = w > 0  # a particle with no weight (log p = -inf: an underflowed rate) must not give 0 * inf
+        surrogate = torch.where(carries, w * log_p, torch.zeros_like(w)).sum(0)  # [T]
         if self.wake:
-            surrogate = surrogate + (w * log_q).sum(0)
-        if self.sleep:
+            surrogate = surrogate + torch.where(carries, w * log_q, torch.zeros_like(w)).sum(0)
+        if self.sleep if sleep is None else sleep:
             surrogate = surrogate + sleep_log_q(model, guide, x, mask)
         bound = torch.logsumexp(log_w, 0) - math.log(self.num_particles)  # [T]
         scale = (num_tasks or x.shape[0]) / x.shape[0]

@@ -32,7 +32,7 @@ from .loop import (
     set_lr,
     train_loop,
 )
-from .objectives import make_objective, sleep_log_q
+from .objectives import ReweightedWakeSleep, make_objective, sleep_log_q
 from .program import is_real as _real
 
 __all__ = [
@@ -67,12 +67,14 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
 
     def make_step(stream: TaskStream):
         subsets = guide is not None and stream.pool is not None and config.encoder_subsets
+        # the subset term is guide-only: for wake-sleep, its wake part (the sleep phase already ran on this batch)
+        no_sleep = {"sleep": False} if isinstance(getattr(loss_fn, "elbo", None), ReweightedWakeSleep) else {}
 
         def step(b: Batch) -> torch.Tensor:
             loss = loss_fn(b.x, b.y, b.mask, num_tasks=b.num_tasks)
             loss.backward()
             if subsets:
-                _add_guide_grads(loss_fn(b.x, b.y, stream.random_subset(b.mask), num_tasks=b.num_tasks),
+                _add_guide_grads(loss_fn(b.x, b.y, stream.random_subset(b.mask), num_tasks=b.num_tasks, **no_sleep),
                                  guide_params)
             if sleep_term:
                 (-(b.num_tasks or b.x.shape[0]) / b.x.shape[0] * sleep_log_q(model, guide, b.x, b.mask).sum()).backward()
