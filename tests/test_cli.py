@@ -242,7 +242,8 @@ def test_bench_compare_gives_every_method_the_same_tuning_budget(tmp_path):
         tune = methods[name]["tune"]
         assert "sweep" not in methods[name] and set(tune["chosen"]) == keys
         first = tune["trials"][0]  # the method's defaults come first
-        assert first["train.lr"] == 1e-3 and first["train.tasks_per_step"] == 32
+        assert first["train.lr"] == (3e-3 if name == "bayes" else 1e-3)  # each learner's lr=None default
+        assert first["train.tasks_per_step"] == 32
         finished = [t for t in tune["trials"] if t["state"] == "COMPLETE"]
         best = min(finished, key=lambda t: t["val_nll"])
         assert tune["chosen"]["lr"] == best["train.lr"] and methods[name]["settings"] == tune["chosen"]

@@ -160,10 +160,10 @@ def test_an_ensemble_of_mixtures_with_different_sizes_is_their_equal_weight_mixt
 
 def test_a_diverging_run_says_so_and_what_to_try():
     pool = bm.tasks.HierarchicalLinear(dim=1, noise_std=0.5).sample(16, shots=6, generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(0)  # lr 100: the prior's parameters overflow within ~20 steps
+    torch.manual_seed(0)  # lr 1e6: the prior's parameters overflow within ~10 steps
     learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), num_particles=4)
-    with pytest.raises(FloatingPointError, match=r"diverged at step \d+: .*lr=100.0\) is likely too large") as info:
-        learner.fit(pool, steps=30, tasks_per_step=3, lr=100.0, progress=False)
+    with pytest.raises(FloatingPointError, match=r"diverged at step \d+: .*lr=1000000.0\) is likely too large") as info:
+        learner.fit(pool, steps=30, tasks_per_step=3, lr=1e6, progress=False)
     assert "scale_tril" in str(info.value) and isinstance(info.value.__cause__, ValueError)
 
 
