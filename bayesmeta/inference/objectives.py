@@ -137,7 +137,7 @@ class DReGImportanceELBO(ELBO):
         surrogate = (w**2 * log_w_path + w * direct).sum(0)  # [T]
         bound = torch.logsumexp(log_w_path.detach(), 0) - math.log(self.num_particles)
         scale = (num_tasks or x.shape[0]) / x.shape[0]
-        return -scale * (bound + surrogate - surrogate.detach()).sum()
+        return -scale * (bound + (surrogate - surrogate.detach())).sum()
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
@@ -220,7 +220,7 @@ class ReweightedWakeSleep(ELBO):
             surrogate = surrogate + sleep_log_q(model, guide, x, mask)
         bound = torch.logsumexp(log_w, 0) - math.log(self.num_particles)  # [T]
         scale = (num_tasks or x.shape[0]) / x.shape[0]
-        return -scale * (bound + surrogate - surrogate.detach()).sum()
+        return -scale * (bound + (surrogate - surrogate.detach())).sum()
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
