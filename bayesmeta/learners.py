@@ -14,9 +14,9 @@ import torch
 from .inference.distributed import init_from_env
 from .inference.exact import fit_type2_ml
 from .inference.guides import AmortizedGuide
-from .inference.objectives import OBJECTIVES, SLEEP_OBJECTIVES
+from .inference.objectives import OBJECTIVES, SLEEP_OBJECTIVES, check_sleep_objective
 from .inference.options import DEFAULT_LR
-from .inference.program import ModelError, ModelProgram, program_of
+from .inference.program import ModelProgram, program_of
 from .inference.refine import refine_local
 from .inference.replay import check_replay
 from .inference.trainer import (
@@ -269,28 +269,6 @@ class MetaLearner:
         raise NotImplementedError
 
 
-def _check_simulable(program: ModelProgram, objective: str) -> None:
-    """A sleep phase simulates tasks from the model: refuse a model whose likelihood cannot be sampled."""
-    x = torch.ones(2, 3, program.x_dim, dtype=_param_dtype(program), device=_param_device(program))  # as the probe
-    try:
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            program.sample_joint(x)
-    except ModelError as err:
-        raise ValueError(f"objective={objective!r} trains the guide on tasks simulated from the model, but "
-                         f"{type(program.model).__name__} cannot simulate them: {err}. Use objective='iwae' or "
-                         "'rws-wake' (no sleep phase), or give the observation distribution a sample()") from err
-
-
-def _param_dtype(module: torch.nn.Module) -> torch.dtype:
-    p = next(iter(module.parameters()), None)
-    return p.dtype if p is not None and p.is_floating_point() else torch.get_default_dtype()
-
-
-def _param_device(module: torch.nn.Module) -> torch.device:
-    p = next(iter(module.parameters()), None)
-    return torch.device("cpu") if p is None else p.device
-
-
 class BayesLearner(MetaLearner):
     """Amortized (or exact) Bayesian meta-learner around a hierarchical model.
 
@@ -342,7 +320,7 @@ class BayesLearner(MetaLearner):
         self.program = program_of(model, x_dim=x_dim, y_dim=y_dim)
         self.objective, self.num_particles = objective, num_particles
         if objective in SLEEP_OBJECTIVES and not conjugate:
-            _check_simulable(self.program, objective)
+            check_sleep_objective(self.program, objective)
         if conjugate:
             self.guide = None
         elif isinstance(guide, AmortizedGuide):

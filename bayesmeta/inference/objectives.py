@@ -11,8 +11,10 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
-__all__ = ["TaskImportanceELBO", "DReGImportanceELBO", "ReweightedWakeSleep", "make_objective", "sleep_log_q",
-           "OBJECTIVES", "SLEEP_OBJECTIVES"]
+from .program import ModelError
+
+__all__ = ["TaskImportanceELBO", "DReGImportanceELBO", "ReweightedWakeSleep", "check_sleep_objective", "make_objective",
+           "sleep_log_q", "OBJECTIVES", "SLEEP_OBJECTIVES"]
 
 OBJECTIVES = ("elbo", "iwae", "iwae-dreg", "rws", "rws-wake", "rws-sleep", "elbo+sleep")
 SLEEP_OBJECTIVES = ("rws", "rws-sleep", "elbo+sleep")  # those that simulate tasks from the model
@@ -142,6 +144,20 @@ class DReGImportanceELBO(ELBO):
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+
+def check_sleep_objective(program, objective: str) -> None:
+    """Refuse a sleep-phase ``objective`` for a model program that cannot simulate tasks (names both)."""
+    if objective not in SLEEP_OBJECTIVES:
+        return
+    x = program.probe_inputs()
+    try:
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            program.sample_joint(x)
+    except ModelError as err:
+        raise ValueError(f"objective={objective!r} trains the guide on tasks simulated from the model, but "
+                         f"{type(program.model).__name__} cannot simulate them: {err}. Use objective='iwae' or "
+                         "'rws-wake' (no sleep phase), or give the observation distribution a sample()") from err
 
 
 def sleep_log_q(model, guide, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

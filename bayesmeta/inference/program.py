@@ -168,9 +168,13 @@ class ModelProgram(nn.Module):
                 fn(x, y, mask)
         return tracer.trace
 
+    def probe_inputs(self) -> torch.Tensor:
+        """The small input ``x`` (all ones, ``[2, 3, D]``, the model's dtype and device) the program is traced on."""
+        return torch.ones(_PROBE_T, _PROBE_N, self.x_dim, dtype=_dtype(self.model), device=_device(self.model))
+
     def _probe(self):
         name = type(self.model).__name__
-        x = torch.ones(_PROBE_T, _PROBE_N, self.x_dim, dtype=_dtype(self.model), device=_device(self.model))
+        x = self.probe_inputs()
         mask = torch.ones(_PROBE_T, _PROBE_N, dtype=torch.bool, device=x.device)
         mask[0, -1] = False
         devices = [x.device] if x.device.type == "cuda" else []

@@ -150,7 +150,7 @@ class _Model(PyroModule):
 def test_a_sleep_phase_for_a_model_that_cannot_simulate_is_refused_by_name(monkeypatch):
     """A model whose likelihood cannot be sampled at all is refused when its program is traced (the probe
     samples y); one that stops sampling later is refused by the sleep objectives, naming them."""
-    from bayesmeta.learners import _check_simulable
+    from bayesmeta.inference.objectives import check_sleep_objective
 
     learner = bm.BayesLearner(_Model(), objective="rws")  # it can sample: fine
     monkeypatch.setattr(_NoSampleNormal, "can_sample", False)
@@ -160,7 +160,7 @@ def test_a_sleep_phase_for_a_model_that_cannot_simulate_is_refused_by_name(monke
         learner.program.sample_joint(torch.zeros(2, 3, 1))
     for objective in ("rws", "rws-sleep", "elbo+sleep"):
         with pytest.raises(ValueError, match=rf"objective='{re.escape(objective)}'.*_Model cannot simulate.*no sampler"):
-            _check_simulable(learner.program, objective)
+            check_sleep_objective(learner.program, objective)
 
 
 def test_rws_needs_a_wake_or_a_sleep_term():
