@@ -79,7 +79,7 @@ def make_objective(name: str, num_particles: int, *, analytic_kl: bool = True) -
     """
     if not isinstance(num_particles, int) or num_particles < 1:
         raise ValueError(f"num_particles must be a positive int; got {num_particles!r}")
-    if name == "elbo":
+    if name in ("elbo", "elbo+sleep"):  # elbo+sleep: the trainer adds the sleep phase for the guide
         cls = TraceMeanField_ELBO if analytic_kl else Trace_ELBO
         return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=2)
     if name == "iwae":
@@ -88,9 +88,6 @@ def make_objective(name: str, num_particles: int, *, analytic_kl: bool = True) -
         return DReGImportanceELBO(num_particles=num_particles)
     if name in ("rws", "rws-wake", "rws-sleep"):
         return ReweightedWakeSleep(num_particles, wake=name != "rws-sleep", sleep=name != "rws-wake")
-    if name == "elbo+sleep":
-        cls = TraceMeanField_ELBO if analytic_kl else Trace_ELBO
-        return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=2)
     raise ValueError(f"objective must be one of {OBJECTIVES}; got {name!r}")
 
 
