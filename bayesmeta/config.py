@@ -2,7 +2,7 @@
 
 A fit is described by three sections::
 
-    [data]   path, task, x, y, trials, offset, val_fraction, split_seed, standardize
+    [data]   path, task, x, y, trials, offset, val_fraction, split_seed
     [model]  kind ("latent" | "linear" | "bayes-head"), likelihood, latent_dim, hidden,
              heteroscedastic, guide, objective, num_particles, encoder_hidden
     [train]  the fields of :class:`~bayesmeta.inference.TrainConfig` (the options of every
@@ -42,7 +42,6 @@ class DataConfig:
     offset: str = ""
     val_fraction: float = 0.2
     split_seed: int = 0
-    standardize: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x", tuple(self.x))
@@ -143,9 +142,21 @@ def _coerce(section: str, f, value):
     return float(value) if kind == "float" else value
 
 
-def config_from_dict(data: dict, base: FitConfig | None = None) -> FitConfig:
-    """Apply a nested dict (as read from TOML) to ``base`` (default: the defaults)."""
+REMOVED_KEYS = {
+    "data.standardize": "the model is fitted to your data as given (the shipped models rescale themselves "
+                        "inside the model; a model of your own sees your units): remove the key",
+}
+"""Keys of earlier versions: an error in a config you write, dropped from a run's own ``config.toml``."""
+
+
+def config_from_dict(data: dict, base: FitConfig | None = None, *, run_file: bool = False) -> FitConfig:
+    """Apply a nested dict (as read from TOML) to ``base`` (default: the defaults).
+
+    ``run_file``: the dict is a run directory's own ``config.toml`` (written by an earlier version,
+    perhaps): keys of :data:`REMOVED_KEYS` are dropped instead of refused.
+    """
     cfg = base or FitConfig()
+    data = _without_removed(data, run_file)
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise ValueError(f"config: unknown section(s) {unknown}; allowed: {sorted(_SECTIONS)}")
@@ -187,12 +198,25 @@ def read_toml(path, what: str = "config file") -> dict:
         raise ValueError(f"{path}: not valid TOML ({err})") from None
 
 
-def load_config(path, base: FitConfig | None = None) -> FitConfig:
-    """Read a TOML config file (errors name the file)."""
+def _without_removed(data: dict, run_file: bool) -> dict:
+    out = {}
+    for section, values in data.items():
+        if isinstance(values, dict):
+            for k in values:
+                why = REMOVED_KEYS.get(f"{section}.{k}")
+                if why and not run_file:
+                    raise ValueError(f"config: {section}.{k} was removed: {why}")
+            values = {k: v for k, v in values.items() if f"{section}.{k}" not in REMOVED_KEYS}
+        out[section] = values
+    return out
+
+
+def load_config(path, base: FitConfig | None = None, *, run_file: bool = False) -> FitConfig:
+    """Read a TOML config file (errors name the file); ``run_file`` as in :func:`config_from_dict`."""
     path = Path(path)
     data = read_toml(path)
     try:
-        return config_from_dict(data, base)
+        return config_from_dict(data, base, run_file=run_file)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 

@@ -28,6 +28,8 @@ from .inference.trainer import (
     save_checkpoint,
 )
 from .io import atomic_torch_save
+from .legacy import absorb_standardization, legacy_checkpoint_problem, with_new_buffers
+from .models.scaling import check_model_scaling, model_scaling
 from .predictive import Posterior
 from .tasks.batch import TaskBatch, check_support
 from .tasks.dataset import Standardization, standardize_pool
@@ -35,7 +37,8 @@ from .validation import ValidationSet, hold_out
 
 __all__ = ["BayesLearner", "MetaLearner"]
 
-_FORMAT = "bayesmeta.BayesLearner/1"
+_FORMAT = "bayesmeta.BayesLearner/2"
+_FORMAT_V1 = "bayesmeta.BayesLearner/1"  # learner-level standardisation: converted on load (legacy.py)
 _MAY_CHANGE_ON_RESUME = {"progress", "steps", "max_time", "log_every", "checkpoint_every", "device", "patience",
                          "val_every", "restore_best"}
 _FIELDS = tuple(TrainConfig.__dataclass_fields__)
@@ -113,6 +116,9 @@ class MetaLearner:
         if checkpoint is None:
             raise ValueError("resume=True needs checkpoint= (the path to continue from)")
         state = load_checkpoint(checkpoint, map_location=self.device)
+        problem = self._checkpoint_problem(state)
+        if problem:
+            raise ValueError(f"resume: {checkpoint}: {problem}")
         saved, now = state["config"], asdict(cfg)
         changed = [(k, saved[k], now[k]) for k in sorted(now)
                    if k not in _MAY_CHANGE_ON_RESUME and k in saved and saved[k] != now[k]]
@@ -123,6 +129,10 @@ class MetaLearner:
             detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed)
             raise ValueError(f"resume: the checkpoint was trained with other settings ({detail})")
         return state
+
+    def _checkpoint_problem(self, state: dict) -> str | None:
+        """Why this learner cannot resume from a checkpoint's ``state`` (older files), or ``None``."""
+        return None
 
     def _validates(self, source, distributed: bool) -> bool:
         """Whether validation applies to this fit (it does unless a learner says otherwise)."""
@@ -238,11 +248,13 @@ class MetaLearner:
             distributed: train in the ``torch.distributed`` process group of a ``torchrun``
                 launch (every rank calls ``fit`` with the same arguments; see
                 :mod:`bayesmeta.inference.distributed`). ``WORLD_SIZE=1`` trains normally.
-            standardize: train on standardised inputs and outputs (each column's mean and sd
-                over the pool's points), so data in any units train with the default learning
-                rate. ``None`` (default): on for a ``TaskBatch`` pool (your data), off for a task
-                family (synthetic families set their own scale). ``adapt`` and ``predict`` take
-                and return natural units either way (``self.standardization``).
+            standardize: the gradient-based baselines only (MAML, Reptile, ...): their own network
+                reads standardised inputs and outputs (each column's mean and sd over the pool's
+                points); ``None`` (default): on for a ``TaskBatch`` pool, off for a task family.
+                ``adapt`` and ``predict`` take and return natural units either way. A
+                ``BayesLearner`` fits its model to the data exactly as given (a model that is
+                indifferent to units rescales itself: :class:`~bayesmeta.models.DataScaling`),
+                so ``standardize=True`` is refused there.
             replay: a :class:`~bayesmeta.ReplayBuffer` for a changing task stream (``docs/continual.md``):
                 stored past tasks mixed into every mini-batch; kept across fits and in checkpoints.
 
@@ -267,6 +279,20 @@ class MetaLearner:
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
                     distributed: bool, validate=None, replay=None) -> History:
         raise NotImplementedError
+
+
+def check_standardize_option(standardize, name: str) -> None:
+    """``BayesLearner.fit(standardize=...)``: the model sees the data as given, so only ``None``/``False`` are accepted."""
+    if standardize is None:
+        return
+    if standardize is False:
+        warnings.warn(f"{name}.fit: standardize=False is the only behaviour now (the model is fitted to the data as "
+                      "given) and the argument will be removed; drop it", DeprecationWarning, stacklevel=4)
+        return
+    raise ValueError(f"{name}.fit: standardize={standardize!r} is not supported: the library never rescales data "
+                     "behind a model's back, so the model is fitted to the data in your units. A model that is "
+                     "written to be indifferent to units rescales itself (bayesmeta.models.DataScaling as "
+                     "model.scaling; the shipped neural and GLM models do): see docs/custom-model.md")
 
 
 class BayesLearner(MetaLearner):
@@ -318,6 +344,7 @@ class BayesLearner(MetaLearner):
             raise ValueError(f"num_particles must be an int >= 1; got {num_particles!r}")
         self.model, self.conjugate = model, conjugate
         self.program = program_of(model, x_dim=x_dim, y_dim=y_dim)
+        check_model_scaling(model, self.program)
         self.objective, self.num_particles = objective, num_particles
         if objective in SLEEP_OBJECTIVES and not conjugate:
             check_sleep_objective(self.program, objective)
@@ -346,12 +373,6 @@ class BayesLearner(MetaLearner):
     def _modules(self) -> dict[str, torch.nn.Module | None]:
         return {"model": self.model, "guide": self.guide}
 
-    def _standardized_columns(self) -> tuple[bool, tuple[int, ...]]:
-        # outputs on the real line only (not counts, labels or proportions); the model names inputs
-        # that must stay as they are (a number of trials, a log exposure) in ``raw_x_columns``
-        keep = tuple(c % self.x_dim for c in getattr(self.model, "raw_x_columns", ()))
-        return self.program.observation.real, keep
-
     def _settings(self) -> dict:
         return {"learner": "BayesLearner", "objective": self.objective, "num_particles": self.num_particles,
                 "conjugate": self.conjugate}
@@ -371,6 +392,9 @@ class BayesLearner(MetaLearner):
     def _validates(self, source, distributed: bool) -> bool:
         return not self._fits_exactly(source, distributed)
 
+    def _checkpoint_problem(self, state: dict) -> str | None:
+        return legacy_checkpoint_problem(state, self._modules())
+
     def _validation_predict_options(self) -> dict:
         # importance-corrected, as at test time, with a quarter of the default draws: validation runs often
         return {} if self.conjugate else {"num_samples": 250}
@@ -379,15 +403,22 @@ class BayesLearner(MetaLearner):
                     distributed: bool, validate=None, replay=None) -> History:
         """SVI on the ELBO (or the exact marginal likelihood); exact type-II ML where it applies.
 
+        The model is fitted to the data as given (its own units). A model written to be indifferent
+        to units owns a :class:`~bayesmeta.models.DataScaling` (``model.scaling``): an unfitted
+        one is fitted here, once, to the training pool's points (and the guide's encoder fits its
+        own input normalisation), before the first step.
+
         With ``conjugate=True``, a model with fixed features (``HierarchicalLinearRegression``)
         and a ``TaskBatch`` pool, the fit is exact type-II maximum likelihood: full-batch L-BFGS
         from the data's own scale (:func:`~bayesmeta.inference.fit_type2_ml`; ``steps`` bounds its
         iterations, a :class:`~bayesmeta.inference.ConvergenceWarning` says when it did not
-        converge), in natural units (no standardising); a resume refits.
+        converge); a resume refits.
         """
+        check_standardize_option(standardize, type(self).__name__)
         self.model.train()
         exact = self._fits_exactly(source, distributed)
-        source = self._prepare_source(source, state, standardize, default=not exact)
+        if state is None:
+            self._fit_scalings(source)
         if exact:
             history = fit_type2_ml(self.model, source, max_iter=cfg.steps)
             if checkpoint is not None:
@@ -402,6 +433,17 @@ class BayesLearner(MetaLearner):
                           num_particles=self.num_particles, conjugate=self.conjugate, checkpoint=checkpoint,
                           resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
                           extra_state=self._extra_state(), validate=validate, replay=replay)
+
+    def _fit_scalings(self, source) -> None:
+        """Fit the model's own ``scaling`` and the encoder's input normalisation to a pool, where unfitted."""
+        if not isinstance(source, TaskBatch):
+            return  # a task family sets its own scale: the scalings stay as they are (the identity when new)
+        x, y, mask = (t.to(self.device) for t in source.validate(min_support=0).all_points())
+        scaling = model_scaling(self.model)
+        if scaling is not None and not scaling.fitted:
+            scaling.fit_(x, y, mask)
+        if self.guide is not None:
+            self.guide.fit_input_scaling(x, y, mask)
 
     def _fits_exactly(self, source, distributed: bool) -> bool:
         """Conjugate model with fixed features on a finite pool: full-batch type-II ML (L-BFGS)."""
@@ -428,7 +470,7 @@ class BayesLearner(MetaLearner):
         """
         steps, lr = _renamed(deprecated, steps, lr)
         check_adapt_options(steps, lr)
-        x, y, mask, std = self._support(x_support, y_support, mask_support, min_points=0)
+        x, y, mask, _ = self._support(x_support, y_support, mask_support, min_points=0)
         self.program.check_y(x, y, mask, what="y_support")
         self.model.eval()
         if self.conjugate:
@@ -436,13 +478,13 @@ class BayesLearner(MetaLearner):
                 raise ValueError("adapt: steps and lr do not apply to a conjugate learner (its posterior is exact)")
             with torch.no_grad():
                 exact = getattr(self.model, "exact_posterior")(x, y, mask)  # noqa: B009 - any nn.Module
-                return Posterior(self.program, x, y, mask, exact=exact, standardization=std)
+                return Posterior(self.program, x, y, mask, exact=exact)
         assert self.guide is not None  # every non-conjugate learner has one
         with torch.no_grad():
             local = self.guide.encode(x, y, mask)
         local = refine_local(self.guide, self.program, x, y, mask, local, steps=steps or 0,
                              lr=1e-2 if lr is None else lr, num_particles=self.num_particles, objective=self.objective)
-        return Posterior(self.program, x, y, mask, guide=self.guide, local=local, standardization=std)
+        return Posterior(self.program, x, y, mask, guide=self.guide, local=local)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:
@@ -459,7 +501,6 @@ class BayesLearner(MetaLearner):
             "guide_config": None if self.guide is None else self.guide.config,
             "guide_state": None if self.guide is None else {k: v.detach().cpu() for k, v in self.guide.state_dict().items()},
             "history": self.history.as_dict(),
-            "standardization": None if self.standardization is None else self.standardization.to_dict(),
         }
         return atomic_torch_save(state, path)
 
@@ -487,7 +528,7 @@ class BayesLearner(MetaLearner):
             raise file_error(err, path, "read") from err
         except Exception as err:  # torch.load fails in many ways on damaged files (never pass weights_only=False)
             raise damaged(err) from err
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in (_FORMAT, _FORMAT_V1):
             raise ValueError(f"{path}: not a saved BayesLearner (format {_FORMAT})")
         try:
             module, _, qualname = state["model_class"].partition(":")
@@ -500,17 +541,17 @@ class BayesLearner(MetaLearner):
                 raise ValueError(f"{path}: the model {state['model_class']} has no `config` (its constructor "
                                  "arguments), so it cannot be rebuilt; give the model a `config` dict")
             model = model_cls(**state["model_config"])
-            model.load_state_dict(state["model_state"])
+            model.load_state_dict(with_new_buffers(model, state["model_state"]))
             guide = "diagonal"
             if state["guide_config"] is not None:
                 cfg = dict(state["guide_config"])
                 guide = AmortizedGuide(model, cfg.pop("family"), **cfg)
-                guide.load_state_dict(state["guide_state"])
+                guide.load_state_dict(with_new_buffers(guide, state["guide_state"]))
             learner = cls(model, guide=guide, conjugate=state["conjugate"], objective=state["objective"],
                           num_particles=state["num_particles"])
             learner.history = History(**state["history"])
-            if state.get("standardization") is not None:
-                learner.standardization = Standardization.from_dict(state["standardization"])
+            if state.get("standardization") is not None:  # format 1: the model was trained on standardised data
+                absorb_standardization(learner, Standardization.from_dict(state["standardization"]), str(path))
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, ImportError) as err:
             if isinstance(err, ValueError) and str(path) in str(err):
                 raise

@@ -123,18 +123,15 @@ class Posterior:
     """Posterior over the task parameters of ``T`` tasks given their support sets.
 
     Built by :meth:`bayesmeta.BayesLearner.adapt`. Holds either the amortized guide's local
-    parameters (approximate posterior, optionally refined) or an exact Gaussian posterior. With a
-    learner trained on standardised data (``standardization``), the support is held and task
-    parameters are drawn on the model's standardised scale; :meth:`predict` takes query inputs
-    and returns predictives in natural units.
+    parameters (approximate posterior, optionally refined) or an exact Gaussian posterior. The
+    support, the task parameters and the predictives are in the data's units, as the model has them.
     """
 
-    def __init__(self, model, x, y, mask, *, guide=None, local=None, exact=None, standardization=None) -> None:
+    def __init__(self, model, x, y, mask, *, guide=None, local=None, exact=None) -> None:
         if (exact is None) == (guide is None or local is None):
             raise ValueError("Posterior needs either guide and local parameters, or an exact posterior")
         self.model, self.guide, self.local, self.exact = program_of(model), guide, local, exact
         self.x_support, self.y_support, self.mask_support = x, y, mask
-        self.standardization = standardization  # support held on the model's (standardised) scale
 
     @property
     def num_tasks(self) -> int:
@@ -195,7 +192,7 @@ class Posterior:
             )
         if not torch.isfinite(x).all():
             raise ValueError("x has non-finite values")
-        return x if self.standardization is None else self.standardization.x(x)
+        return x
 
     @torch.no_grad()
     def predict(self, x, num_samples: int | None = None, *, method: str | None = None,
@@ -220,12 +217,11 @@ class Posterior:
             ValueError: a bad ``method``, ``num_samples``, ``min_ess`` or ``max_draws``, or a target
                 ESS the draw budget cannot reach (``min_ess > max_draws``).
         """
-        pred = self._predict(self._query(x), num_samples, method=method, seed=seed, min_ess=min_ess,
+        return self._predict(self._query(x), num_samples, method=method, seed=seed, min_ess=min_ess,
                              max_draws=max_draws)
-        return pred if self.standardization is None else self.standardization.predictive(pred)
 
     def _predict(self, x, num_samples, *, method, seed, min_ess, max_draws) -> PosteriorPredictive | FamilyMixture:
-        """:meth:`predict` on the model's scale (``x`` already checked and standardised)."""
+        """:meth:`predict` with ``x`` already checked."""
         method = self._method(method)
         if method == "exact":
             return self._predict_exact(x)
@@ -338,9 +334,9 @@ class Posterior:
         x, y, m = self.x_support[idx], self.y_support[idx], self.mask_support[idx]
         if self.exact is not None:
             exact = type(self.exact)(self.exact.loc[idx], scale_tril=self.exact.scale_tril[idx])
-            return Posterior(self.model, x, y, m, exact=exact, standardization=self.standardization)
+            return Posterior(self.model, x, y, m, exact=exact)
         local = {key: v[idx] for key, v in self.local.items()}
-        return Posterior(self.model, x, y, m, guide=self.guide, local=local, standardization=self.standardization)
+        return Posterior(self.model, x, y, m, guide=self.guide, local=local)
 
     def importance_samples(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``theta [n, T, P]`` and log weights ``[n, T]`` targeting the model's exact posterior."""

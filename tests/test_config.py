@@ -13,7 +13,7 @@ AWKWARD = 'a\nb\tc "quoted" back\\slash ünïcödé ∑ 😀'  # newline, tab, q
 def _config(text: str) -> FitConfig:
     return FitConfig(
         data=DataConfig(path=f"/data/{text}.csv", task=text, x=(text, "x2"), y=("y",), val_fraction=0.25,
-                        split_seed=3, standardize=False),
+                        split_seed=3),
         model=ModelConfig(kind="linear", latent_dim=4, hidden=(16, 8), heteroscedastic=False, guide="flow",
                           objective="iwae", num_particles=3),
         train=TrainConfig(steps=7, max_time=1.5e-7, tasks_per_step=5, lr=3e-4, seed=11, device="cuda:1",

@@ -42,7 +42,7 @@ def test_the_documented_per_task_scale_model_keeps_sigma_positive_and_learns_it(
     pool = bm.TaskBatch(torch.zeros(150, 10, 1), y, torch.ones(150, 10, dtype=torch.bool))
     model = _doc_models()["PerTaskNoise"]()
     learner = bm.BayesLearner(model)
-    learner.fit(pool, steps=300, lr=3e-3, progress=False, standardize=False)  # 1e-2 diverges (exp of a wild draw)
+    learner.fit(pool, steps=300, lr=3e-3, progress=False)  # 1e-2 diverges (exp of a wild draw)
     post = learner.adapt(pool.x_support[:5], pool.y_support[:5])
     draws = post.sample(500, seed=0)
     assert (draws["sigma"] > 0).all()

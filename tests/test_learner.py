@@ -255,9 +255,9 @@ def test_non_finite_loss_raises_and_the_last_checkpoint_stays_finite(tmp_path, m
             pool, steps=50, progress=False, log_every=10)
 
 
-def test_pool_in_natural_units_is_standardised_and_predicts_in_natural_units(tmp_path):
-    # Outcomes near 250 with task slopes near 10 and x in days: the default lr (1e-3) could never
-    # move an unstandardised decoder that far in a few hundred steps.
+def test_pool_in_natural_units_is_scaled_by_the_model_and_predicts_in_natural_units(tmp_path):
+    # Outcomes near 250 with task slopes near 10 and x in days: the default lr could never move an
+    # unscaled decoder that far in a few hundred steps; the model's own scaling makes it indifferent.
     g = torch.Generator().manual_seed(0)
     x = torch.arange(10.0).expand(40, 10)[..., None]  # [T, N, 1]
     slope = 10 + 5 * torch.randn(40, 1, 1, generator=g)
@@ -266,21 +266,26 @@ def test_pool_in_natural_units_is_standardised_and_predicts_in_natural_units(tmp
     torch.manual_seed(0)
     learner = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=2, hidden=(32, 32)))
     learner.fit(pool, steps=300, progress=False, validation=False)  # every task trains: the pool's mean
-    std = learner.standardization
-    assert std is not None and abs(std.y_mean[0] - float(y.mean())) < 1e-3 and abs(std.x_mean[0] - 4.5) < 1e-6
+    scaling = learner.model.scaling
+    assert scaling.fitted and abs(float(scaling.y_shift[0]) - float(y.double().mean())) < 1e-3
+    assert abs(float(scaling.x_shift[0]) - 4.5) < 1e-9
+    assert learner.guide.input_scaling.fitted  # the encoder normalises what it reads
     pred = learner.adapt(pool[:5]).predict(x[:5], method="guide", seed=0)
     assert float((pred.mean - y[:5]).abs().mean()) < 30  # natural units: near 250, not near 0
     assert 150 < float(pred.mean.mean()) < 400
     path = learner.save(tmp_path / "learner.pt")
-    again = bm.BayesLearner.load(path).adapt(pool[:5]).predict(x[:5], method="guide", seed=0)
+    loaded = bm.BayesLearner.load(path)
+    assert torch.equal(loaded.model.scaling.y_shift, scaling.y_shift)
+    again = loaded.adapt(pool[:5]).predict(x[:5], method="guide", seed=0)
     assert torch.allclose(again.mean, pred.mean, atol=1e-4)
 
 
-def test_family_training_is_not_standardised():
+def test_family_training_leaves_the_model_scaling_unfitted_and_standardize_true_is_refused():
     learner = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=2, hidden=(8,)))
     learner.fit(bm.tasks.Sinusoid(), steps=2, progress=False)
+    assert not learner.model.scaling.fitted and learner.model.scaling.is_identity()
     assert learner.standardization is None
-    with pytest.raises(ValueError, match="standardize=True needs a TaskBatch"):
+    with pytest.raises(ValueError, match="standardize=True is not supported.*never rescales data"):
         learner.fit(bm.tasks.Sinusoid(), steps=2, progress=False, standardize=True)
 
 

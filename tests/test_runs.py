@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 import bayesmeta as bm
@@ -44,9 +45,9 @@ def _fit(data, out, *extra):
 def test_fit_evaluate_predict_report_end_to_end(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert _fit(data, run) == 0
-    for name in ("config.toml", "learner.pt", "checkpoints/last.pt", "metrics.jsonl", "standardisation.json",
-                 "split.json", "run.json"):
+    for name in ("config.toml", "learner.pt", "checkpoints/last.pt", "metrics.jsonl", "split.json", "run.json"):
         assert (run / name).is_file(), name
+    assert not (run / "standardisation.json").exists()  # the model owns its scaling; the run rescales nothing
     cfg = bm.config.load_config(run / "config.toml")
     assert cfg.data.x == ("time",) and cfg.model.hidden == (16,) and cfg.train.steps == 20
     split = json.loads((run / "split.json").read_text())
@@ -76,19 +77,32 @@ def test_fit_evaluate_predict_report_end_to_end(data, tmp_path, capsys):
     assert "| bayes | 3 |" in capsys.readouterr().out
 
 
-def test_predictions_come_back_in_original_units(data, tmp_path):
+def test_the_run_fits_the_model_to_the_data_as_given_and_predicts_in_its_units(data, tmp_path):
     run = tmp_path / "run"
     assert _fit(data, run) == 0
-    std = bm.tasks.Standardization.from_dict(json.loads((run / "standardisation.json").read_text()))
     learner = bm.BayesLearner.load(run / "learner.pt")
-    xs, ys = torch.tensor([[[0.5], [1.0]]]), torch.tensor([[[3.0], [2.5]]])
-    xq = torch.tensor([[[2.0]]])
-    post = learner.adapt(std.x(xs), std.y(ys))
-    raw = post.predict(std.x(xq), seed=0)
-    from bayesmeta.cli.runs import standardised_predictor
-    pred = standardised_predictor(learner, std, seed=0)(xs, ys, xq, torch.ones(1, 2, dtype=torch.bool))
-    assert torch.allclose(pred.mean, raw.mean * std.y_std[0] + std.y_mean[0], rtol=1e-5)
-    assert torch.allclose(pred.std, raw.std * std.y_std[0], rtol=1e-5)
+    scaling = learner.model.scaling  # the shipped neural model's own scaling, fitted to the training groups
+    ds = bm.tasks.TaskDataset.from_csv(data["train"], task="subject", x=["time"], y=["response"])
+    train_ids = set(json.loads((run / "split.json").read_text())["train"])
+    ys = np.concatenate([y for t, y in zip(ds.task_ids, ds.y, strict=True) if t in train_ids])
+    assert scaling.fitted and abs(float(scaling.y_shift[0]) - float(ys.mean())) < 1e-4
+    xs, ys_ = torch.tensor([[[0.5], [1.0]]]), torch.tensor([[[3.0], [2.5]]])
+    from bayesmeta.cli.runs import predictor
+    pred = predictor(learner, seed=0)(xs, ys_, torch.tensor([[[2.0]]]), torch.ones(1, 2, dtype=torch.bool))
+    direct = learner.adapt(xs, ys_).predict(torch.tensor([[[2.0]]]), seed=0)
+    assert torch.equal(pred.mean, direct.mean)
+
+
+def test_a_run_of_an_earlier_version_predicts_but_is_not_resumed(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _fit(data, run) == 0
+    std = {"x_mean": [1.0], "x_std": [2.0], "y_mean": [3.0], "y_std": [4.0]}  # an earlier version's own file
+    (run / "standardisation.json").write_text(json.dumps(std))
+    assert main(["fit", "--out", str(run), "--resume", "--no-progress"]) == 2
+    assert "older bayesmeta on standardised data" in capsys.readouterr().err
+    from bayesmeta.cli.runs import _load_fitted
+    _, learner = _load_fitted(run)  # the maps move into the model's scaling
+    assert float(learner.model.scaling.y_scale[0]) == 4.0 and float(learner.guide.input_scaling.x_shift[0]) == 1.0
 
 
 def test_standardisation_round_trip():
@@ -226,9 +240,10 @@ def test_fit_evaluate_predict_counts_with_an_offset(tmp_path, capsys):
     assert main(["fit", "--data", str(train), "--task", "site", "--x", "dose", "--y", "count", "--model", "linear",
                  "--likelihood", "poisson", "--offset", "log_exposure", "--steps", "40", "--out", str(run),
                  "--no-progress"]) == 0
-    std = json.loads((run / "standardisation.json").read_text())
-    assert std["y_mean"] == [0.0] and std["y_std"] == [1.0]  # counts stay counts
-    assert std["x_mean"][1] == 0.0 and std["x_std"][1] == 1.0  # the log exposure stays as it is
+    scaling = bm.BayesLearner.load(run / "learner.pt").model.scaling  # the GLM's own preconditioning
+    assert not scaling.outputs and float(scaling.y_shift[0]) == 0.0 and float(scaling.y_scale[0]) == 1.0  # counts
+    assert float(scaling.x_shift[1]) == 0.0 and float(scaling.x_scale[1]) == 1.0  # the log exposure as it is
+    assert float(scaling.x_scale[0]) != 1.0  # the dose column preconditions the coefficients
     assert main(["evaluate", str(run), "--data", str(test), "--shots", "1", "3"]) == 0
     ev = bm.Evaluation.from_json(run / "eval.json")
     assert all(0.0 <= r["coverage_90"] <= 1.0 and math.isfinite(r["nll"]) for r in ev.summary)

@@ -31,8 +31,8 @@ GLM_CASES = {
 
 
 def _prior(model) -> dict:
-    cov = model.prior.scale_tril @ model.prior.scale_tril.T
-    return {"loc": model.prior.loc.tolist(), "sd": cov.diagonal().sqrt().tolist()}
+    prior = model.prior_distribution()  # the data's units
+    return {"loc": prior.loc.tolist(), "sd": prior.covariance_matrix.diagonal().sqrt().tolist()}
 
 
 def run_glm(*, cases=None, max_time: float = 300.0, num_tasks: int = 1000, out_dir="bench_out/glm", seed: int = 0,

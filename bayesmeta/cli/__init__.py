@@ -24,7 +24,7 @@ FIT_EPILOG = """examples:
   bayesmeta fit --config fit.toml --set train.steps=2000 --set model.latent_dim=4 --out runs/sleep
   bayesmeta fit --out runs/sleep --resume            # continue from runs/sleep/checkpoints/last.pt
 config file (TOML; every key optional, flags override it, --set overrides both):
-  [data]  path, task, x = [..], y = [..], val_fraction, split_seed, standardize
+  [data]  path, task, x = [..], y = [..], val_fraction, split_seed
   [model] kind = "latent" | "linear" | "bayes-head", latent_dim, hidden = [..], heteroscedastic,
           guide = "diagonal" | "flow", objective = "rws" | "rws-wake" | "rws-sleep" | "elbo+sleep" | "elbo" | "iwae" | "iwae-dreg", num_particles,
           encoder_hidden = [..]

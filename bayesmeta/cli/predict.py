@@ -1,7 +1,6 @@
 """``bayesmeta predict``: predictions for new tasks from their support rows, in the run's original units.
 
-Every input (the output path, the levels, both CSV files and their values on the run's
-standardised scale) is checked before the model is run; the output is written atomically, and an
+Every input (the output path, the levels, both CSV files and their values) is checked before the model is run; the output is written atomically, and an
 existing file is replaced only with ``--force``.
 """
 
@@ -9,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from ..io import atomic_write_text
 from ..tasks import Standardization, TaskDataset
 from ..tasks.batch import pad_ragged
 from .rundir import Undo
-from .runs import _load_fitted, _say, check_writable, read_tasks, standardised_predictor
+from .runs import _load_fitted, _say, check_writable, predictor, read_tasks
 
 __all__ = ["cmd_predict"]
 
@@ -40,15 +38,14 @@ def _check_out(out: Path, *, force: bool) -> Path:
     return parent
 
 
-def _read_rows(path: Path, cfg: FitConfig, std: Standardization, *, with_y: bool) -> TaskDataset:
-    """New tasks' rows (support: x and y; query: x), checked on the run's standardised scale.
+def _read_rows(path: Path, cfg: FitConfig, *, with_y: bool) -> TaskDataset:
+    """New tasks' rows (support: x and y; query: x), checked to be values the models can square.
 
     With the run's task column, several tasks; without it, one task ``"new"``. Errors name the
     file's own row numbers and the column.
     """
     ds = read_tasks(cfg.data, path, task_optional=True, with_y=with_y)
-    scale = std if with_y else replace(std, y_mean=(), y_std=())
-    ds.check_standardized(scale, what="with the run's standardisation")
+    ds.check_standardized(Standardization.identity(ds.x_dim, len(ds.y_names)))
     return ds
 
 
@@ -93,13 +90,13 @@ def cmd_predict(args) -> Path:
     bad = [lv for lv in args.levels if not 0 < lv < 1]
     if bad:
         raise ValueError(f"--levels must be in (0, 1); got {bad}")
-    cfg, learner, std = _load_fitted(Path(args.run_dir))
-    support = _read_rows(Path(args.support), cfg, std, with_y=True)
-    query = _read_rows(Path(args.query), cfg, std, with_y=False)
+    cfg, learner = _load_fitted(Path(args.run_dir))
+    support = _read_rows(Path(args.support), cfg, with_y=True)
+    query = _read_rows(Path(args.query), cfg, with_y=False)
     order = list(dict.fromkeys(support.task_ids + query.task_ids))
     (xs, ms), (ys, _) = _padded(support, order, "x"), _padded(support, order, "y")
     x_query, mask_query = _padded(query, order, "x")
-    pred = standardised_predictor(learner, std, seed=args.seed)(xs, ys, x_query, ms)
+    pred = predictor(learner, seed=args.seed)(xs, ys, x_query, ms)
     text = _table(cfg, order, x_query, mask_query, pred, args.levels)
     undo = Undo(out.parent) if parent != out.parent else None
     try:

@@ -6,7 +6,6 @@ A run directory holds::
     learner.pt             the fitted learner (BayesLearner.save); the same name as in ``demo``
     checkpoints/last.pt    the latest training checkpoint (model, guide, optimiser, RNG states)
     metrics.jsonl          one line per logged step: step, loss (negative ELBO per task), time, lr
-    standardisation.json   x / y means and sds fitted on the training tasks
     split.json             which task ids were used for training and validation
     run.json               what was trained, for how long
     eval.json, eval.csv    from ``bayesmeta evaluate``
@@ -35,6 +34,7 @@ from ..evaluation import Evaluation, evaluate
 from ..inference.trainer import load_checkpoint, resolve_device
 from ..io import atomic_write_text, file_error, read_json
 from ..learners import BayesLearner
+from ..legacy import absorb_standardization
 from ..models import (
     BayesianHeadRegression,
     HierarchicalLinearRegression,
@@ -44,12 +44,13 @@ from ..models import (
 from ..tasks import Standardization, TaskDataset
 from .rundir import LOCK_NAME, RunLock, Undo
 
-__all__ = ["cmd_evaluate", "cmd_fit", "fit_run", "load_run_config", "read_tasks", "run_data_path", "standardised_predictor"]
+__all__ = ["cmd_evaluate", "cmd_fit", "fit_run", "load_run_config", "read_tasks", "run_data_path", "predictor"]
 
 CHECKPOINT = "checkpoints/last.pt"
 LEARNER_FILE = "learner.pt"  # the saved learner in every run directory (fit and demo)
 LEGACY_LEARNER_FILE = "model.pt"  # read too: what run directories held before the rename
-FIT_FILES = ("config.toml", "standardisation.json", "split.json", "metrics.jsonl", LEARNER_FILE, "run.json", CHECKPOINT)
+LEGACY_STANDARDISATION = "standardisation.json"  # written by earlier versions (the CLI standardised the data itself)
+FIT_FILES = ("config.toml", LEGACY_STANDARDISATION, "split.json", "metrics.jsonl", LEARNER_FILE, "run.json", CHECKPOINT)
 
 
 def _say(msg: str) -> None:
@@ -97,7 +98,7 @@ def load_run_config(run: Path) -> FitConfig:
         raise NotADirectoryError(f"{run}: not a run directory (a file)")
     if not (run / "config.toml").is_file():
         raise FileNotFoundError(f"{run}: not a run directory (no config.toml)")
-    return load_config(run / "config.toml")
+    return load_config(run / "config.toml", run_file=True)
 
 
 def run_data_path(cfg: FitConfig, run: Path) -> Path:
@@ -159,12 +160,17 @@ def _corrupt(path: Path, err: Exception) -> ValueError:
                       f"(start the run over with --force)")
 
 
-def read_standardisation(run: Path) -> Standardization:
-    path = run / "standardisation.json"
+def legacy_standardisation(run: Path) -> Standardization | None:
+    """The ``standardisation.json`` of a run fitted by an earlier version (which standardised the data
+    itself), or ``None``: runs now hold none (the model owns its scaling)."""
+    path = run / LEGACY_STANDARDISATION
+    if not path.is_file():
+        return None
     try:
-        return Standardization.from_dict(read_json(path, "run's standardisation"))
+        std = Standardization.from_dict(read_json(path, "run's standardisation"))
     except ValueError as err:
         raise ValueError(f"{path}: {err}" if str(path) not in str(err) else str(err)) from None
+    return None if std.is_identity() else std
 
 
 def _read_split(run: Path, part: str = "train") -> list:
@@ -206,7 +212,6 @@ class _FitPlan:
     cfg: FitConfig
     data_path: Path
     train: TaskDataset
-    std: Standardization
     validation: list
     learner: BayesLearner
     val_data: TaskDataset | None = None
@@ -225,7 +230,7 @@ def _fit_config(args, out: Path) -> FitConfig:
 
 
 def _plan_fit(args, out: Path) -> _FitPlan:
-    """Read and check config, output directory, data, standardisation, device and checkpoint; write nothing."""
+    """Read and check config, output directory, data, device and checkpoint; write nothing."""
     return _plan(_fit_config(args, out), out, resume=args.resume, force=args.force)
 
 
@@ -238,7 +243,11 @@ def _plan(cfg: FitConfig, out: Path, *, resume: bool, force: bool) -> _FitPlan:
     if len(data) < 2:
         raise ValueError(f"{path}: only {len(data)} task ({d.task}={data.task_ids}); meta-learning needs at least 2")
     if resume:
-        train, std = data.subset(_read_split(out)), read_standardisation(out)
+        if legacy_standardisation(out) is not None:
+            raise ValueError(f"{out}: fitted by an older bayesmeta on standardised data (standardisation.json); "
+                             "it can still predict and evaluate, but not be resumed: the model now sees your data as "
+                             "given. Start a new run (or --force)")
+        train = data.subset(_read_split(out))
         val_ids = _read_split(out, "validation")
         val = data.subset(val_ids) if val_ids else None
         _check_checkpoint(out)
@@ -250,12 +259,9 @@ def _plan(cfg: FitConfig, out: Path, *, resume: bool, force: bool) -> _FitPlan:
     torch.manual_seed(cfg.train.seed)  # the initial weights too: the same config gives the same run
     learner = build_learner(cfg.model, data.x_dim, data.y_dim, d)
     if not resume:
-        outputs, keep = learner._standardized_columns()  # counts and labels, trials and offsets stay as they are
-        std = (train.fit_standardization(outputs=outputs, keep_x=keep) if d.standardize
-               else Standardization.identity(data.x_dim, data.y_dim))
         cfg = replace(cfg, data=replace(d, path=str(path.resolve())))  # --resume works from any directory
-    train.check_standardized(std)
-    return _FitPlan(cfg, path, train, std, [] if val is None else val.task_ids, learner,
+    train.check_standardized(Standardization.identity(data.x_dim, data.y_dim))  # values the models can square
+    return _FitPlan(cfg, path, train, [] if val is None else val.task_ids, learner,
                     val if val is not None and len(val) else None)
 
 
@@ -265,22 +271,20 @@ def _train(plan: _FitPlan, out: Path, *, resume: bool, progress: bool, distribut
     if main:
         _say(f"fitting {plan.cfg.model.kind} model on {len(plan.train)} tasks ({sum(plan.train.sizes)} rows) "
              f"from {plan.data_path} ...")
-    validation = False if plan.val_data is None else plan.val_data.to_batch(plan.std)  # the held-out groups
+    validation = False if plan.val_data is None else plan.val_data.to_batch()  # the held-out groups, in your units
 
     def checkpointed(step, history) -> None:
         _write_metrics(out, history)
         if on_checkpoint is not None:
             on_checkpoint(step, history)
 
-    plan.learner.fit(plan.train.to_batch(plan.std), config=replace(t, progress=t.progress and progress),
+    plan.learner.fit(plan.train.to_batch(), config=replace(t, progress=t.progress and progress),
                      validation=validation, checkpoint=out / CHECKPOINT, resume=resume, distributed=distributed,
-                     on_checkpoint=checkpointed,
-                     standardize=False)  # the run standardised the data itself (standardisation.json)
+                     on_checkpoint=checkpointed)
 
 
 def _write_run(plan: _FitPlan, out: Path) -> None:
     atomic_write_text(to_toml(plan.cfg), out / "config.toml")
-    atomic_write_text(json.dumps(plan.std.to_dict(), indent=1), out / "standardisation.json")
     atomic_write_text(json.dumps({"train": plan.train.task_ids, "validation": plan.validation}, indent=1,
                                  default=str), out / "split.json")
 
@@ -380,18 +384,20 @@ def _load_fitted(run: Path):
         path = run / LEGACY_LEARNER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run}: no {LEARNER_FILE} (did `bayesmeta fit` finish? `--resume` continues it)")
-    std = read_standardisation(run)
-    return cfg, BayesLearner.load(path), std
+    learner = BayesLearner.load(path)
+    std = legacy_standardisation(run)
+    if std is not None:  # an earlier version's run: the model takes the maps into its own scaling
+        absorb_standardization(learner, std, str(run))
+    return cfg, learner
 
 
-def standardised_predictor(learner, std: Standardization, **predict_options):
-    """``(x_support, y_support, x_query, mask_support) -> predictive`` in original units around a learner fitted on standardised data.
+def predictor(learner, **predict_options):
+    """``(x_support, y_support, x_query, mask_support) -> predictive`` of a fitted learner, in the data's units.
 
     Works for every learner with ``adapt(x, y, mask).predict(x, **options)`` (Bayesian or baseline).
     """
     def predict(xs, ys, xq, ms):
-        post = learner.adapt(std.x(xs), std.y(ys), ms)
-        return std.predictive(post.predict(std.x(xq), **predict_options))
+        return learner.adapt(xs, ys, ms).predict(xq, **predict_options)
     return predict
 
 
@@ -439,23 +445,22 @@ def cmd_evaluate(args) -> Evaluation:
     run = Path(args.run_dir)
     if not args.data:
         raise ValueError("evaluate: --data TEST_CSV is required for a regression run")
-    cfg, learner, std = _load_fitted(run)
+    cfg, learner = _load_fitted(run)
     d = cfg.data
     test = read_tasks(d, args.data)
-    test.check_standardized(std, what="with the run's standardisation")
+    test.check_standardized(Standardization.identity(test.x_dim, test.y_dim))
     sets, ids = _kshot_sets(test, args.shots, args.seed)
     base_data = None
     if args.baseline:
         base_data = read_tasks(d, run_data_path(cfg, run)).subset(_read_split(run))
     check_writable(run)
-    methods = [("bayes", standardised_predictor(learner, std))]
+    methods = [("bayes", predictor(learner))]
     for name in args.baseline or ():
         assert base_data is not None  # read above whenever a baseline is asked for
         base = BASELINES[name](x_dim=base_data.x_dim, y_dim=base_data.y_dim)
         _say(f"training baseline {name} for {args.baseline_steps} steps on the run's training tasks ...")
-        base.fit(base_data.to_batch(std), args.baseline_steps, seed=cfg.train.seed, progress=not args.no_progress,
-                 standardize=False)  # already on the run's standardised scale
-        methods.append((name, standardised_predictor(base, std)))
+        base.fit(base_data.to_batch(), args.baseline_steps, seed=cfg.train.seed, progress=not args.no_progress)
+        methods.append((name, predictor(base)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # skipped tasks were reported above
         ev = Evaluation.concat([evaluate(fn, sets, name=name, seed=args.seed, oracle=False) for name, fn in methods])

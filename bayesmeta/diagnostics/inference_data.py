@@ -54,9 +54,7 @@ def to_inference_data(posterior: Posterior, predictive=None, tasks: TaskBatch | 
                       method: str | None = None, task_ids=None, seed: int | None = 0) -> az.InferenceData:
     """Convert a posterior over task parameters (and predictions on query points) to ArviZ.
 
-    For a learner trained on standardised data (``posterior.standardization``), the posterior group
-    holds task parameters on the model's standardised scale, and the query groups are in natural
-    units.
+    Every group is in the data's units, as the model has them (task parameters included).
 
     Groups (one chain; the draws are independent, equally weighted):
 
@@ -114,14 +112,11 @@ def _query_components(posterior, predictive, draws, x, n: int):
         loc, scale = base.loc, base.scale.expand_as(base.loc)
         if loc.dim() == 3:
             loc, scale = loc[..., None], scale[..., None]
-        std = posterior.standardization
-        if std is not None:  # the model's scale -> natural units
-            loc, scale = std.y_inverse(loc), scale * torch.tensor(std.y_std, dtype=scale.dtype, device=scale.device)
         yield tasks, loc, scale
 
 
 def _observation_blocks(posterior, draws, x, n: int):
-    """``(tasks, observation distribution [n, T_b, N(, E)])`` on the model's scale, block by block."""
+    """``(tasks, observation distribution [n, T_b, N(, E)])``, block by block."""
     program = posterior.model
     x = posterior._query(x)
     flat = program.flatten(draws)  # [n, T, P]
@@ -141,7 +136,7 @@ def _query_blocks(posterior, predictive, draws, x, y, n: int, gen):
         return
     program = posterior.model
     scalar = len(program.observation.event_shape) == 0
-    for tasks, d in _observation_blocks(posterior, draws, x, n):  # counts, labels: never standardised
+    for tasks, d in _observation_blocks(posterior, draws, x, n):
         rep, lp = d.sample(), d.log_prob(program.model_y(y[tasks].to(x.dtype), None))
         yield tasks, rep[..., None] if scalar else rep, lp[..., None] if scalar else lp
 

@@ -83,10 +83,6 @@ def _inputs(x, num_simulations: int) -> torch.Tensor:
 
 def _posterior_draws(posterior, model, x, y, mask, n: int, method, seed: int) -> torch.Tensor:
     if hasattr(posterior, "adapt"):
-        std = getattr(posterior, "standardization", None)
-        if std is not None:  # simulated on the model's (standardised) scale; adapt takes natural units
-            x = std.x_inverse(x)
-            y = std.y_inverse(y)
         draws = posterior.adapt(x, y, mask).sample(n, method=method, seed=seed)
     elif callable(posterior):
         draws = posterior(x, y, mask, n)

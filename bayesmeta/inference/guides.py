@@ -36,6 +36,7 @@ from pyro import poutine
 from torch import nn
 
 from ..models.nn import MLP
+from ..models.scaling import DataScaling
 from .encoder import SetEncoder
 from .program import TASK_DIM, ModelProgram, is_real, program_of
 
@@ -106,6 +107,9 @@ class AmortizedGuide(nn.Module):
             self.empty_log_scale = nn.Parameter(torch.zeros(p))
         self.classes = program.observation.num_classes  # categorical labels enter the encoder one-hot
         self.encoder = SetEncoder(program.x_dim, self.classes or program.y_dim, hidden, embed_dim)
+        # what the encoder reads, normalised column by column (fitted from a training pool; the identity on a
+        # family): the encoder's own inputs, so no model changes
+        self.input_scaling = DataScaling(program.x_dim, self.classes or program.y_dim, outputs=not self.classes)
         self.head = MLP(embed_dim, hidden[-1:], 2 * p, zero_last=True)
         self.flows = nn.ModuleList()
         if family == "flow":
@@ -124,10 +128,23 @@ class AmortizedGuide(nn.Module):
         observed = mask.any(-1, keepdim=True).to(r.dtype)  # [T, 1]: 0 for an empty set (flows: identity)
         return {"a": a, "log_s": log_s, "context": r, "observed": observed}
 
+    @torch.no_grad()
+    def fit_input_scaling(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> None:
+        """Fit the encoder's input normalisation to a training pool's points (``[T, N, D]``, ``[T, N, E]``,
+        ``[T, N]``), unless it is fitted already (a resumed or refitted learner keeps its own)."""
+        if not self.input_scaling.fitted:
+            self.input_scaling.fit_(*self._transformed_inputs(x, y), mask)
+
     def _encoder_inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the set encoder reads: class labels one-hot, counts as ``log1p(y)``, raw input columns (trials, a log
-        exposure; the model's ``raw_x_columns``) as ``sign(x) log1p(|x|)``, so that unstandardised
-        values in the hundreds do not blow up the embedding. The likelihood sees the data as they are."""
+        """What the set encoder reads: :meth:`_transformed_inputs`, then normalised column by column
+        (``input_scaling``). The likelihood sees the data as they are."""
+        x, y = self._transformed_inputs(x, y)
+        return self.input_scaling.x(x), self.input_scaling.y(y)
+
+    def _transformed_inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class labels one-hot, counts as ``log1p(y)``, raw input columns (trials, a log exposure; the model's
+        ``raw_x_columns``) as ``sign(x) log1p(|x|)``: heavy-tailed values compressed before the
+        fitted normalisation."""
         program = self.program
         if self.classes:
             y = nn.functional.one_hot(y[..., 0].round().long().clamp(0, self.classes - 1), self.classes).to(x.dtype)

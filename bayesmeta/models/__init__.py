@@ -13,6 +13,7 @@ from .glm import (
 from .latent import LatentCodeModel, LatentCodeRegression
 from .linear import BayesianHeadRegression, HierarchicalLinearRegression, LinearGaussianModel
 from .nn import MLP
+from .scaling import DataScaling
 
 __all__ = [
     "HierarchicalModel",
@@ -26,4 +27,5 @@ __all__ = [
     "BayesianHeadRegression",
     "LinearGaussianModel",
     "MLP",
+    "DataScaling",
 ]

@@ -15,8 +15,17 @@ the outcome follows the chosen likelihood through its usual link:
 ``negative-binomial`` over-dispersed counts         log (+ offset); learned dispersion
 ==================== ============================== ==========================================
 
-Columns that are not features (trials, log exposure) are named in ``raw_x_columns``, so a learner
-never standardises them.
+Columns that are not features (trials, log exposure) are named in ``raw_x_columns``.
+
+The model is written in the data's units: the task site ``w`` holds the coefficients of the
+user's columns (a slope per unit of ``x``, the intercept in units of the linear predictor), the
+learned prior :meth:`HierarchicalRegression.prior_distribution` and the noise scale are in those
+units. Internally the prior's parameters live in coordinates preconditioned by the model's own
+:class:`~bayesmeta.models.DataScaling` (``self.scaling``, fitted from the training pool by
+``BayesLearner.fit``): ``w = A v + b`` with ``v ~ N(loc, L L^T)`` in the coordinates of
+standardised features (and outputs, for real ``y``), so optimisation does not depend on units. This
+is an exact reparameterisation of the same model: the intercept absorbs the columns' means, so a
+model without an intercept (``bias=False``) is preconditioned by scales only.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from torch.nn import functional as F
 
 from ..tasks.linear import linear_features
 from .nn import softplus_inv
+from .scaling import DataScaling
 
 __all__ = ["HierarchicalRegression", "HierarchicalLogisticRegression", "HierarchicalPoissonRegression", "LIKELIHOODS"]
 
@@ -83,7 +93,9 @@ class HierarchicalRegression(PyroModule):
         extra = likelihood == "binomial" or offset
         self.x_dim, self.y_dim = x_dim + int(extra), 1
         self.raw_x_columns: tuple[int, ...] = (-1,) if extra else ()
-        self.prior = GaussianPrior(x_dim + int(bias))
+        self.prior = GaussianPrior(x_dim + int(bias))  # over preconditioned coefficients (see the module doc)
+        self.scaling = DataScaling(self.x_dim, 1, outputs=likelihood in ("gaussian", "student-t"),
+                                   keep_x=self.raw_x_columns, center=bias)
         if likelihood in ("gaussian", "student-t"):
             self.raw_noise = nn.Parameter(torch.tensor(softplus_inv(1.0)))
         if likelihood == "student-t":
@@ -92,13 +104,51 @@ class HierarchicalRegression(PyroModule):
             self.raw_concentration = nn.Parameter(torch.tensor(softplus_inv(10.0)))
         self.config = {"x_dim": x_dim, "bias": bias, "likelihood": likelihood, "offset": offset}
 
+    def preconditioner(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A [P, P], b [P])`` with ``w = A v + b``: preconditioned coefficients ``v`` -> the data's units.
+
+        With features standardised by the model's scaling (``x_k -> (x_k - m_k) / s_k``) and real
+        outputs by ``y -> (y - m_y) / s_y``, a slope becomes ``s_y v_k / s_k`` and the intercept
+        ``m_y + s_y (v_0 - sum_k v_k m_k / s_k)``. ``A`` is lower triangular (the intercept comes
+        last), so ``A L`` is the Cholesky factor of the prior in the data's units. The identity
+        while the scaling is unfitted.
+        """
+        sc, f = self.scaling, self.num_features
+        dtype, device = self.prior.loc.dtype, self.prior.loc.device
+        mx, sx = sc.x_shift[:f].to(device, dtype), sc.x_scale[:f].to(device, dtype)  # [F]
+        my, sy = sc.y_shift[0].to(device, dtype), sc.y_scale[0].to(device, dtype)
+        p = f + int(self.bias)
+        a = torch.zeros(p, p, dtype=dtype, device=device)
+        a[range(f), range(f)] = sy / sx
+        b = torch.zeros(p, dtype=dtype, device=device)
+        if self.bias:
+            a[f, :f] = -sy * mx / sx
+            a[f, f] = sy
+            b[f] = my
+        return a, b
+
+    def prior_distribution(self) -> dist.MultivariateNormal:
+        """The learned prior over a task's coefficients ``w`` ``[P]`` (features, then the intercept), in the data's units."""
+        loc, tril = self.prior.loc, self.prior.scale_tril
+        if not self.scaling.fitted:
+            return dist.MultivariateNormal(loc, scale_tril=tril)
+        a, b = self.preconditioner()
+        return dist.MultivariateNormal(a @ loc + b, scale_tril=a @ tril)
+
+    @property
+    def noise_scale(self) -> torch.Tensor:
+        """The learned noise scale of a ``gaussian`` (sd) or ``student-t`` (scale) outcome, in ``y``'s units."""
+        if self.likelihood not in ("gaussian", "student-t"):
+            raise AttributeError(f"a {self.likelihood} outcome has no noise scale")
+        return self.scaling.y_spread(F.softplus(self.raw_noise) + 1e-6)
+
     def observation(self, eta: torch.Tensor, x: torch.Tensor):
         """Distribution of ``y`` given the linear predictor ``eta [..., T, N]`` (batch ``[..., T, N]``)."""
         kind = self.likelihood
         if kind == "gaussian":
-            return dist.Normal(eta, F.softplus(self.raw_noise) + 1e-6)
+            return dist.Normal(eta, self.noise_scale)
         if kind == "student-t":
-            return dist.StudentT(F.softplus(self.raw_df) + 0.5, eta, F.softplus(self.raw_noise) + 1e-6)
+            return dist.StudentT(F.softplus(self.raw_df) + 0.5, eta, self.noise_scale)
         if kind == "bernoulli":
             return dist.Bernoulli(logits=eta)
         if kind == "binomial":
@@ -115,7 +165,7 @@ class HierarchicalRegression(PyroModule):
         t, n = x.shape[:2]
         phi = linear_features(x[..., : self.num_features], self.bias)  # [T, N, P]
         with pyro.plate("tasks", t, dim=-2):
-            w = pyro.sample("w", self.prior.distribution())  # [..., T, 1, P]
+            w = pyro.sample("w", self.prior_distribution())  # [..., T, 1, P], the data's units
             eta = (phi * w).sum(-1)  # [..., T, N]
             with pyro.plate("points", n, dim=-1):
                 d = self.observation(eta, x)

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from .base import HierarchicalModel
 from .nn import MLP, softplus_inv
+from .scaling import DataScaling
 
 __all__ = ["LatentCodeModel", "LatentCodeRegression"]
 
@@ -23,6 +24,11 @@ class LatentCodeRegression(HierarchicalModel):
     ``mu`` and ``sigma`` are learned (empirical Bayes), ``f`` is an MLP decoder, and the noise
     scale ``s`` is either one learned constant per output or, with ``heteroscedastic=True``, a
     second head of the decoder.
+
+    The model is written to be indifferent to units: the decoder reads inputs and writes outputs
+    through its own :class:`~bayesmeta.models.DataScaling` (``self.scaling``, fitted by
+    ``BayesLearner.fit`` on a pool's points; the identity on a task family), so ``y`` is
+    modelled in the data's units, ``N(y_shift + y_scale f, (y_scale s)^2)``.
 
     Args:
         x_dim: input dimension.
@@ -48,6 +54,7 @@ class LatentCodeRegression(HierarchicalModel):
         self.heteroscedastic, self.min_scale = heteroscedastic, float(min_scale)
         out = 2 * y_dim if heteroscedastic else y_dim
         self.decoder = MLP(x_dim + latent_dim, hidden, out)
+        self.scaling = DataScaling(x_dim, y_dim)
         raw = softplus_inv(init_scale - min_scale)
         if heteroscedastic:
             with torch.no_grad():
@@ -68,12 +75,12 @@ class LatentCodeRegression(HierarchicalModel):
         z = theta["z"]  # [..., T, Z]
         n = x.shape[-2]
         zb = z.unsqueeze(-2).expand(*z.shape[:-1], n, z.shape[-1])  # [..., T, N, Z]
-        xb = x.expand(*zb.shape[:-1], x.shape[-1])  # [..., T, N, D]
+        xb = self.scaling.x(x).expand(*zb.shape[:-1], x.shape[-1])  # [..., T, N, D], scaled
         out = self.decoder(torch.cat([xb, zb], -1))  # [..., T, N, out]
         loc = out[..., : self.y_dim]
         raw = out[..., self.y_dim :] if self.heteroscedastic else self.prior["raw_noise"]
         scale = (F.softplus(raw) + self.min_scale).expand_as(loc)
-        return dist.Normal(loc, scale)
+        return dist.Normal(self.scaling.y_loc(loc), self.scaling.y_spread(scale))  # the data's units
 
 
 class LatentCodeModel(PyroModule):
@@ -82,6 +89,8 @@ class LatentCodeModel(PyroModule):
     ``z_i ~ N(mu, diag sigma^2)`` (learned); ``f = MLP([x_ij, z_i])``; ``y_ij`` is Bernoulli
     (``logits = f``), Categorical over ``num_classes`` (``logits = f``, labels ``0..C-1``) or
     Poisson (``rate = exp(f)``). Written as a plain Pyro program: the library traces ``forward``.
+    The decoder reads its inputs through its own :class:`~bayesmeta.models.DataScaling`
+    (``self.scaling``, inputs only: the outcomes are counts or labels, modelled as they are).
 
     Args:
         x_dim: input dimension.
@@ -111,6 +120,7 @@ class LatentCodeModel(PyroModule):
             raise ValueError(f"num_classes must be >= 2; got {num_classes}")
         self.x_dim, self.y_dim, self.likelihood = x_dim, 1, likelihood
         self.decoder = MLP(x_dim + latent_dim, hidden, num_classes if likelihood == "categorical" else 1)
+        self.scaling = DataScaling(x_dim, 1, outputs=False)
         self.loc = nn.Parameter(torch.zeros(latent_dim))
         self.raw_scale = nn.Parameter(torch.full((latent_dim,), softplus_inv(1.0)))
         self.config = {"x_dim": x_dim, "latent_dim": latent_dim, "hidden": list(hidden), "likelihood": likelihood,
@@ -122,7 +132,8 @@ class LatentCodeModel(PyroModule):
         with pyro.plate("tasks", t, dim=-2):
             z = pyro.sample("z", dist.Normal(self.loc, F.softplus(self.raw_scale) + 1e-4).to_event(1))  # [..., T, 1, Z]
             zb = z.expand(*z.shape[:-2], n, z.shape[-1])  # [..., T, N, Z]
-            out = self.decoder(torch.cat([x.expand(*zb.shape[:-1], x.shape[-1]), zb], -1))  # [..., T, N, C or 1]
+            xs = self.scaling.x(x).expand(*zb.shape[:-1], x.shape[-1])  # [..., T, N, D], scaled
+            out = self.decoder(torch.cat([xs, zb], -1))  # [..., T, N, C or 1]
             with pyro.plate("points", n, dim=-1):
                 if self.likelihood == "categorical":
                     d = dist.Categorical(logits=out)

@@ -397,10 +397,13 @@ class TaskDataset:
                 if bad.any():
                     row, col, value = _first_bad(v, bad, self.rows[task], names)
                     j = names.index(col)
+                    where = f"{self.source}: row {row}, column {col!r}: value {value!r}"
+                    if mean[j] == 0 and sd[j] == 1:
+                        raise ValueError(f"{where} is beyond ±{SAFE_ABS:.2g}, where its square overflows float32 "
+                                         "(the models compute in float32): rescale the column")
                     raise ValueError(
-                        f"{self.source}: row {row}, column {col!r}: value {value!r} is {z[bad][0]:.3g} after "
-                        f"standardisation{' ' + what if what else ''} (mean {mean[j]:.6g}, sd {sd[j]:.6g}); "
-                        f"beyond ±{SAFE_ABS:.2g} its square overflows float32")
+                        f"{where} is {z[bad][0]:.3g} after standardisation{' ' + what if what else ''} (mean "
+                        f"{mean[j]:.6g}, sd {sd[j]:.6g}); beyond ±{SAFE_ABS:.2g} its square overflows float32")
 
     # ------------------------------------------------------------------ to TaskBatch
     def to_batch(self, standardization: Standardization | None = None, *, dtype=torch.float32) -> TaskBatch:

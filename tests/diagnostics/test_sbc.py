@@ -57,14 +57,14 @@ def test_bad_arguments(learner):
         bm.simulation_based_calibration(learner.model, lambda x, y, m, n: torch.zeros(n, 3), X)
 
 
-def test_exact_posterior_of_a_standardised_learner_passes():
-    # Trained on a pool in natural units with standardize=True: SBC simulates on the model's
-    # scale and must hand adapt natural units (before, every rank was 0).
+def test_exact_posterior_of_a_learner_fitted_in_natural_units_passes():
+    # Fitted on a pool in natural units (outcomes near 300, inputs near 20): SBC simulates in the
+    # model's units, which are the data's, and hands adapt the same units.
     pool = bm.tasks.HierarchicalLinear(dim=1, noise_std=0.5).sample(60, shots=8, generator=torch.Generator().manual_seed(3))
     pool.y_support.mul_(40).add_(300)
     pool.x_support.mul_(5).add_(20)
     lrn = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), conjugate=True)
-    lrn.fit(pool, progress=False, standardize=True)
-    assert lrn.standardization is not None
-    res = bm.simulation_based_calibration(lrn.model, lrn, X, num_simulations=200, method="exact", seed=0)
+    lrn.fit(pool, progress=False)
+    assert float(lrn.model.noise_std.detach()) > 5  # learned in the data's units (the noise sd is 0.5 * 40 = 20)
+    res = bm.simulation_based_calibration(lrn.model, lrn, X + 20, num_simulations=200, method="exact", seed=0)
     assert res.passed(alpha=0.01)

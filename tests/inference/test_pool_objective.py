@@ -23,7 +23,7 @@ def _fit(encoder_subsets: bool):
     # the ELBO: with reweighted wake-sleep the sleep phase shows the guide every set size on simulated tasks as
     # well (measured: 0.21 sd off at one point without the subset term, 0.17 with it)
     learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), guide="diagonal", objective="elbo")
-    learner.fit(pool, STEPS, lr=1e-2, encoder_subsets=encoder_subsets, standardize=False, validation=False,
+    learner.fit(pool, STEPS, lr=1e-2, encoder_subsets=encoder_subsets, validation=False,
                 progress=False)
     test = family.sample(200, shots=12, num_query=0, generator=torch.Generator().manual_seed(1))
     return learner, test
