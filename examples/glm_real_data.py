@@ -107,7 +107,7 @@ def smoking(args) -> dict:
     model = bm.models.HierarchicalLogisticRegression(x_dim=1, trials=True)
     learner = bm.BayesLearner(model)
     learner.fit(pool, steps=args.steps, seed=args.seed, device=args.device, progress=not args.no_progress,
-                validation=False, standardize=False)  # 8 cities: too few to hold any out
+                validation=False)  # 8 cities: too few to hold any out
     with torch.no_grad():
         loc, sd = model.prior.loc[0].item(), model.prior.scale_tril[0, 0].item()
     empirical = np.log(smokers[:, 0] * (trials[:, 1] - smokers[:, 1]) / (smokers[:, 1] * (trials[:, 0] - smokers[:, 0])))
