@@ -5,7 +5,7 @@ predictions on *new* tasks get worse and, for a Bayesian learner, confidently wr
 guards against it by scoring held-out tasks with the real test-time procedure -- adapt on a
 support set, predict the query set -- every ``val_every`` steps, keeping the best weights
 (:mod:`bayesmeta.inference.early_stopping`). This module builds those validation tasks and
-scores a learner on them.
+scores a learner on them, with the definitions ``bm.evaluate`` uses (:mod:`bayesmeta.scoring`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import warnings
 import torch
 
 from ._checks import user_stacklevel
+from .scoring import task_inside, task_nll
 from .tasks.batch import TaskBatch
 
-__all__ = ["MAX_VALIDATION_TASKS", "MIN_VALIDATION_TASKS", "ValidationSet", "auto_val_shots", "hold_out"]
+__all__ = ["MAX_VALIDATION_TASKS", "MIN_VALIDATION_TASKS", "ValidationSet", "auto_val_shots", "hold_out",
+           "score_query"]
 
 MIN_VALIDATION_TASKS = 2
 """The fewest held-out tasks worth validating on (and the fewest training tasks left after holding out)."""
@@ -134,10 +136,12 @@ class ValidationSet:
         """Adapt ``learner`` on each support set and score its predictive on the query set.
 
         Returns:
-            ``nll`` (mean over shot counts of the mean over tasks of the per-point NLL),
-            ``coverage_90`` (pooled over shot counts and points), ``per_shot`` (the same per
-            shot count, with ``tasks``) and ``task_nll`` ``[V]`` (each task's NLL averaged over
-            the shot counts it was scored at).
+            ``nll`` (mean over shot counts of the mean over tasks of the per-point NLL; a task
+            whose NLL is NaN counts as inf), ``coverage_90`` (pooled over shot counts and
+            points; the randomised PIT for discrete outcomes, as in ``bm.evaluate``; NaN for
+            class predictives, whose labels have no central intervals), ``per_shot`` (the same
+            per shot count, with ``tasks``) and ``task_nll`` ``[V]`` (each task's NLL averaged
+            over the shot counts it was scored at).
         """
         modes = {name: m.training for name, m in learner._modules().items() if m is not None}
         total = torch.zeros(self.num_tasks, dtype=torch.float64, device=self.device)
@@ -155,24 +159,44 @@ class ValidationSet:
         for name, m in learner._modules().items():
             if m is not None:
                 m.train(modes[name])
-        task_nll = total / count.clamp_min(1)
+        per_task = total / count.clamp_min(1)
         return {"nll": sum(s["nll"] for s in per_shot) / len(per_shot), "coverage_90": inside / max(pairs, 1.0),
-                "per_shot": per_shot, "task_nll": task_nll[count > 0]}
+                "per_shot": per_shot, "task_nll": per_task[count > 0]}
 
     def _score_shots(self, learner, batch: TaskBatch):
+        """Per-task NLL ``[V']`` and (inside, pairs) counts ``([V'], [V'])`` of one shot count's tasks."""
         nlls, inside, pairs = [], [], []
         for lo in range(0, len(batch), self.chunk):
             b = batch[lo:lo + self.chunk]
             xq, yq, mq = b.query
             pred = learner.adapt(b).predict(xq, seed=0, **self.predict_options)
             with torch.no_grad():
-                lp = pred.log_prob(yq)  # [T, Q]
-                m = mq.to(lp.dtype)
-                nlls.append((-(lp * m).sum(-1) / m.sum(-1)).double())
-                d = (2 * pred.cdf(yq) - 1).abs() <= _LEVEL  # [T, Q, E]
-                inside.append((d & mq[..., None]).flatten(1).sum(-1).double())
-                pairs.append((mq.sum(-1) * yq.shape[-1]).double())
+                nll, (ins, n) = score_query(pred, yq, mq)
+            nlls.append(nll)
+            inside.append(ins)
+            pairs.append(n)
         nll = torch.cat(nlls)
         if not bool(torch.isfinite(nll).all()):
             nll = torch.nan_to_num(nll, nan=math.inf)
         return nll, (torch.cat(inside), torch.cat(pairs))
+
+
+def score_query(pred, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Validation's scores of a predictive on query points, by :mod:`bayesmeta.scoring` (as ``bm.evaluate``).
+
+    Args:
+        pred: the predictive, ``shape [T, Q, E]``.
+        y: query outcomes ``[T, Q, E]``; mask: observed query points ``[T, Q]``.
+
+    Returns:
+        ``nll [T]`` (float64, NaN/inf where the predictive is not finite: not an error while
+        training) and ``(inside [T], pairs [T])``, the (point, output) pairs inside the central 90 %
+        interval (randomised PIT for discrete outcomes) and all pairs; ``inside`` is NaN for a class
+        predictive (``classes_only``: labels have no order, so no intervals).
+    """
+    nll = task_nll(pred, y, mask, check_finite=False).double()  # [T]
+    if getattr(pred, "classes_only", False):
+        pairs = (mask.sum(-1) * y.shape[-1]).double()  # [T]
+        return nll, (torch.full_like(pairs, math.nan), pairs)
+    inside, pairs = task_inside(pred, y, mask, (_LEVEL,), check_finite=False)  # [T, 1], [T]
+    return nll, (inside[:, 0], pairs)

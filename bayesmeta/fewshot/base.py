@@ -16,6 +16,7 @@ import torch
 from ..class_predictive import ClassPredictive
 from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
 from ..learners import MetaLearner, check_adapt_options
+from ..scoring import confidence_and_correct, task_nll
 from ..tasks.batch import TaskBatch, check_support
 
 __all__ = ["AdaptedClassifier", "EpisodicClassifier", "check_episodic", "check_labels", "class_split",
@@ -85,8 +86,9 @@ class EpisodeValidation:
         self.chunk = chunk
 
     def score(self, learner) -> dict:
-        """Mean query NLL per episode and shot count (paired across validations), and accuracy per shot count."""
-        per_shot, task_nll = [], []
+        """Mean query NLL per episode and shot count (paired across validations), and accuracy per shot count,
+        by :mod:`bayesmeta.scoring` (as ``bm.evaluate``)."""
+        per_shot, per_task = [], []
         with torch.random.fork_rng():
             torch.manual_seed(0)
             for k, batch in self.sets.items():
@@ -96,16 +98,16 @@ class EpisodeValidation:
                     xq, yq, mq = b.query
                     pred = learner.adapt(b).predict(xq)
                     with torch.no_grad():
-                        lp, m = pred.log_prob(yq), mq.to(xq.dtype)
-                        nll.append((-(lp * m).sum(-1) / m.sum(-1)).double().cpu())
-                        hits += float(((pred.mode == yq[..., 0].round().long()) & mq).sum())
-                        n += int(mq.sum())
+                        nll.append(task_nll(pred, yq, mq).double().cpu())  # [T]
+                        correct = confidence_and_correct(pred.probs, yq, mq)[1]  # [M] observed query points
+                        hits += float(correct.sum())
+                        n += correct.numel()
                 v = torch.cat(nll)
-                task_nll.append(v)
+                per_task.append(v)
                 per_shot.append({"shots": k, "nll": float(v.mean()), "coverage_90": math.nan, "accuracy": hits / n,
                                  "tasks": len(v)})
         return {"nll": sum(s["nll"] for s in per_shot) / len(per_shot), "coverage_90": math.nan,
-                "per_shot": per_shot, "task_nll": torch.cat(task_nll)}
+                "per_shot": per_shot, "task_nll": torch.cat(per_task)}
 
 
 def episode_validation(learner, source, validation, cfg, distributed):
