@@ -11,8 +11,9 @@ from typing import Self
 
 import torch
 
+from .inference.convergence import convergence_problem
 from .inference.distributed import init_from_env
-from .inference.exact import fit_type2_ml
+from .inference.exact import ConvergenceWarning, fit_type2_ml
 from .inference.guides import AmortizedGuide
 from .inference.objectives import OBJECTIVES, SLEEP_OBJECTIVES, check_sleep_objective
 from .inference.options import DEFAULT_LR
@@ -429,10 +430,16 @@ class BayesLearner(MetaLearner):
             x, y, mask = source.all_points()
             self.program.check_y(x.to(self.device), y.to(self.device), mask.to(self.device), what="task pool y")
         ctx = init_from_env(self.device) if distributed else None
-        return meta_train(self.program, self.guide, source, cfg, device=self.device, objective=self.objective,
-                          num_particles=self.num_particles, conjugate=self.conjugate, checkpoint=checkpoint,
-                          resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
-                          extra_state=self._extra_state(), validate=validate, replay=replay)
+        history = meta_train(self.program, self.guide, source, cfg, device=self.device, objective=self.objective,
+                             num_particles=self.num_particles, conjugate=self.conjugate, checkpoint=checkpoint,
+                             resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
+                             extra_state=self._extra_state(), validate=validate, replay=replay)
+        if isinstance(source, TaskBatch) and history.best_step is None:  # a pool fitted to the end of its budget
+            problem = convergence_problem(history)
+            if problem:
+                history.notes.append(problem)
+                warnings.warn(f"{type(self).__name__}.fit: {problem}", ConvergenceWarning, stacklevel=4)
+        return history
 
     def _fit_scalings(self, source) -> None:
         """Fit the model's own ``scaling`` and the encoder's input normalisation to a pool, where unfitted."""

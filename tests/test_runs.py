@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 import bayesmeta as bm
