@@ -109,7 +109,8 @@ class AmortizedGuide(nn.Module):
         self.encoder = SetEncoder(program.x_dim, self.classes or program.y_dim, hidden, embed_dim)
         # what the encoder reads, normalised column by column (fitted from a training pool; the identity on a
         # family): the encoder's own inputs, so no model changes
-        self.input_scaling = DataScaling(program.x_dim, self.classes or program.y_dim, outputs=not self.classes)
+        # (outputs: real-valued ones only; counts enter as log1p(y), labels one-hot, as they always did)
+        self.input_scaling = DataScaling(program.x_dim, self.classes or program.y_dim, outputs=program.observation.real)
         self.head = MLP(embed_dim, hidden[-1:], 2 * p, zero_last=True)
         self.flows = nn.ModuleList()
         if family == "flow":

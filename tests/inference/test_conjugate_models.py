@@ -124,8 +124,7 @@ def test_importance_corrected_posterior_matches_the_exact_one(model_cls):
     x, y = _pool(model_cls, 200, 12, seed=0)
     learner = bm.BayesLearner(model)
     learner.fit(bm.TaskBatch(x, y, torch.ones(200, 12, dtype=torch.bool)), steps=400, lr=3e-3, validation=False,
-                standardize=False,  # the exact posterior below is in the data's units
-                progress=False, seed=0)
+                progress=False, seed=0)  # the model sees the data's units, as the exact posterior below
     xt, yt = _pool(model_cls, 6, max(SHOTS), seed=1)
     _check_posteriors(learner, model, xt, yt)
 
