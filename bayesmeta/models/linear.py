@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from ..conjugate import (
     linear_gaussian_log_marginal,
-    linear_gaussian_posterior,
+    linear_gaussian_posterior_tril,
     linear_gaussian_predict,
 )
 from ..tasks.batch import check_support
@@ -26,7 +26,8 @@ class LinearGaussianModel(HierarchicalModel):
     """``y = phi(x)^T w_i + eps``, ``w_i ~ N(mu, L L^T)``, ``eps ~ N(0, sigma^2)``: all learned.
 
     Subclasses define the feature map :meth:`features` (``[T, N, D] -> [T, N, F]``). The task
-    posterior, the marginal likelihood and the predictive are exact (:mod:`bayesmeta.conjugate`).
+    posterior, the marginal likelihood and the predictive are exact (:mod:`bayesmeta.conjugate`),
+    computed in float64 whatever the model's dtype and returned in the model's dtype.
     """
 
     has_exact_posterior = True
@@ -125,12 +126,17 @@ class LinearGaussianModel(HierarchicalModel):
         return self.features(x.to(self.prior["loc"].dtype)), y.to(self.prior["loc"].dtype), mask
 
     def exact_posterior(self, x, y, mask=None) -> dist.MultivariateNormal:
-        """Exact posterior ``p(w_i | D_i)`` under the learned prior, batch shape ``[T]``."""
+        """Exact posterior ``p(w_i | D_i)`` under the learned prior, batch shape ``[T]``.
+
+        Parameterised by its Cholesky factor (computed in float64), so it is a valid distribution
+        even where the design is rank-deficient within a task (a covariate constant within each
+        task next to the intercept, fewer points than weights) and the model is float32.
+        """
         phi, y, mask = self._prep(x, y, mask)
-        mean, cov = linear_gaussian_posterior(
+        mean, scale_tril = linear_gaussian_posterior_tril(
             phi, y, mask, self.prior["loc"], self.prior_scale_tril, self.noise_std
         )
-        return dist.MultivariateNormal(mean, covariance_matrix=cov)
+        return dist.MultivariateNormal(mean, scale_tril=scale_tril)
 
     def log_marginal_likelihood(self, x, y, mask=None, *, validate: bool = True) -> torch.Tensor:
         """Exact ``log p(y_i | x_i)`` per task ``[T]`` (the type-II likelihood).
@@ -145,9 +151,9 @@ class LinearGaussianModel(HierarchicalModel):
 
     def exact_predict(self, posterior: dist.MultivariateNormal, x_query: torch.Tensor):
         """Predictive mean and std ``[T, N, 1]`` at ``x_query`` under a Gaussian weight posterior."""
-        phi_q = self.features(x_query)
+        phi_q = self.features(x_query)  # [T, N, F]
         mu, sd = linear_gaussian_predict(
-            phi_q, posterior.mean, posterior.covariance_matrix, self.noise_std
+            phi_q, posterior.mean, posterior.scale_tril, self.noise_std, tril=True
         )
         return mu[..., None], sd[..., None]
 
