@@ -172,3 +172,19 @@ def test_config_key_standardize_is_refused_in_a_users_config_and_dropped_from_a_
         config_from_dict({"data": {"standardize": True}})
     cfg = config_from_dict({"data": {"standardize": True, "val_fraction": 0.3}}, run_file=True)
     assert cfg.data.val_fraction == 0.3
+
+
+def test_prior_and_simulated_draws_of_real_sites_are_not_clipped_in_the_data_units():
+    # An intercept prior near 300 (a reaction time): prior draws and simulated tasks (sleep phase, SBC) keep it
+    # (they were once clipped at +-87.7, the float32 exp bound meant for support edges)
+    model = bm.models.HierarchicalLinearRegression(x_dim=1)
+    with torch.no_grad():
+        model._set_prior(torch.tensor([10.0, 300.0]), torch.diag(torch.tensor([2.0, 20.0])), torch.tensor(5.0))
+    program = bm.inference.program.program_of(model)
+    x = torch.zeros(400, 3, 1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        u = program.sample_prior(x, 2)  # [2, 400, 2]
+    assert abs(float(u[..., 1].mean()) - 300) < 5 and float(u[..., 1].std()) > 10
+    u_joint, y = program.sample_joint(x)
+    assert abs(float(u_joint[:, 1].mean()) - 300) < 5 and abs(float(y.mean()) - 300) < 5

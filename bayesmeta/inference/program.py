@@ -372,9 +372,10 @@ class ModelProgram(nn.Module):
         trace = self._run(x, None, mask, draws=num_samples)
         values = {s.name: trace.nodes[s.name]["value"].squeeze(-1 - len(s.shape)) for s in self.sites}
         u = self.flatten(values)  # [n, T, P]
-        # a float draw on the edge of its support (a Gamma's 0, a Beta's 1) maps to -inf / inf: keep it finite
+        # a float draw on the edge of its support (a Gamma's 0, a Beta's 1) maps to -inf / inf: keep it finite.
+        # Finite values stay as they are: a real-valued site in the data's units (an intercept of 300) is no edge
         bound = math.log(torch.finfo(u.dtype).max) - 1.0
-        u = torch.nan_to_num(u, nan=0.0, posinf=bound, neginf=-bound).clamp(-bound, bound)
+        u = torch.nan_to_num(u, nan=0.0, posinf=bound, neginf=-bound)
         return u.expand(num_samples, x.shape[0], self.param_dim)
 
     def sample_joint(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -396,8 +397,8 @@ class ModelProgram(nn.Module):
                              "tasks (a sleep phase, simulation-based calibration) need a likelihood with sample()") from err
         values = {s.name: trace.nodes[s.name]["value"].squeeze(-1 - len(s.shape)) for s in self.sites}
         u = self.flatten(values)  # [T, P]
-        bound = math.log(torch.finfo(u.dtype).max) - 1.0
-        u = torch.nan_to_num(u, nan=0.0, posinf=bound, neginf=-bound).clamp(-bound, bound)
+        bound = math.log(torch.finfo(u.dtype).max) - 1.0  # support edges only: finite values are the model's own
+        u = torch.nan_to_num(u, nan=0.0, posinf=bound, neginf=-bound)
         y = trace.nodes[self.observation.name]["value"].detach()
         y = y.unsqueeze(-1) if len(self.observation.event_shape) == 0 else y  # [T, N, E]
         return u, y.to(x.dtype)
