@@ -26,6 +26,7 @@ def test_each_benchmark_has_only_its_own_flags():
     assert _flags("throughput") == SHARED | {"--batch-sizes", "--learners", "--seconds", "--processes",
                                              "--predict-batches", "--device"}
     assert _flags("exact-fit") == SHARED | {"--repeats", "--seed"}
+    assert _flags("glmm") == SHARED | {"--seeds", "--groups", "--steps", "--no-progress"}
     assert _flags("pools") == SHARED | {"--cases", "--steps", "--last-tasks", "--seed", "--device", "--num-tasks",
                                         "--no-progress", "--hidden", "--latent-dim", "--weight-decay"}
     assert _flags("continual") == SHARED | {"--methods", "--steps-per-phase", "--phases", "--capacity", "--fraction",
@@ -119,3 +120,14 @@ def test_continual_bench_runs_end_to_end_at_a_tiny_size(tmp_path, capsys):
 def test_bench_refuses_bad_continual_settings(tmp_path, capsys):
     assert main(["bench", "continual", "--fraction", "1.5", "--out", str(tmp_path / "c")]) == 2
     assert "fraction must be a number in [0, 1)" in capsys.readouterr().err
+
+
+def test_glmm_tiny_run(tmp_path, capsys):
+    import json
+
+    assert main(["bench", "glmm", "--seeds", "1", "--groups", "6", "--steps", "20", "--out", str(tmp_path),
+                 "--threads", "1", "--no-progress"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    (row,) = res["rows"]
+    assert res["benchmark"] == "glmm" and row["steps"] == 20 and "fixed_effect_error" in row
+    assert "| 20 |" in capsys.readouterr().out

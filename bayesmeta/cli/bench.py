@@ -37,6 +37,7 @@ BENCH_EPILOG = """examples:
   bayesmeta bench pools --cases sinusoid-50 --steps 4000 --num-tasks 200
   bayesmeta bench glm                               # logistic and Poisson GLMs vs their oracles (~20 min)
   bayesmeta bench glm --cases poisson --max-time 60 --num-tasks 200
+  bayesmeta bench glmm                              # a Poisson GLMM against maximum likelihood, 10 pools (~15 min)
   bayesmeta bench classify                          # few-shot classification, 120 s per method (~40 min)
   bayesmeta bench classify --families clusters --methods oracle bayes-proto protonet --budget 30
   bayesmeta bench continual                         # forgetting with / without replay vs joint (~15 min)
@@ -114,6 +115,15 @@ def _run_exact_fit(args) -> dict:
     from ..benchmarks.exact_fit import run_exact_fit
 
     result = run_exact_fit(repeats=args.repeats, seed=args.seed, out_dir=args.out)
+    print(result["table"])
+    return result
+
+
+def _run_glmm(args) -> dict:
+    from ..benchmarks.glmm import run_glmm
+
+    result = run_glmm(seeds=args.seeds, groups=args.groups, steps=args.steps, out_dir=args.out,
+                      progress=not args.no_progress)
     print(result["table"])
     return result
 
@@ -235,6 +245,14 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
              _run_exact_fit)
     e.add_argument("--repeats", type=int, default=5, help="timed fits (default: 5)")
     _shared_flags(e, "exact-fit", device=False)
+
+    gm = _sub(bench, "glmm", "a user's random-intercept Poisson GLMM in its own units against maximum likelihood",
+              _run_glmm)
+    gm.add_argument("--seeds", type=int, default=10, help="simulated pools (default: 10)")
+    gm.add_argument("--groups", type=int, default=40, help="groups per pool (default: 40)")
+    gm.add_argument("--steps", type=int, nargs="+", default=[2000, 8000],
+                    help="step budgets, each fitted on every pool (default: 2000, the library's, and 8000)")
+    _shared_flags(gm, "glmm", seed=False, device=False, progress=True)
 
     pl = _sub(bench, "pools", "finite pools of tasks: library defaults, scored on fresh tasks", _run_pools)
     pl.add_argument("--cases", nargs="+", default=None, help=f"cases (default: all): {', '.join(POOL_CASES)}")
