@@ -88,9 +88,8 @@ def linear_gaussian_posterior_tril(phi, y, mask, loc, tril, noise_std):
         ``MultivariateNormal(mean, scale_tril=scale_tril)`` is valid however ill-conditioned the design.
     """
     work, out = _dtypes(phi, y, loc, tril)
-    mean, scale = _posterior(
-        *_up(work, phi.device, phi, y), mask, *_up(work, phi.device, loc, tril, noise_std)
-    )
+    phi_, y_, loc_, tril_, noise_ = _up(work, phi.device, phi, y, loc, tril, noise_std)
+    mean, scale = _posterior(phi_, y_, mask, loc_, tril_, noise_)
     return mean.to(out), scale.to(out)
 
 
@@ -101,9 +100,8 @@ def linear_gaussian_posterior(phi, y, mask, loc, tril, noise_std):
     float64 before the cast; prefer the factor wherever it can be used directly.
     """
     work, out = _dtypes(phi, y, loc, tril)
-    mean, scale = _posterior(
-        *_up(work, phi.device, phi, y), mask, *_up(work, phi.device, loc, tril, noise_std)
-    )
+    phi_, y_, loc_, tril_, noise_ = _up(work, phi.device, phi, y, loc, tril, noise_std)
+    mean, scale = _posterior(phi_, y_, mask, loc_, tril_, noise_)
     cov = scale @ scale.transpose(-1, -2)  # [T, F, F], symmetric by construction
     return mean.to(out), cov.to(out)
 

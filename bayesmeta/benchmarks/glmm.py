@@ -82,9 +82,9 @@ def _log_joint(p: torch.Tensor, x, y, m, b: torch.Tensor) -> torch.Tensor:
 
 def ml_fit_glmm(pool: TaskBatch, *, nodes: int = 30, rounds: int = 6) -> torch.Tensor:
     """Maximum marginal likelihood ``(beta..., log tau)`` by adaptive Gauss-Hermite quadrature (float64, L-BFGS)."""
-    z, w = np.polynomial.hermite.hermgauss(nodes)
-    z = torch.tensor(z * math.sqrt(2), dtype=torch.float64)[:, None]  # [K, 1]
-    log_w = torch.tensor(np.log(w / math.sqrt(math.pi)), dtype=torch.float64)[:, None]
+    nodes_np, weights_np = np.polynomial.hermite.hermgauss(nodes)
+    z = torch.tensor(nodes_np * math.sqrt(2), dtype=torch.float64)[:, None]  # [K, 1]
+    log_w = torch.tensor(np.log(weights_np / math.sqrt(math.pi)), dtype=torch.float64)[:, None]
     x, y, m = pool.all_points()
     x, y, m = x.double(), y.double()[..., 0], m.double()
     p = torch.zeros(x.shape[-1] + 2, dtype=torch.float64)
