@@ -14,6 +14,7 @@ import torch
 from .inference.convergence import convergence_problem
 from .inference.distributed import init_from_env
 from .inference.exact import ConvergenceWarning, fit_type2_ml
+from .inference.polish import can_polish, polish_marginal_likelihood
 from .inference.guides import AmortizedGuide
 from .inference.objectives import OBJECTIVES, SLEEP_OBJECTIVES, check_sleep_objective
 from .inference.options import DEFAULT_LR
@@ -269,6 +270,7 @@ class MetaLearner:
         cfg = self._train_config(source, config, steps, options, distributed)
         check_replay(replay, source, cfg.tasks_per_step)  # every learner, before anything is trained or held out
         self.to(self.device if cfg.device is None else cfg.device)  # None: train where the learner is
+        self._whole_pool = source if isinstance(source, TaskBatch) and validation is None else None
         source, validate = self._validation(source, validation, cfg, distributed)
         state = self._resume_state(checkpoint, resume, cfg)
         self.history = self._meta_train(source, cfg, state=state, standardize=standardize, checkpoint=checkpoint,
@@ -387,7 +389,7 @@ class BayesLearner(MetaLearner):
             unused.update(dict.fromkeys(
                 ("max_time", "tasks_per_step", "optimizer", "lr", "final_lr_fraction", "clip_norm", "min_points",
                  "max_points", "seed", "log_every", "checkpoint_every", "weight_decay", "val_fraction", "val_shots",
-                 "val_every", "patience", "restore_best"), why))
+                 "val_every", "patience", "restore_best", "polish"), why))
         return unused
 
     def _validates(self, source, distributed: bool) -> bool:
@@ -434,12 +436,39 @@ class BayesLearner(MetaLearner):
                              num_particles=self.num_particles, conjugate=self.conjugate, checkpoint=checkpoint,
                              resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
                              extra_state=self._extra_state(), validate=validate, replay=replay)
-        if isinstance(source, TaskBatch) and history.best_step is None:  # a pool fitted to the end of its budget
-            problem = convergence_problem(history)
-            if problem:
-                history.notes.append(problem)
-                warnings.warn(f"{type(self).__name__}.fit: {problem}", ConvergenceWarning, stacklevel=4)
+        if not isinstance(source, TaskBatch):
+            return history
+        whole = getattr(self, "_whole_pool", None)  # the pool with the tasks validation held out (fit sets it)
+        polished = self._polish(whole if whole is not None else source, cfg, history, distributed)
+        problem = convergence_problem(history) if history.best_step is None else None  # ended on its budget
+        if problem and polished:  # the model's parameters are fitted; the guide may not be
+            problem = problem.split(": the learned parameters")[0] + (
+                ": the model's parameters were then fitted by the marginal-likelihood polish, but the amortized guide "
+                "may be undertrained, so predictions lean on importance correction (check pred.ess); train longer")
+        if problem:
+            history.notes.append(problem)
+            warnings.warn(f"{type(self).__name__}.fit: {problem}", ConvergenceWarning, stacklevel=4)
         return history
+
+    def _polish(self, pool: TaskBatch, cfg: TrainConfig, history: History, distributed: bool) -> bool:
+        """Type-II ML of a small model's parameters after SVI (``cfg.polish``); True if kept.
+
+        On every task of the pool ``fit`` was given, those validation held out included: validation chose
+        when stochastic training stopped, and a model with at most 64 parameters fitted by maximum marginal
+        likelihood does not memorise tasks (a ``validation=`` set of the user's own stays out).
+        """
+        if not cfg.polish or distributed or self.guide is None or not can_polish(self.program):
+            return False
+        x, y, mask = (t.to(self.device) for t in pool.all_points())
+        with torch.no_grad():
+            start = self.guide.distribution(x, y, mask).mean  # [T, P]: where each task's mode search starts
+        report = polish_marginal_likelihood(self.program, pool.to(self.device), u_init=start, seed=cfg.seed)
+        history.polish = report
+        if not report["accepted"]:
+            why = report.get("why") or (f"its marginal likelihood {report['log_marginal']:.4g} was not above the "
+                                        f"stochastic fit's {report['log_marginal_before']:.4g}")
+            history.notes.append(f"polish not kept: {why}")
+        return bool(report["accepted"])
 
     def _fit_scalings(self, source) -> None:
         """Fit the model's own ``scaling`` and the encoder's input normalisation to a pool, where unfitted."""

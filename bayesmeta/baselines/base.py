@@ -180,7 +180,8 @@ class GradientMetaLearner(MetaLearner):
         return {"learner": type(self).__name__, "inner_steps": self.inner_steps, "inner_lr": self.inner_lr}
 
     def _unused_options(self, source, distributed: bool) -> dict[str, str]:
-        return {"encoder_subsets": f"{type(self).__name__} has no encoder"}
+        return {"encoder_subsets": f"{type(self).__name__} has no encoder",
+                "polish": "the marginal-likelihood polish is a BayesLearner's (a hierarchical Pyro model's)"}
 
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
                     distributed: bool, validate=None, replay=None) -> History:

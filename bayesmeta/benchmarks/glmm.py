@@ -7,8 +7,8 @@ The model is written in plain Pyro from ``docs/custom-model.md`` as a user would
 intercept per group as the task site, Poisson counts (means near 20, up to ~100; 3-6 visits per
 group). Each seed simulates a pool and fits it twice or more with ``BayesLearner(model).fit(pool)``
 (the library's defaults, then larger step budgets) and once by maximum marginal likelihood
-(adaptive Gauss-Hermite quadrature, 30 nodes per group, re-centred at each group's posterior until
-it stops moving). Reported per fit: the largest fixed-effect error against the ML fit, the learned
+(the marginal likelihood by the trapezoid rule on a dense grid of each group's random intercept,
+8001 points over +-12 prior sds, maximised by L-BFGS in float64). Reported per fit: the largest fixed-effect error against the ML fit, the learned
 and ML random-intercept sd, the new-group predictive's NLL per point minus the ML fit's
 empirical-Bayes predictive (200 new groups, 3 support and 3 query visits), divergence and the
 warnings ``fit`` raised. Prints a Markdown table and writes ``results.json``.
@@ -80,35 +80,36 @@ def _log_joint(p: torch.Tensor, x, y, m, b: torch.Tensor) -> torch.Tensor:
     return dist.Normal(0.0, p[-1].exp()).log_prob(b) + lik
 
 
-def ml_fit_glmm(pool: TaskBatch, *, nodes: int = 30, rounds: int = 6) -> torch.Tensor:
-    """Maximum marginal likelihood ``(beta..., log tau)`` by adaptive Gauss-Hermite quadrature (float64, L-BFGS)."""
-    nodes_np, weights_np = np.polynomial.hermite.hermgauss(nodes)
-    z = torch.tensor(nodes_np * math.sqrt(2), dtype=torch.float64)[:, None]  # [K, 1]
-    log_w = torch.tensor(np.log(weights_np / math.sqrt(math.pi)), dtype=torch.float64)[:, None]
+def grid_log_marginal(p: torch.Tensor, pool: TaskBatch, *, points: int = 8001) -> torch.Tensor:
+    """``sum_i log p(D_i | p)`` by the trapezoid rule on a dense grid of the random intercept (float64; exact to
+    quadrature error for a one-dimensional random effect), differentiable in ``p``."""
     x, y, m = pool.all_points()
     x, y, m = x.double(), y.double()[..., 0], m.double()
-    p = torch.zeros(x.shape[-1] + 2, dtype=torch.float64)
-    p[0] = math.log(float(y[m > 0].mean()))
-    centre, scale = torch.zeros(len(pool), dtype=torch.float64), torch.ones(len(pool), dtype=torch.float64)
-    for _ in range(rounds):
-        b = centre + scale * z  # [K, T]
-        log_q = log_w + scale.log() + 0.5 * z**2 + 0.5 * math.log(2 * math.pi)  # node weight / N(z)
-        q = p.clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([q], max_iter=300, line_search_fn="strong_wolfe", tolerance_grad=1e-10,
-                                tolerance_change=1e-14)
+    unit = torch.linspace(-12, 12, points, dtype=torch.float64)[:, None]  # [K, 1] in prior sds
+    b = unit * p[-1].exp()
+    lj = _log_joint(p, x, y, m, b.expand(-1, x.shape[0]))  # [K, T]
+    step = 24 / (points - 1) * p[-1].exp()
+    return (torch.logsumexp(lj, 0) + torch.log(step)).sum()
 
-        def closure(q=q, opt=opt, b=b, log_q=log_q):
-            opt.zero_grad()
-            loss = -torch.logsumexp(_log_joint(q, x, y, m, b) + log_q, 0).sum()
-            loss.backward()
-            return loss
 
-        opt.step(closure)
-        p = q.detach()
-        wts = torch.softmax(_log_joint(p, x, y, m, b) + log_q, 0)  # [K, T]
-        centre = (wts * b).sum(0)
-        scale = (wts * (b - centre) ** 2).sum(0).sqrt().clamp_min(1e-6)
-    return p
+def ml_fit_glmm(pool: TaskBatch, *, points: int = 8001) -> torch.Tensor:
+    """Maximum marginal likelihood ``(beta..., log tau)`` on the dense grid of :func:`grid_log_marginal` (L-BFGS)."""
+    _, y, m = pool.all_points()
+    p = torch.zeros(pool.x_dim + 2, dtype=torch.float64)
+    p[0] = math.log(float(y[m].double().mean()))
+    p[-1] = math.log(0.5)
+    p.requires_grad_(True)
+    opt = torch.optim.LBFGS([p], max_iter=500, line_search_fn="strong_wolfe", tolerance_grad=1e-10,
+                            tolerance_change=1e-14)
+
+    def closure():
+        opt.zero_grad()
+        loss = -grid_log_marginal(p, pool, points=points)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return p.detach()
 
 
 def eb_predictive_nll(p: torch.Tensor, support, query) -> torch.Tensor:

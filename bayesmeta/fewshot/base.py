@@ -24,6 +24,7 @@ __all__ = ["AdaptedClassifier", "EpisodicClassifier", "check_episodic", "check_l
            "refuse_draw_options"]
 
 UNUSED = {"encoder_subsets": "a few-shot classifier has no set encoder",
+          "polish": "the marginal-likelihood polish is a BayesLearner's (a hierarchical Pyro model's)",
           "min_points": "episodes keep min_shots..max_shots examples per class as support"}
 
 

@@ -86,6 +86,11 @@ class TrainConfig:
         patience: stop after this many validations without a better validation NLL
             (``None``: never stop early).
         restore_best: end with the weights of the best validation step (else the last).
+        polish: after meta-training on a finite pool, maximise the pool's marginal likelihood over the
+            model's parameters directly (Laplace, then adaptive quadrature: type-II maximum likelihood, as
+            mixed-model software does; :mod:`bayesmeta.inference.polish`) when the model has at most 64
+            learned scalars and at most 8 task parameters (mixed models, mechanistic formulas); kept only
+            if no worse than the stochastic fit. A ``BayesLearner`` option.
     """
 
     steps: int = 2000
@@ -111,6 +116,7 @@ class TrainConfig:
     val_every: int | None = None
     patience: int | None = 10
     restore_best: bool = True
+    polish: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.device, torch.device):
@@ -153,6 +159,7 @@ class TrainConfig:
             ("patience", self.patience is None or _is_int(self.patience, 1),
              "None (no early stopping) or an int >= 1 (validations without improvement)"),
             ("restore_best", isinstance(self.restore_best, bool), "true or false"),
+            ("polish", isinstance(self.polish, bool), "true or false"),
         ]
 
     @property
@@ -169,7 +176,8 @@ class History:
 
     ``validation`` holds one entry per validation (``step``, ``nll``, ``coverage_90``, and
     ``per_shot``: the same per shot count); ``best_step`` is the step whose weights the learner
-    ended with when validation chose them; ``notes`` are the warnings training raised.
+    ended with when validation chose them; ``notes`` are the warnings training raised; ``polish`` the
+    report of the marginal-likelihood polish (:mod:`bayesmeta.inference.polish`) where one ran.
     """
 
     step: list[int] = field(default_factory=list)
@@ -179,10 +187,12 @@ class History:
     validation: list[dict] = field(default_factory=list)
     best_step: int | None = None
     notes: list[str] = field(default_factory=list)
+    polish: dict | None = None
 
     def as_dict(self) -> dict:
         return {"step": self.step, "loss": self.loss, "time": self.time, "lr": self.lr,
-                "validation": self.validation, "best_step": self.best_step, "notes": self.notes}
+                "validation": self.validation, "best_step": self.best_step, "notes": self.notes,
+                "polish": self.polish}
 
     def append(self, step: int, loss: float, seconds: float, lr: float) -> None:
         self.step.append(step)

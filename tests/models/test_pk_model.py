@@ -109,26 +109,28 @@ def _learned(model) -> dict:
                 "sigma": model.log_sigma.exp().double()}
 
 
-def test_a_mechanistic_model_fitted_in_its_own_units_matches_maximum_likelihood():
+@pytest.mark.parametrize("steps", [300, 2000])
+def test_a_mechanistic_model_fitted_in_its_own_units_matches_maximum_likelihood(steps):
     pool = _simulate(16, seed=0)
     ref = _ml_by_adaptive_quadrature(pool)
     torch.manual_seed(0)
     model = OneCompartment()
     with warnings.catch_warnings():
-        warnings.simplefilter("error", bm.inference.ConvergenceWarning)  # the default budget converges here
-        bm.BayesLearner(model).fit(pool, progress=False, validation=False)  # every subject; library defaults
+        warnings.simplefilter("ignore", bm.MetaOverfittingWarning)  # 3 validation subjects: a noisy signal
+        learner = bm.BayesLearner(model).fit(pool, steps=steps, progress=False)  # library defaults otherwise
+    assert learner.history.polish["accepted"]
     got = _learned(model)
-    # measured: |loc - ML| <= 0.002, tau 0.006, ke 0.0002, sigma 0.0015. The ML estimate's own sampling sd is
-    # ~tau / sqrt(16) ~ 0.07 on loc: the tolerances below are a fraction of it, far below a change of units
-    # (a standardised fit was off by up to 1.7 in log units)
-    assert torch.allclose(got["loc"], ref["loc"], atol=0.03), (got, ref)
-    assert torch.allclose(got["tau"], ref["tau"], atol=0.03), (got, ref)
-    assert abs(float(got["ke"] - ref["ke"])) < 0.002 and abs(float(got["sigma"] / ref["sigma"] - 1)) < 0.05, (got, ref)
+    # measured: equal to the reference to 1e-4 (the polish's adaptive quadrature is the reference's method, its
+    # code is not); without the polish, SVI alone after 2000 steps was 0.006 away and after 300 steps 0.2 away.
+    # The ML estimate's own sampling sd is ~tau / sqrt(16) ~ 0.07 on loc: the tolerance is a small fraction of it
+    for key in ("loc", "tau", "ke", "sigma"):
+        assert torch.allclose(got[key], ref[key], rtol=1e-3, atol=1e-3), (key, got, ref)
 
 
-def test_a_budget_too_small_for_the_pool_gives_a_convergence_warning():
+def test_a_budget_too_small_for_the_pool_gives_a_convergence_warning_without_the_polish():
     pool = _simulate(16, seed=0)
     torch.manual_seed(0)
     with pytest.warns(bm.inference.ConvergenceWarning, match="still falling.*train longer"):
-        learner = bm.BayesLearner(OneCompartment()).fit(pool, steps=300, progress=False, validation=False)
-    assert any("still falling" in note for note in learner.history.notes)
+        learner = bm.BayesLearner(OneCompartment()).fit(pool, steps=300, progress=False, validation=False,
+                                                        polish=False)
+    assert any("still falling" in note for note in learner.history.notes) and learner.history.polish is None
