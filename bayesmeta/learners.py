@@ -14,10 +14,10 @@ import torch
 from .inference.convergence import convergence_problem
 from .inference.distributed import init_from_env
 from .inference.exact import ConvergenceWarning, fit_type2_ml
-from .inference.polish import can_polish, polish_marginal_likelihood
 from .inference.guides import AmortizedGuide
 from .inference.objectives import OBJECTIVES, SLEEP_OBJECTIVES, check_sleep_objective
 from .inference.options import DEFAULT_LR
+from .inference.polish import can_polish, polish_marginal_likelihood
 from .inference.program import ModelProgram, program_of
 from .inference.refine import refine_local
 from .inference.replay import check_replay

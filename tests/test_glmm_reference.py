@@ -1,10 +1,9 @@
 """The maximum-likelihood reference of ``bench glmm``: its dense-grid marginal likelihood and its maximum."""
 
-import torch
-
 import math
 
 import numpy as np
+import torch
 
 from bayesmeta.benchmarks.glmm import _log_joint, eb_predictive_nll, ml_fit_glmm, simulate_glmm
 

@@ -176,7 +176,6 @@ def _polish(program, params, pool, u_init, num_draws, rounds, max_iter, seed) ->
     _lbfgs(params, laplace, max_iter)
     laplace_value = -float(laplace().detach())
     eps, log_w = _nodes(p_dim, t_count, num_draws, seed, x)
-    value = laplace_value
     for _ in range(rounds):  # stage 2: adaptive importance sampling from each task's Laplace Gaussian
         modes, neg_h = [], []
         for c in _chunks(t_count):
@@ -196,7 +195,6 @@ def _polish(program, params, pool, u_init, num_draws, rounds, max_iter, seed) ->
             return total
 
         _lbfgs(params, importance, max_iter)
-        value = -float(importance().detach())
     after = _importance_value(program, x, y, mask, u, num_draws, seed)  # the same estimator as the start's
     better = math.isfinite(after) and after >= before - _MC_TOLERANCE
     return {"log_marginal": after, "log_marginal_before": before, "laplace": laplace_value, "rounds": rounds,
@@ -229,9 +227,9 @@ def _nodes(p_dim: int, t_count: int, num_draws: int, seed: int, like: torch.Tens
     More: ``num_draws`` fixed Gaussian draws per task, equally weighted.
     """
     if p_dim in _GH_NODES:
-        z, w = np.polynomial.hermite.hermgauss(_GH_NODES[p_dim])
-        z = torch.tensor(z * math.sqrt(2), dtype=torch.float64)
-        lw = torch.tensor(np.log(w / math.sqrt(math.pi)), dtype=torch.float64)
+        nodes, weights = np.polynomial.hermite.hermgauss(_GH_NODES[p_dim])
+        z = torch.tensor(nodes * math.sqrt(2), dtype=torch.float64)
+        lw = torch.tensor(np.log(weights / math.sqrt(math.pi)), dtype=torch.float64)
         grid = torch.cartesian_prod(*[z] * p_dim).reshape(-1, p_dim)  # [K, P]
         log_w = torch.cartesian_prod(*[lw] * p_dim).reshape(-1, p_dim).sum(-1)  # [K]
         return grid[:, None, :].to(like), log_w[:, None].to(like)
