@@ -128,6 +128,9 @@ def test_glmm_tiny_run(tmp_path, capsys):
     assert main(["bench", "glmm", "--seeds", "1", "--groups", "6", "--steps", "20", "--out", str(tmp_path),
                  "--threads", "1", "--no-progress"]) == 0
     res = json.loads((tmp_path / "results.json").read_text())
-    (row,) = res["rows"]
-    assert res["benchmark"] == "glmm" and row["steps"] == 20 and "fixed_effect_error" in row
-    assert "| 20 |" in capsys.readouterr().out
+    polished, plain = res["rows"]
+    assert res["benchmark"] == "glmm" and polished["steps"] == 20 and "fixed_effect_error" in polished
+    assert polished["polish_kept"] and not plain["polish_kept"]
+    assert polished["fixed_effect_error"] < 1e-3  # the polish reaches the maximum whatever the budget
+    out = capsys.readouterr().out
+    assert "| 20 |" in out and "| 20, polish=False |" in out
