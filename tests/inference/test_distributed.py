@@ -74,7 +74,7 @@ def _maml_worker(rank, world, port, out_dir):
 # the sum of two single-process steps: on shard r (tasks r::2) with seed RANK_STRIDE * r.
 RANK_STRIDE = 1_000_003
 ONE_SGD_STEP = {"steps": 1, "tasks_per_step": 8, "lr": 0.05, "optimizer": "sgd", "clip_norm": None,
-                "final_lr_fraction": 1.0, "progress": False, "validation": False}
+                "final_lr_fraction": 1.0, "progress": False, "validation": False, "polish": False}
 
 
 def _amortized_learner():
