@@ -90,3 +90,22 @@ def test_training_and_exact_predictions_agree_with_the_cpu():
 
 def test_same_weights_give_the_same_guide_posterior_on_cpu_and_cuda():
     _check_same_weights_agree("cuda")
+
+
+def test_pool_fits_with_the_models_own_scaling_and_the_polish_on_cuda():
+    from bayesmeta.benchmarks.glmm import PoissonGLMM, ml_fit_glmm, simulate_glmm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(10.0).expand(20, 10)[..., None]
+    y = 250 + 25 * torch.randn(20, 1, 1, generator=g) + 10 * x + 5 * torch.randn(20, 10, 1, generator=g)
+    pool = bm.TaskBatch(x, y, torch.ones(20, 10, dtype=torch.bool))
+    neural = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, latent_dim=2, hidden=(16,)))
+    neural.fit(pool, steps=20, device="cuda", progress=False, validation=False)
+    assert neural.model.scaling.y_shift.is_cuda and neural.model.scaling.y_shift.dtype == torch.float64
+    pred = neural.adapt(pool.to("cuda")).predict(x.to("cuda"), seed=0)
+    assert pred.mean.is_cuda and 150 < float(pred.mean.mean()) < 400
+    counts = simulate_glmm(16, seed=1)
+    glmm = bm.BayesLearner(PoissonGLMM()).fit(counts, steps=20, device="cuda", progress=False, validation=False)
+    assert glmm.history.polish["accepted"] and glmm.model.beta.is_cuda and glmm.model.beta.dtype == torch.float32
+    ref = ml_fit_glmm(counts, points=4001)
+    assert abs(float(glmm.model.beta[0].detach().cpu()) - float(ref[0])) < 2e-3

@@ -482,7 +482,7 @@ def is_real(support) -> bool:
     """Whether ``support`` is the real line (or independent copies of it)."""
     while isinstance(support, constraints.independent):
         support = support.base_constraint
-    return support is constraints.real
+    return type(support) is type(constraints.real)  # not identity: a deep copy of a model copies its constraints
 
 
 def _prefix(support) -> str:

@@ -240,3 +240,15 @@ def test_latent_code_model_traced_log_joint_equals_the_hand_density(likelihood):
          "poisson": lambda: td.Poisson(out[..., 0].exp())}[likelihood]()
     hand = prior + (d.log_prob(y[..., 0]) * mask).sum(-1)
     assert torch.allclose(ModelProgram(model).log_joint(x, y, mask, z), hand, atol=1e-4)
+
+
+def test_a_deep_copy_of_a_learner_keeps_its_gaussian_prior_whitening():
+    import copy
+
+    import bayesmeta as bm
+
+    learner = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, latent_dim=2, hidden=(8,)))
+    other = copy.deepcopy(learner)  # constraints are copied too: "real" is a type, not one object
+    assert other.guide.program.gaussian_prior() is not None
+    test = bm.tasks.Sinusoid().sample(3, shots=2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(other.adapt(test).distribution().mean, learner.adapt(test).distribution().mean)
