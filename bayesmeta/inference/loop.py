@@ -3,9 +3,9 @@
 A learner supplies a *step function*: given a mini-batch of tasks it puts the gradients of its
 meta-objective on its parameters and returns the loss per task. Everything else is here, once:
 seeds, the task stream, the learning-rate schedule, the optimiser, gradient clipping, progress,
-the history, the time budget, non-finite checks, validation with early stopping and the best
-weights, atomic checkpoints and resume, and the distributed all-reduce (gradients, loss and every
-rank's "time is up" vote in one message).
+the history, the time budget, non-finite and divergence checks, validation with early stopping
+and the best weights, atomic checkpoints and resume, and the distributed all-reduce (gradients,
+loss and every rank's "time is up" vote in one message).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -27,13 +27,15 @@ from ..tasks.family import TaskFamily
 from ..tasks.phases import Phases
 from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, all_reduce_, broadcast_parameters, check_same_config
+from .divergence import DIVERGENCE_FACTOR, DIVERGENCE_STEPS, DivergenceDetector
 from .early_stopping import EarlyStopping, MetaOverfittingWarning, Validator
 from .options import DEFAULT_LR, OPTIMIZERS, History, TrainConfig, resolve_device
 from .replay import ReplayBuffer, check_replay
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "OPTIMIZERS", "Batch", "History", "TaskStream", "TrainConfig", "load_checkpoint",
-    "pool_points", "resolve_device", "save_checkpoint", "set_lr", "train_loop",
+    "CHECKPOINT_FORMAT", "DIVERGENCE_FACTOR", "DIVERGENCE_STEPS", "OPTIMIZERS", "Batch", "DivergenceDetector", "History",
+    "TaskStream", "TrainConfig", "load_checkpoint", "pool_points", "resolve_device", "save_checkpoint", "set_lr",
+    "train_loop",
 ]
 
 logger = logging.getLogger(__name__)
@@ -170,6 +172,9 @@ def set_lr(optim, cfg, step: int, elapsed: float) -> None:
         group["lr"] = cfg.lr * factor
 
 
+_LOSS_BUFFER = 256  # losses held on the device between host reads (a read at least this often)
+
+
 StepFunction = Callable[[Batch], torch.Tensor]
 """Puts the gradients of the meta-objective on the parameters; returns the loss per task (a 0-d tensor)."""
 
@@ -190,6 +195,10 @@ class _Run:
     modules: dict
     validate: Validator | None = None
     stopper: EarlyStopping | None = None
+    divergence: DivergenceDetector = field(default_factory=DivergenceDetector)
+    recent: torch.Tensor | None = None  # the losses since the last host read, on the device
+    held: int = 0  # how many of them
+    save_due: bool = False  # a checkpoint put off while the loss was over the divergence threshold
 
     @property
     def world(self) -> int:
@@ -244,9 +253,13 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
             batch mixes stored past tasks with fresh ones; its content is checkpointed and resumed.
 
     Raises:
-        FloatingPointError: the loss became non-finite. Checked without a per-step host sync: at
-            every log and checkpoint step, so a checkpoint never holds parameters updated after a
-            non-finite loss.
+        FloatingPointError: the loss became non-finite, or diverged: stayed more than
+            :data:`DIVERGENCE_FACTOR` times above its running scale for :data:`DIVERGENCE_STEPS`
+            steps (:class:`DivergenceDetector`; the message names the step and the learning rate).
+            Both are tracked on the device and checked without a per-step host sync, at every
+            log and checkpoint step (and at least every 256 steps), so a checkpoint never holds
+            parameters updated after a non-finite loss; one due while the loss is over the
+            divergence threshold is put off to the next step where it is not (or the end).
     """
     if cfg.lr is None:  # a learner resolves its own default before this; direct callers get the library's
         cfg = replace(cfg, lr=DEFAULT_LR)
@@ -272,10 +285,10 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
                "replay": None if replay is None else replay.state_dict()})
     step, loss = _steps(step_fn, run, first, save if checkpoint is not None and rank == 0 else None, desc)
     if step >= first:
-        _raise_if_bad(run.bad_steps, step)
+        _check(run, step)
         if not run.history.step or run.history.step[-1] != step:
             run.history.append(step, float(loss), time.perf_counter() - run.start, run.optim.param_groups[0]["lr"])
-    if checkpoint is not None and rank == 0 and step % cfg.checkpoint_every != 0:
+    if checkpoint is not None and rank == 0 and (step % cfg.checkpoint_every != 0 or run.save_due):
         save(step)
     if run.stopper is not None and cfg.restore_best:
         run.stopper.restore(modules)  # the training checkpoint keeps the last weights (and the best ones)
@@ -323,9 +336,9 @@ def _steps(step_fn: StepFunction, run: _Run, first: int, save, desc: str) -> tup
             loss, time_up = _one_step(step_fn, run, step)
             bar.update(1)
             logging = step % cfg.log_every == 0 or step == cfg.steps
-            saving = save is not None and step % cfg.checkpoint_every == 0
+            saving = save is not None and (step % cfg.checkpoint_every == 0 or run.save_due)
             if logging or saving:  # the only host syncs
-                _raise_if_bad(run.bad_steps, step)
+                _check(run, step)
             if run.distributed is not None:  # the same answer on every rank, read at log steps only
                 time_up = (logging or saving) and bool(time_up > 0)
             if logging:
@@ -335,7 +348,9 @@ def _steps(step_fn: StepFunction, run: _Run, first: int, save, desc: str) -> tup
             stop = run.validate is not None and (step % interval == 0 or step == cfg.steps or bool(time_up)) \
                 and _validate(run, step, bar, main)
             if saving:
-                save(step)
+                run.save_due = run.divergence.over  # never checkpoint parameters a diverging loss moved
+                if not run.save_due:
+                    save(step)
             if time_up or stop:
                 break
     finally:
@@ -350,7 +365,8 @@ def _one_step(step_fn: StepFunction, run: _Run, step: int) -> tuple[torch.Tensor
     try:
         loss = step_fn(batch)
     except (RuntimeError, ValueError) as err:  # e.g. a Cholesky of parameters a non-finite step spoiled
-        _raise_if_bad(run.bad_steps, step - 1)
+        _raise_if_bad(run, step - 1)
+        _read_losses(run, step - 1)
         _raise_if_diverged(err, step, run)
         raise
     loss = loss.detach()
@@ -362,12 +378,34 @@ def _one_step(step_fn: StepFunction, run: _Run, step: int) -> tuple[torch.Tensor
                 assert p.grad is not None  # all_reduce_ set every grad
                 p.grad.div_(run.world)
         loss, votes = reduced[0] / run.world, reduced[1]
-        run.bad_steps += ~torch.isfinite(loss)
+        _track(run, loss, step)
         _clip_and_step(run)
         return loss, votes
-    run.bad_steps += ~torch.isfinite(loss)  # counted on the device: no host sync here
+    _track(run, loss, step)
     _clip_and_step(run)
     return loss, time_up
+
+
+def _track(run: _Run, loss: torch.Tensor, step: int) -> None:
+    """Count a non-finite loss and keep the loss for the divergence check, on the device: no host sync here
+    (unless :data:`_LOSS_BUFFER` steps passed without a log or checkpoint step)."""
+    run.bad_steps += ~torch.isfinite(loss)
+    if run.recent is None:
+        run.recent = torch.empty(_LOSS_BUFFER, dtype=loss.dtype, device=loss.device)
+    run.recent[run.held] = loss
+    run.held += 1
+    if run.held == _LOSS_BUFFER:  # no log or checkpoint step for that long: a check of its own
+        _check(run, step)
+
+
+def _read_losses(run: _Run, step: int) -> None:
+    """Feed the losses held on the device (those of the steps up to ``step``) to the divergence detector."""
+    if run.held:
+        assert run.recent is not None
+        first = step - run.held + 1
+        for i, value in enumerate(run.recent[: run.held].tolist()):  # one host sync
+            run.divergence.update(value, first + i)
+        run.held = 0
 
 
 def _clip_and_step(run: _Run) -> None:
@@ -377,26 +415,42 @@ def _clip_and_step(run: _Run) -> None:
 
 
 def _raise_if_diverged(err: Exception, step: int, run: _Run) -> None:
-    """Divergence mid-training (a distribution refusing inf/nan arguments, or non-finite parameters): say so.
-
-    Any other error of the step passes through unchanged.
+    """Divergence mid-training (a distribution refusing inf/nan arguments, non-finite parameters, or a loss
+    over the divergence threshold just before): say so. Any other error of the step passes through unchanged.
     """
     text = str(err)
     refused = "found invalid values" in text  # torch.distributions' argument validation
-    if not refused and all(bool(torch.isfinite(p).all()) for p in run.params):  # error path only: syncs are fine
+    onset = run.divergence.diverged_at
+    if not refused and onset is None and not run.divergence.over \
+            and all(bool(torch.isfinite(p).all()) for p in run.params):  # error path only: syncs are fine
         return
     first = text.splitlines()[0] if text else type(err).__name__
-    raise FloatingPointError(
-        f"meta-training diverged at step {step}: parameters became too large or non-finite ({first}). The "
-        f"learning rate (lr={run.cfg.lr}) is likely too large for this model: try a smaller lr or a "
-        "tighter clip_norm; the last checkpoint (if any) holds earlier parameters") from err
+    since = "" if onset is None else f", after the loss per task rose to {run.divergence.describe()} at step {onset}"
+    raise FloatingPointError(f"meta-training diverged at step {step}: parameters became too large or non-finite "
+                             f"({first}){since}. {_advice(run)}") from err
 
 
-def _raise_if_bad(bad_steps: torch.Tensor, step: int) -> None:
-    n = int(bad_steps)
+def _raise_if_bad(run: _Run, step: int) -> None:
+    """Raise ``FloatingPointError`` if a loss up to ``step`` was non-finite (a host sync)."""
+    n = int(run.bad_steps)
     if n:
         raise FloatingPointError(f"meta-training: the loss was non-finite in {n} step(s) up to step {step}; "
                                  "the last checkpoint (if any) holds finite parameters")
+
+
+def _check(run: _Run, step: int) -> None:
+    """At a log or checkpoint step: raise ``FloatingPointError`` if a loss up to ``step`` was non-finite or diverged."""
+    _raise_if_bad(run, step)
+    _read_losses(run, step)
+    onset = run.divergence.diverged_at
+    if onset is not None:
+        raise FloatingPointError(f"meta-training diverged at step {onset} (seen at step {step}): the loss per task "
+                                 f"stayed {run.divergence.describe()} for {run.divergence.steps} steps. {_advice(run)}")
+
+
+def _advice(run: _Run) -> str:
+    return (f"The learning rate (lr={run.cfg.lr}) is likely too large for this model: try a smaller lr or a tighter "
+            "clip_norm; the last checkpoint (if any) holds earlier parameters")
 
 
 def _restore(state: dict, modules: dict, run: _Run) -> int:
