@@ -23,6 +23,7 @@ is written twice.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pyro
@@ -96,11 +97,13 @@ def _chunks(n: int):
     return [slice(s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK)]
 
 
-def _lbfgs(params, objective, max_iter: int) -> None:
+def _lbfgs(params, objective, max_iter: int, deadline: float) -> None:
     opt = torch.optim.LBFGS(params, max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-9,
                             tolerance_change=1e-12)
 
     def closure():
+        if time.perf_counter() > deadline:
+            raise _OutOfTime
         opt.zero_grad()
         loss = objective()
         loss.backward()
@@ -110,7 +113,8 @@ def _lbfgs(params, objective, max_iter: int) -> None:
 
 
 def polish_marginal_likelihood(program, pool, *, u_init: torch.Tensor | None = None, num_draws: int = 512,
-                               rounds: int = 6, max_iter: int = 200, seed: int = 0) -> dict:
+                               rounds: int = 6, max_iter: int = 200, max_seconds: float = 30.0,
+                               seed: int = 0) -> dict:
     """Maximise the pool's marginal likelihood over the model's parameters (in place); returns a report.
 
     Args:
@@ -121,6 +125,8 @@ def polish_marginal_likelihood(program, pool, *, u_init: torch.Tensor | None = N
         num_draws: importance draws per task in stage 2 (fixed: the objective is deterministic).
         rounds: re-centrings of stage 2.
         max_iter: L-BFGS iterations per stage and round.
+        max_seconds: the polish gives up (and changes nothing) after this long: large tasks with
+            several task parameters make every evaluation a batch of Newton solves.
 
     Returns:
         ``{"log_marginal", "log_marginal_before", "laplace", "rounds", "accepted"}`` (log marginals summed
@@ -133,8 +139,11 @@ def polish_marginal_likelihood(program, pool, *, u_init: torch.Tensor | None = N
     try:  # in float64, as mixed-model software: the modes and the objective must be smooth to L-BFGS's tolerance
         for p in params:
             p.data = p.data.double()
+        deadline = time.perf_counter() + max_seconds
         with pyro.validation_enabled(False):  # a trial point may leave the formula's domain: NaN, then rejected
-            report = _polish(program, params, pool, u_init, num_draws, rounds, max_iter, seed)
+            report = _polish(program, params, pool, u_init, num_draws, rounds, max_iter, seed, deadline)
+    except _OutOfTime:
+        report = {"accepted": False, "why": f"stopped after max_seconds={max_seconds:g} s"}
     except (RuntimeError, ValueError, torch.linalg.LinAlgError) as err:
         report = {"accepted": False, "why": f"{type(err).__name__}: {err}"[:300]}
     accepted = report.get("accepted", True) and all(bool(torch.isfinite(p).all()) for p in params)
@@ -143,7 +152,11 @@ def polish_marginal_likelihood(program, pool, *, u_init: torch.Tensor | None = N
     return {**report, "accepted": accepted}
 
 
-def _polish(program, params, pool, u_init, num_draws, rounds, max_iter, seed) -> dict:
+class _OutOfTime(Exception):
+    pass
+
+
+def _polish(program, params, pool, u_init, num_draws, rounds, max_iter, seed, deadline: float) -> dict:
     """The two stages; ``accepted`` is False when the result is not better than the start (the caller restores)."""
     x, y, mask = (t.to(params[0].device, torch.float64) if t.is_floating_point() else t.to(params[0].device)
                   for t in pool.all_points())
@@ -171,7 +184,7 @@ def _polish(program, params, pool, u_init, num_draws, rounds, max_iter, seed) ->
         return total
 
     before = _importance_value(program, x, y, mask, u, num_draws, seed)  # the start's own estimate
-    _lbfgs(params, laplace, max_iter)
+    _lbfgs(params, laplace, max_iter, deadline)
     laplace_value = -float(laplace().detach())
     eps, log_w = _nodes(p_dim, t_count, num_draws, seed, x)
     for _ in range(rounds):  # stage 2: adaptive importance sampling from each task's Laplace Gaussian
@@ -192,7 +205,7 @@ def _polish(program, params, pool, u_init, num_draws, rounds, max_iter, seed) ->
                 total = total - torch.logsumexp(lw + log_w, 0).sum()
             return total
 
-        _lbfgs(params, importance, max_iter)
+        _lbfgs(params, importance, max_iter, deadline)
     after = _importance_value(program, x, y, mask, u, num_draws, seed)  # the same estimator as the start's
     better = math.isfinite(after) and after >= before - _MC_TOLERANCE
     return {"log_marginal": after, "log_marginal_before": before, "laplace": laplace_value, "rounds": rounds,

@@ -73,3 +73,11 @@ def test_fit_polishes_small_models_on_pools_only_and_the_option_is_refused_elsew
     assert not can_polish(big.program)  # a neural decoder: thousands of weights
     with pytest.raises(ValueError, match="polish.*does not apply"):
         bm.baselines.MAML(x_dim=1, y_dim=1).fit(bm.tasks.Sinusoid(), 1, polish=False, progress=False)
+
+
+def test_a_polish_out_of_time_changes_nothing():
+    model = PoissonGLMM()
+    before = [p.detach().clone() for p in model.parameters()]
+    report = polish_marginal_likelihood(program_of(model), simulate_glmm(6, seed=0), max_seconds=0.0)
+    assert not report["accepted"] and "max_seconds" in report["why"]
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
