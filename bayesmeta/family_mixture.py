@@ -236,9 +236,8 @@ class FamilyMixture:
             mean = _mean(d).to(self._dtype)
             if which == "mean":
                 return self._out((w * mean).sum(0))
-            m = (w * mean).sum(0)
-            second = (w * (_variance(d).to(self._dtype) + mean**2)).sum(0)
-            return self._out((second - m**2).clamp_min(0.0))
+            m = (w * mean).sum(0)  # the law of total variance around m (no E[y^2] - m^2 cancellation)
+            return self._out((w * (_variance(d).to(self._dtype) + (mean - m) ** 2)).sum(0))
         return self._collect(fn)
 
     @property

@@ -351,8 +351,10 @@ class GaussianMixture:
         if self._moments is None:
             def both(b, loc, scale, w):
                 mean = (w * loc).sum(0)
-                second = (w * (scale**2 + loc**2)).sum(0)
-                return torch.stack([mean, (second - mean**2).clamp_min(0.0)])
+                # law of total variance around the mean (not E[loc^2] - mean^2, which cancels catastrophically in
+                # float32 for outcomes far from zero: a component at 5000 with sd 1 gave sd 0)
+                var = (w * (scale**2 + (loc - mean) ** 2)).sum(0)
+                return torch.stack([mean, var])
             m = self._per_block(both, dim=1)  # [2, T, N, E]
             self._moments = (m[0], m[1])
         return self._moments
