@@ -273,9 +273,12 @@ class MetaLearner:
         self._whole_pool = source if isinstance(source, TaskBatch) and validation is None else None
         source, validate = self._validation(source, validation, cfg, distributed)
         state = self._resume_state(checkpoint, resume, cfg)
-        self.history = self._meta_train(source, cfg, state=state, standardize=standardize, checkpoint=checkpoint,
-                                        on_checkpoint=on_checkpoint, distributed=distributed, validate=validate,
-                                        replay=replay)
+        try:
+            self.history = self._meta_train(source, cfg, state=state, standardize=standardize,
+                                            checkpoint=checkpoint, on_checkpoint=on_checkpoint,
+                                            distributed=distributed, validate=validate, replay=replay)
+        finally:
+            self._whole_pool = None  # the user's pool is not kept alive by the learner after fit
         self.train_config = asdict(cfg)
         return self
 
