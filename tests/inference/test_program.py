@@ -125,10 +125,47 @@ def _program(body):
 
 
 def _bad_models():
-    def global_latent(self, x, y, mask):
+    def only_a_global(self, x, y, mask):
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
         with pyro.plate("tasks", x.shape[0], dim=-2), pyro.plate("points", x.shape[1], dim=-1):
             return pyro.sample("y", dist.Normal(mu, 1.0).mask(mask), obs=y)
+
+    def discrete_global(self, x, y, mask):
+        k = pyro.sample("k", dist.Bernoulli(0.5))
+        with pyro.plate("tasks", x.shape[0], dim=-2):
+            w = pyro.sample("w", dist.Normal(k, 1.0))
+            with pyro.plate("points", x.shape[1], dim=-1):
+                return pyro.sample("y", dist.Normal(w, 1.0).mask(mask), obs=y)
+
+    def global_in_points_plate(self, x, y, mask):
+        points = pyro.plate("points", x.shape[1], dim=-1)
+        with points:
+            s = pyro.sample("s", dist.HalfNormal(1.0))
+        with pyro.plate("tasks", x.shape[0], dim=-2):
+            w = pyro.sample("w", dist.Normal(self.loc, 1.0))
+            with points:
+                return pyro.sample("y", dist.Normal(w, s).mask(mask), obs=y)
+
+    def global_after_a_task_site(self, x, y, mask):
+        tasks = pyro.plate("tasks", x.shape[0], dim=-2)
+        with tasks:
+            w = pyro.sample("w", dist.Normal(self.loc, 1.0))
+        s = pyro.sample("s", dist.LogNormal(w, 1.0))  # its prior depends on a task site
+        with tasks, pyro.plate("points", x.shape[1], dim=-1):
+            return pyro.sample("y", dist.Normal(w, s).mask(mask), obs=y)
+
+    def unused_global(self, x, y, mask):
+        pyro.sample("tau", dist.HalfNormal(1.0))
+        with pyro.plate("tasks", x.shape[0], dim=-2):
+            w = pyro.sample("w", dist.Normal(self.loc, 1.0))
+            with pyro.plate("points", x.shape[1], dim=-1):
+                return pyro.sample("y", dist.Normal(w, 1.0).mask(mask), obs=y)
+
+    def unobserved(self, x, y, mask):
+        with pyro.plate("tasks", x.shape[0], dim=-2):
+            w = pyro.sample("w", dist.Normal(self.loc, 1.0))
+            with pyro.plate("points", x.shape[1], dim=-1):
+                return pyro.sample("y", dist.Normal(w, 1.0).mask(mask))  # obs=y forgotten
 
     def no_observation(self, x, y, mask):
         with pyro.plate("tasks", x.shape[0], dim=-2):
@@ -163,7 +200,11 @@ def _bad_models():
             with pyro.plate("points", x.shape[1], dim=-1):
                 return pyro.sample("y", dist.Normal(w.sum(-1, keepdim=True), 1.0).mask(mask), obs=y)
 
-    return [(global_latent, "'mu' is outside the tasks plate"), (no_observation, "no observation site"),
+    return [(only_a_global, "no task-level latent site"), (discrete_global, "global site 'k' is discrete"),
+            (global_in_points_plate, "'s' is inside the points plate but not the tasks plate"),
+            (global_after_a_task_site, "global site 's' has batch shape"),
+            (unused_global, "global site 'tau' influences nothing"), (unobserved, "'y' is not observed"),
+            (no_observation, "no observation site"),
             (discrete_latent, "'k' is discrete"), (ignores_mask, "ignores mask"),
             (fixed_plate, "tasks plate has size 10"), (per_point_latent, "inside the points plate"),
             (undeclared_event, "'w' has batch shape")]
