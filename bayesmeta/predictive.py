@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .family_mixture import FamilyMixture
+from .inference.hyper import ConditionalJoint, HyperProgram
 from .inference.importance import defensive_importance, effective_sample_size, pareto_k
 from .inference.program import program_of, unwrap
 from .mixture import GaussianMixture, heaviest, pad_components, systematic_resample
@@ -125,12 +126,20 @@ class Posterior:
     Built by :meth:`bayesmeta.BayesLearner.adapt`. Holds either the amortized guide's local
     parameters (approximate posterior, optionally refined) or an exact Gaussian posterior. The
     support, the task parameters and the predictives are in the data's units, as the model has them.
+
+    For a model with global sites (``hyper``: draws of their posterior given the training pool), each
+    task's draws are joint ``(g, theta)``: global draws from the hyperposterior and task draws given
+    each, so predictions integrate over both and :meth:`sample` returns the global sites too (one
+    draw per task and sample, ``[n, T, *event]``: the hyperposterior as this task's support updates it).
     """
 
-    def __init__(self, model, x, y, mask, *, guide=None, local=None, exact=None) -> None:
+    def __init__(self, model, x, y, mask, *, guide=None, local=None, exact=None, hyper=None) -> None:
         if (exact is None) == (guide is None or local is None):
             raise ValueError("Posterior needs either guide and local parameters, or an exact posterior")
-        self.model, self.guide, self.local, self.exact = program_of(model), guide, local, exact
+        if hyper is not None and not isinstance(model, HyperProgram):
+            model = HyperProgram(program_of(model), hyper)
+        self.model = model if isinstance(model, HyperProgram) else program_of(model)
+        self.guide, self.local, self.exact, self.hyper = guide, local, exact, hyper
         self.x_support, self.y_support, self.mask_support = x, y, mask
 
     @property
@@ -147,6 +156,8 @@ class Posterior:
             if widen == 1.0:
                 return self.exact
             return type(self.exact)(self.exact.loc, scale_tril=self.exact.scale_tril * widen)
+        if self.hyper is not None:
+            return ConditionalJoint(self.guide, self.local, self.hyper, widen=widen)
         return self.guide.build(self.local, widen=widen)
 
     @torch.no_grad()
@@ -336,7 +347,7 @@ class Posterior:
             exact = type(self.exact)(self.exact.loc[idx], scale_tril=self.exact.scale_tril[idx])
             return Posterior(self.model, x, y, m, exact=exact)
         local = {key: v[idx] for key, v in self.local.items()}
-        return Posterior(self.model, x, y, m, guide=self.guide, local=local)
+        return Posterior(self.model, x, y, m, guide=self.guide, local=local, hyper=self.hyper)
 
     def importance_samples(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``theta [n, T, P]`` and log weights ``[n, T]`` targeting the model's exact posterior."""

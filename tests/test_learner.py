@@ -291,7 +291,7 @@ def test_family_training_leaves_the_model_scaling_unfitted_and_standardize_true_
 
 
 def test_fit_without_a_device_keeps_the_learner_where_it_is(monkeypatch):
-    import bayesmeta.learners as learners_module
+    import bayesmeta.learners.bayes as learners_module
 
     learner = bm.BayesLearner(bm.models.LatentCodeRegression(x_dim=1, y_dim=1, latent_dim=2, hidden=(8,)))
     learner.device = torch.device("meta")  # stands for "not the CPU" on a machine without a GPU

@@ -53,8 +53,8 @@ def test_a_plain_pyro_model_receives_the_users_tensors_unchanged_in_fit_adapt_an
     learner.fit(pool, steps=3, progress=False, validation=False, tasks_per_step=4)
     fit_calls = [(x, y) for x, y in model.seen if y is not None and x.shape[0] == 4]
     assert fit_calls, "the model was called on the training tasks"
-    for x, _ in fit_calls:  # every training call: the user's inputs (no shift, no division)
-        assert {float(v) for v in x.flatten().tolist()} - {0.0} <= data_values, "the model saw inputs that are not the user's"
+    for x, _ in fit_calls:  # every training call: the user's inputs (no shift, no division); masked padding is 1
+        assert {float(v) for v in x.flatten().tolist()} - {0.0, 1.0} <= data_values, "the model saw inputs that are not the user's"
     # the real-data terms observe the user's outcomes as given (the sleep phase's simulated outcomes aside)
     real = [y for _, y in fit_calls if {float(v) for v in y.flatten().tolist()} - {0.0} <= data_values]
     assert len(real) >= 3 and all(float(y.max()) > 200 for y in real)

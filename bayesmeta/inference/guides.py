@@ -17,6 +17,13 @@ Families:
 
 * ``"diagonal"``: ``u ~ N(a, diag s^2)``. With a diagonal prior this is a diagonal Normal in
   ``theta``; with a correlated prior it inherits the prior's correlations.
+Global latent sites (hyperpriors) get a guide of their own, ``q(g)``
+(:class:`~bayesmeta.inference.global_guide.GlobalGuide`, a full-rank Gaussian), and the local guide is
+conditioned on the global draw: the whitening is the task prior *given* ``g`` where that is a Normal
+(``theta = mu(g) + sigma(g) v``: the non-centred parameterisation, so the empty set gives the
+conditional prior), and the head reads the draw's features beside the set embedding, so ``q(v | D, g)``
+follows ``g`` (its output is zero on the empty set whatever ``g``).
+
 * ``"flow"``: a conditional normalizing flow on top of that Normal (affine coupling layers from
   :mod:`pyro.distributions.transforms`, conditioned on the set embedding), which can bend
   around curved posteriors and split into several modes. Each coupling's shift and log-scale
@@ -38,6 +45,7 @@ from torch import nn
 from ..models.nn import MLP
 from ..models.scaling import DataScaling
 from .encoder import SetEncoder
+from .global_guide import GlobalGuide
 from .program import TASK_DIM, ModelProgram, is_real, program_of
 
 __all__ = ["AmortizedGuide", "GUIDE_FAMILIES", "prior_loc_tril"]
@@ -101,7 +109,16 @@ class AmortizedGuide(nn.Module):
         self.prior_gradients = prior_gradients
         self.config = {"family": family, "hidden": list(hidden), "embed_dim": embed_dim,
                        "flow_layers": flow_layers, "prior_gradients": prior_gradients}
-        self.gaussian_prior = program.gaussian_prior() is not None
+        self.has_globals = program.has_globals
+        if self.has_globals and family != "diagonal":
+            raise ValueError(f"family={family!r} is not supported yet for a model with global latent sites "
+                             f"({[s.name for s in program.global_sites]}); use family='diagonal'")
+        self.globals = GlobalGuide(program) if self.has_globals else None
+        if self.has_globals:  # the conditional prior p(theta | g), Normal on the real line, whitens
+            self.gaussian_prior = program.conditional_gaussian(
+                torch.zeros(1, 1, program.global_dim, dtype=program.probe_inputs().dtype)) is not None
+        else:
+            self.gaussian_prior = program.gaussian_prior() is not None
         if not self.gaussian_prior:  # the empty set's Gaussian, fitted to prior draws (prior_matching_loss)
             self.empty_loc = nn.Parameter(torch.zeros(p))
             self.empty_log_scale = nn.Parameter(torch.zeros(p))
@@ -111,7 +128,7 @@ class AmortizedGuide(nn.Module):
         # family): the encoder's own inputs, so no model changes
         # (outputs: real-valued ones only; counts enter as log1p(y), labels one-hot, as they always did)
         self.input_scaling = DataScaling(program.x_dim, self.classes or program.y_dim, outputs=program.observation.real)
-        self.head = MLP(embed_dim, hidden[-1:], 2 * p, zero_last=True)
+        self.head = MLP(embed_dim + program.global_dim, hidden[-1:], 2 * p, zero_last=True)
         self.flows = nn.ModuleList()
         if family == "flow":
             for _ in range(flow_layers):
@@ -121,13 +138,29 @@ class AmortizedGuide(nn.Module):
     def encode(self, x, y, mask) -> dict[str, torch.Tensor]:
         """Local variational parameters of every task: ``a, log_s [T, P]`` and context ``[T, R]``."""
         r = self.encoder(*self._encoder_inputs(x, y), mask)  # [T, R]
-        raw = self.head(r) - self.head(self.encoder.empty(r))  # [T, 2P]; zero for empty sets
-        a, log_s = raw.split(self.param_dim, -1)
+        observed = mask.any(-1, keepdim=True).to(r.dtype)  # [T, 1]: 0 for an empty set (flows: identity)
+        if self.has_globals:  # a and log_s depend on the global draw: computed in build
+            return {"context": r, "observed": observed}
+        a, log_s = self._head(r, self.encoder.empty(r))
+        return {"a": a, "log_s": log_s, "context": r, "observed": observed}
+
+    def _head(self, r: torch.Tensor, empty: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``a, log_s [..., P]`` from embeddings ``r [..., R(+G)]``, zero where ``r`` is the empty set's."""
+        a, log_s = (self.head(r) - self.head(empty)).split(self.param_dim, -1)
         # bounded (identity inside): a wild support set (a sleep phase's simulated task from the prior's tail)
         # must not overflow exp(log_s) or the location into inf and spoil a training step
-        a, log_s = a.clamp(-_MAX_SHIFT, _MAX_SHIFT), log_s.clamp(-_MAX_LOG_SCALE, _MAX_LOG_SCALE)
-        observed = mask.any(-1, keepdim=True).to(r.dtype)  # [T, 1]: 0 for an empty set (flows: identity)
-        return {"a": a, "log_s": log_s, "context": r, "observed": observed}
+        return a.clamp(-_MAX_SHIFT, _MAX_SHIFT), log_s.clamp(-_MAX_LOG_SCALE, _MAX_LOG_SCALE)
+
+    def _conditioned(self, local: dict[str, torch.Tensor], g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Local parameters given global draws ``g [n, T or 1, G]``: ``a, log_s [n, T, P]``."""
+        r = local["context"]  # [T, R]
+        feat = self.globals.features(g)  # [n, T or 1, G]
+        shape = (*feat.shape[:-2], r.shape[0])
+        r = r.expand(*shape, r.shape[-1])
+        feat = feat.expand(*shape, feat.shape[-1])
+        empty = self.encoder.empty(r).expand_as(r)
+        a, log_s = self._head(torch.cat([r, feat], -1), torch.cat([empty, feat], -1))
+        return {**local, "a": a, "log_s": log_s}
 
     @torch.no_grad()
     def fit_input_scaling(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> None:
@@ -162,10 +195,18 @@ class AmortizedGuide(nn.Module):
     def program(self) -> ModelProgram:
         return self.model[0]
 
-    def whitening(self, *, detach: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """``(loc, scale, tril)`` of the Gaussian the empty set gets (the prior where it is Gaussian);
-        ``detach``: without gradients to the prior's parameters."""
-        prior = self.program.gaussian_prior()
+    def whitening(self, *, detach: bool = False, g: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(loc, scale, tril)`` of the Gaussian the empty set gets (the prior where it is Gaussian; given
+        global draws ``g [n, T or 1, G]`` for a model with global sites); ``detach``: without gradients to the
+        prior's parameters."""
+        prior = None if self.has_globals else self.program.gaussian_prior()
+        conditional = self.program.conditional_gaussian(g) if self.has_globals and self.gaussian_prior else None
+        if conditional is not None:
+            loc, scale = conditional
+            if detach or not self.prior_gradients:
+                return loc.detach(), scale.detach(), None
+            return loc, scale, None
         if prior is not None:
             loc, scale, tril = prior_loc_tril(prior)
             if detach or not self.prior_gradients:
@@ -182,16 +223,22 @@ class AmortizedGuide(nn.Module):
         if self.gaussian_prior:
             return None
         with torch.no_grad():
-            u = self.program.sample_prior(x, num_draws).reshape(-1, self.param_dim)  # [n T, P]
+            g = None if self.globals is None else self.globals.distribution().sample((num_draws,))[:, None]
+            u = self.program.sample_prior(x, num_draws, g=g).reshape(-1, self.param_dim)  # [n T, P]
         lp = dist.Normal(self.empty_loc, self.empty_log_scale.exp()).log_prob(u).sum(-1)
         return -lp.mean()
 
     def build(self, local: dict[str, torch.Tensor], *, widen: float = 1.0, plate_dim: bool = False,
-              detach_prior: bool = False) -> dist.TorchDistribution:
+              detach_prior: bool = False, g: torch.Tensor | None = None) -> dist.TorchDistribution:
         """``q`` over flat unconstrained parameters from local parameters; batch ``[T]`` (``[T, 1]``
         with ``plate_dim``), event ``[P]``; ``detach_prior``: the prior's parameters get no gradient
-        through ``q`` (objectives that train the guide and the model with separate terms)."""
-        loc, scale, tril = self.whitening(detach=detach_prior)
+        through ``q`` (objectives that train the guide and the model with separate terms). A model
+        with global sites: ``q(theta | D, g)`` given global draws ``g [n, T or 1, G]``, batch ``[n, T]``."""
+        if self.has_globals:
+            if g is None:
+                raise ValueError("the model has global latent sites: q(theta | D, g) needs their draws (g=)")
+            local = self._conditioned(local, g)
+        loc, scale, tril = self.whitening(detach=detach_prior, g=g)
         a, s, ctx = local["a"], local["log_s"].exp() * widen, local["context"]
         gate = local.get("observed")  # [T, 1]; absent: every task has points
         if plate_dim:
@@ -215,9 +262,11 @@ class AmortizedGuide(nn.Module):
             transforms.append(T.LowerCholeskyAffine(loc, tril))
         return dist.TransformedDistribution(base, transforms)
 
-    def distribution(self, x, y, mask, *, widen: float = 1.0, detach_prior: bool = False) -> dist.TorchDistribution:
-        """``q(theta_i | D_i)`` over flat task parameters: batch ``[T]``, event ``[P]``."""
-        return self.build(self.encode(x, y, mask), widen=widen, detach_prior=detach_prior)
+    def distribution(self, x, y, mask, *, widen: float = 1.0, detach_prior: bool = False,
+                     g: torch.Tensor | None = None) -> dist.TorchDistribution:
+        """``q(theta_i | D_i)`` over flat task parameters: batch ``[T]``, event ``[P]`` (given global draws
+        ``g [n, T or 1, G]``: ``q(theta_i | D_i, g)``, batch ``[n, T]``)."""
+        return self.build(self.encode(x, y, mask), widen=widen, detach_prior=detach_prior, g=g)
 
     # ------------------------------------------------------------------ the Pyro guide
     def forward(self, x, y=None, mask=None, *, num_tasks: int | None = None):
@@ -231,6 +280,9 @@ class AmortizedGuide(nn.Module):
         """
         if y is None:
             raise ValueError("the amortized guide needs observed y to condition on")
+        if self.has_globals:
+            raise ValueError("a model with global latent sites is trained by the library's own objectives "
+                             "(bayesmeta.inference.GlobalWakeSleep), not through this Pyro guide")
         t = x.shape[0]
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)

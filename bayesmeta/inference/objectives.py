@@ -150,14 +150,15 @@ def check_sleep_objective(program, objective: str) -> None:
     x = program.probe_inputs()
     try:
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            program.sample_joint(x)
+            g = program.sample_globals(1)[:, None] if program.has_globals else None
+            program.sample_joint(x, g=g)
     except ModelError as err:
         raise ValueError(f"objective={objective!r} trains the guide on tasks simulated from the model, but "
                          f"{type(program.model).__name__} cannot simulate them: {err}. Use objective='iwae' or "
                          "'rws-wake' (no sleep phase), or give the observation distribution a sample()") from err
 
 
-def sleep_log_q(model, guide, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sleep_log_q(model, guide, x: torch.Tensor, mask: torch.Tensor, *, g: torch.Tensor | None = None) -> torch.Tensor:
     """The sleep phase: ``log q(theta_i | D_i)`` of simulated tasks, ``[T]``; gradients reach the guide only.
 
     For every task of ``x [T, N, D]``, ``theta_i`` is drawn from the learned prior and all of its
@@ -167,9 +168,10 @@ def sleep_log_q(model, guide, x: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     ``q``: it minimises the forward KL ``E_D KL(p(theta | D) || q(theta | D))`` under the model,
     which is mass-covering and, at its optimum, calibrated by construction (simulation-based
     calibration then passes). No gradient reaches the model (its draws are constants and ``q``
-    is built without the prior's gradients).
+    is built without the prior's gradients). A model with global sites simulates given their draw
+    ``g [1, 1, G]`` (a constant), and ``q(theta | D, g)`` is scored at it.
     """
-    u, y = model.sample_joint(x, mask)  # [T, P], [T, N, E]
+    u, y = model.sample_joint(x, mask, g=g)  # [T, P], [T, N, E]
     finite = torch.isfinite(y).all(-1) & torch.isfinite(u).all(-1)[:, None]  # [T, N]: an overflowing simulation
     y = torch.where(finite[..., None], y, torch.zeros_like(y))
     mask = mask & finite.all(-1, keepdim=True)  # such a task is shown no points and scores nothing
@@ -178,8 +180,9 @@ def sleep_log_q(model, guide, x: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     keep = (torch.rand(n.shape, device=mask.device) * (n + 1)).floor()  # U{0..n_i}
     observed = mask & (rank < keep)  # [T, N]
     y = torch.where(observed[..., None], y, torch.zeros_like(y))  # a huge unshown value must not reach the encoder
-    q = guide.distribution(x, y, observed, detach_prior=True)
+    q = guide.distribution(x, y, observed, detach_prior=True, g=g)
     lq = q.log_prob(u)
+    lq = lq.reshape(-1, x.shape[0])[0] if g is not None else lq  # [1, T] given a global draw
     return torch.where(finite.all(-1) & torch.isfinite(lq), lq, torch.zeros_like(lq))
 
 

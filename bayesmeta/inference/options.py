@@ -177,7 +177,8 @@ class History:
     ``validation`` holds one entry per validation (``step``, ``nll``, ``coverage_90``, and
     ``per_shot``: the same per shot count); ``best_step`` is the step whose weights the learner
     ended with when validation chose them; ``notes`` are the warnings training raised; ``polish`` the
-    report of the marginal-likelihood polish (:mod:`bayesmeta.inference.polish`) where one ran.
+    report of the marginal-likelihood polish (:mod:`bayesmeta.inference.polish`) where one ran;
+    ``hyper`` the importance correction of a model's global sites (ESS, Pareto-k, kept) where one ran.
     """
 
     step: list[int] = field(default_factory=list)
@@ -188,11 +189,12 @@ class History:
     best_step: int | None = None
     notes: list[str] = field(default_factory=list)
     polish: dict | None = None
+    hyper: dict | None = None
 
     def as_dict(self) -> dict:
         return {"step": self.step, "loss": self.loss, "time": self.time, "lr": self.lr,
                 "validation": self.validation, "best_step": self.best_step, "notes": self.notes,
-                "polish": self.polish}
+                "polish": self.polish, "hyper": self.hyper}
 
     def append(self, step: int, loss: float, seconds: float, lr: float) -> None:
         self.step.append(step)

@@ -44,7 +44,10 @@ def _params(program) -> list[torch.Tensor]:
 
 
 def can_polish(program) -> bool:
-    """Whether :func:`polish_marginal_likelihood` applies: few learned scalars, low-dimensional task sites."""
+    """Whether :func:`polish_marginal_likelihood` applies: few learned scalars, low-dimensional task sites, no
+    global latent sites (their posterior is fitted by the guide)."""
+    if getattr(program, "has_globals", False):
+        return False
     params = _params(program)
     n = sum(p.numel() for p in params)
     return 0 < n <= MAX_POLISH_SCALARS and program.param_dim <= MAX_POLISH_SITE_DIM

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .distributed import DistributedContext
+from .global_objective import GlobalObjective
 from .loop import (
     Batch,
     History,
@@ -60,15 +61,20 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
     """
     # a site on a constrained support reaches the model through a Delta with a log-Jacobian: no analytic KL
     analytic = all(_real(s.support) for s in model.sites)
-    loss_fn = (_conjugate_loss(model.model) if conjugate
-               else make_objective(objective, num_particles, analytic_kl=analytic)(model, guide))
+    if conjugate:
+        loss_fn = _conjugate_loss(model.model)
+    elif model.has_globals:  # the globals' terms once per pool: the library's own objectives
+        loss_fn = GlobalObjective(objective, num_particles)(model, guide)
+    else:
+        loss_fn = make_objective(objective, num_particles, analytic_kl=analytic)(model, guide)
     guide_params = [] if guide is None else list(guide.parameters())
-    sleep_term = objective == "elbo+sleep" and guide is not None  # the ELBO, and a sleep phase for the guide
+    # the ELBO, and a sleep phase for the guide (a model with globals: in its objective)
+    sleep_term = objective == "elbo+sleep" and guide is not None and not model.has_globals
 
     def make_step(stream: TaskStream):
         subsets = guide is not None and stream.pool is not None and config.encoder_subsets
         # the subset term is guide-only: for wake-sleep, its wake part (the sleep phase already ran on this batch)
-        no_sleep = {"sleep": False} if isinstance(getattr(loss_fn, "elbo", None), ReweightedWakeSleep) else {}
+        no_sleep = {"sleep": False} if isinstance(getattr(loss_fn, "elbo", None), ReweightedWakeSleep | GlobalObjective) else {}
 
         def step(b: Batch) -> torch.Tensor:
             loss = loss_fn(b.x, b.y, b.mask, num_tasks=b.num_tasks)

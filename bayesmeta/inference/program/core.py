@@ -190,7 +190,15 @@ class ModelProgram(nn.Module):
         return {s.name: values[s.name].unsqueeze(-1 - len(s.shape)) for s in self.global_sites}
 
     def _traced_terms(self, x, y, mask, u: torch.Tensor, g: torch.Tensor | None = None, *, observe: bool):
-        """``(log prior [n, T], log likelihood [n, T] or None)`` of draws ``u [n, T, P]`` given ``g``."""
+        """``(log prior [n, T], log likelihood [n, T] or None)`` of draws ``u [n, T, P]`` given ``g``.
+
+        Padded points get the probe's input (ones; a model's density is valid there, whereas zeros may not be:
+        a noise sd read from x) and count for nothing; a set of no points at all gets one padded point."""
+        if x.shape[1] == 0:
+            x = x.new_ones(x.shape[0], 1, x.shape[2])
+            y = None if y is None else y.new_zeros(y.shape[0], 1, y.shape[2])
+            mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+        x = torch.where(mask[..., None], x, torch.ones_like(x))
         values, ldj, n = self._values(u, g)
         model_y = self.model_y(y, mask) if observe else None
         trace = self._run(x, model_y, mask, values=values, draws=n)
@@ -241,6 +249,8 @@ class ModelProgram(nn.Module):
     def sample_prior(self, x: torch.Tensor, num_samples: int, *, g: torch.Tensor | None = None) -> torch.Tensor:
         """``num_samples`` prior draws per task of ``x [T, N, D]``, flat unconstrained ``[n, T, P]``
         (given global draws ``g [n, T or 1, G]`` for a model with global sites)."""
+        if x.shape[1] == 0:  # a task with no points: its prior all the same
+            x = x.new_ones(x.shape[0], 1, x.shape[2])
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         trace = self._run(x, None, mask, values=self._global_values(g, num_samples) or None, draws=num_samples)
         values = {s.name: trace.nodes[s.name]["value"].squeeze(-1 - len(s.shape)) for s in self.sites}
@@ -339,7 +349,7 @@ class ModelProgram(nn.Module):
         if not self._gaussian_sites(diagonal=True):
             return None
         n, t = g.shape[0], g.shape[1]
-        x = torch.zeros(1, 1, self.x_dim, dtype=g.dtype, device=g.device)
+        x = self.probe_inputs()[:1, :1].to(g)  # the probe's input: a task prior does not read the data
         values = self._global_values(g.reshape(n * t, 1, -1), n * t)
         trace = self._run(x, None, torch.ones(1, 1, dtype=torch.bool, device=g.device), values=values, draws=n * t)
         locs, scales = [], []

@@ -17,7 +17,17 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from .sites import POINT_DIM, TASK_DIM, GlobalSite, ModelError, ObservationSite, TaskSite, masked, plates, unwrap
+from .sites import (
+    POINT_DIM,
+    TASK_DIM,
+    GlobalSite,
+    ModelError,
+    ObservationSite,
+    TaskSite,
+    masked,
+    plates,
+    unwrap,
+)
 
 __all__ = ["PROBE_T", "PROBE_N", "probe", "check_globals_used"]
 
@@ -41,8 +51,8 @@ def probe(program):
                          f"points (x all ones, shape {tuple(x.shape)}) failed: {type(err).__name__}: {err}") from err
     sites, globals_, obs = [], [], []
     for site in trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
+        if site["type"] != "sample" or site_is_subsample(site) or site["infer"].get("_deterministic"):
+            continue  # pyro.deterministic records a value; it is no random variable
         where = plates(site)
         if POINT_DIM in where and TASK_DIM not in where and not site["is_observed"]:
             raise ModelError(f"{name}: site '{site['name']}' is inside the points plate but not the tasks plate; a "

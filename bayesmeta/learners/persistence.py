@@ -1,0 +1,118 @@
+"""Saving and loading a fitted ``BayesLearner``: one file, written atomically, rebuilt on any device."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+from ..inference.guides import AmortizedGuide
+from ..inference.trainer import History
+from ..io import atomic_torch_save, file_error
+from ..legacy import absorb_standardization, with_new_buffers
+from ..tasks.dataset import Standardization
+
+__all__ = ["save_learner", "load_learner", "FORMAT"]
+
+FORMAT = "bayesmeta.BayesLearner/2"
+FORMAT_V1 = "bayesmeta.BayesLearner/1"  # learner-level standardisation: converted on load (legacy.py)
+
+
+def rebuild_problem(model: torch.nn.Module) -> str | None:
+    """Why ``load`` could not rebuild ``model`` from a file (its class cannot be imported by name, or it has
+    no ``config`` of constructor arguments), or ``None``."""
+    cls = type(model)
+    where = f"{cls.__module__}:{cls.__qualname__}"
+    if "<locals>" in cls.__qualname__:
+        return f"the model class {where} is defined inside a function, so it cannot be imported by name; define it " \
+               "at the top level of a module"
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        return f"the model {where} has no `config` dict (its constructor arguments), so it cannot be rebuilt; " \
+               "give the model a `config` attribute, e.g. self.config = {'x_dim': x_dim}"
+    return None
+
+
+def save_learner(learner, path) -> Path:
+    """Write ``learner``'s model, guide and settings to ``path`` atomically (see ``BayesLearner.save``).
+
+    Raises:
+        ValueError: the model could not be rebuilt by :func:`load_learner` (nothing is written).
+    """
+    problem = rebuild_problem(learner.model)
+    if problem:
+        raise ValueError(f"save: {problem}")
+    cls = type(learner.model)
+    guide = learner.guide
+    draws = getattr(learner, "global_draws", None)
+    state = {
+        "format": FORMAT,
+        "model_class": f"{cls.__module__}:{cls.__qualname__}",
+        "model_config": learner.model.config,
+        "model_state": {k: v.detach().cpu() for k, v in learner.model.state_dict().items()},
+        "conjugate": learner.conjugate,
+        "objective": learner.objective,
+        "num_particles": learner.num_particles,
+        "guide_config": None if guide is None else guide.config,
+        "guide_state": None if guide is None else {k: v.detach().cpu() for k, v in guide.state_dict().items()},
+        "global_draws": None if draws is None else {k: v.detach().cpu() for k, v in draws.items()},
+        "history": learner.history.as_dict(),
+    }
+    return atomic_torch_save(state, path)
+
+
+def load_learner(cls, path, *, device="cpu"):
+    """Rebuild a learner of class ``cls`` saved with :func:`save_learner` on ``device``."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a saved BayesLearner")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as err:
+        raise file_error(err, path, "read") from err
+    except Exception as err:  # torch.load fails in many ways on damaged files (never pass weights_only=False)
+        raise _damaged(path, err) from err
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_V1):
+        raise ValueError(f"{path}: not a saved BayesLearner (format {FORMAT})")
+    try:
+        learner = _rebuild(cls, state, path)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, ImportError) as err:
+        if isinstance(err, ValueError) and str(path) in str(err):
+            raise
+        raise _damaged(path, err) from err
+    return learner.to(device)
+
+
+def _damaged(path: Path, err: Exception) -> ValueError:
+    return ValueError(f"{path}: not a saved BayesLearner, or a corrupt or truncated file ({type(err).__name__} "
+                      "while loading it)")
+
+
+def _rebuild(cls, state: dict, path: Path):
+    module, _, qualname = state["model_class"].partition(":")
+    model_cls = importlib.import_module(module)
+    for part in qualname.split("."):
+        model_cls = getattr(model_cls, part)
+    if not (isinstance(model_cls, type) and issubclass(model_cls, torch.nn.Module)):
+        raise ValueError(f"{path}: {state['model_class']} is not a model (a torch Module)")
+    if state["model_config"] is None:
+        raise ValueError(f"{path}: the model {state['model_class']} has no `config` (its constructor "
+                         "arguments), so it cannot be rebuilt; give the model a `config` dict")
+    model = model_cls(**state["model_config"])
+    model.load_state_dict(with_new_buffers(model, state["model_state"]))
+    guide = "diagonal"
+    if state["guide_config"] is not None:
+        cfg = dict(state["guide_config"])
+        guide = AmortizedGuide(model, cfg.pop("family"), **cfg)
+        guide.load_state_dict(with_new_buffers(guide, state["guide_state"]))
+    learner = cls(model, guide=guide, conjugate=state["conjugate"], objective=state["objective"],
+                  num_particles=state["num_particles"])
+    learner.history = History(**state["history"])
+    if state.get("global_draws") is not None:
+        learner.global_draws = dict(state["global_draws"])
+    if state.get("standardization") is not None:  # format 1: the model was trained on standardised data
+        absorb_standardization(learner, Standardization.from_dict(state["standardization"]), str(path))
+    return learner
