@@ -63,3 +63,83 @@ def test_bad_classification_fits_are_one_line_errors(tmp_path, capsys, args, mes
             "--no-progress", "--steps", "1"]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A small classification run (and its data), fitted once for the damaged-file tests."""
+    d = tmp_path_factory.mktemp("cls")
+    _table(d / "pool.csv")
+    run = d / "run"
+    assert main(["fit", "--task-kind", "classification", "--data", str(d / "pool.csv"), "--label", "kind", "--ways",
+                 "2", "--steps", "5", "--out", str(run), "--no-progress"]) == 0
+    return run
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "edited", "other-weights"])
+def test_a_damaged_classifier_file_is_one_line_naming_it(fitted, tmp_path, capsys, damage):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted, run)
+    weights = run / "classifier.pt"
+    data = weights.read_bytes()
+    if damage == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00garbage" * 50)
+    elif damage == "edited":
+        torch.save({"history": {}}, weights)
+    else:
+        state = torch.load(weights, weights_only=True)
+        state["state"] = {k: v[..., :1] for k, v in state["state"].items()}
+        torch.save(state, weights)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--shots", "1", "--episodes", "5", "--no-progress"]) == 2
+    err = _one_line(capsys)
+    assert f"{weights}: not this run's saved classifier, or a corrupt or truncated file" in err
+
+
+def test_a_truncated_run_json_and_bad_counts_are_one_line(fitted, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted, run)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--shots", "1", "--episodes", "0", "--no-progress"]) == 2
+    assert "--episodes must be an int >= 1" in _one_line(capsys)
+    (run / "run.json").write_text((run / "run.json").read_text()[:40])
+    assert main(["evaluate", str(run), "--shots", "1", "--episodes", "5", "--no-progress"]) == 2
+    assert f"{run / 'run.json'}: not valid JSON" in _one_line(capsys)
+
+
+def test_image_size_zero_is_our_message(tmp_path, capsys):
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    assert main(["fit", "--task-kind", "classification", "--images", str(tmp_path / "imgs"), "--image-size", "0",
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "--image-size must be an int >= 1 (pixels per side); got 0" in _one_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_full_disk_leaves_no_run_directory_behind(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import bayesmeta.io
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _table(tmp_path / "pool.csv")
+    monkeypatch.setattr(bayesmeta.io, "_write_file", full)
+    run = tmp_path / "runs" / "new"
+    assert main(["fit", "--task-kind", "classification", "--data", str(tmp_path / "pool.csv"), "--label", "kind",
+                 "--ways", "2", "--steps", "3", "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'classifier.pt'}: cannot write (no space left on device)" in err and "Traceback" not in err
+    assert not run.exists() and not (tmp_path / "runs").exists()

@@ -143,7 +143,7 @@ def test_failed_force_fit_restores_the_run_it_replaced(run_copy, tmp_path, capsy
     (run_copy / "notes.txt").write_text("mine")
     data = tmp_path / "other.csv"
     data.write_text(_csv(tasks=5))
-    monkeypatch.setattr(bio, "_write_file", _full_disk_after(2))  # config, split; then full
+    monkeypatch.setattr(bio, "_write_file", _full_disk_after(3))  # config, split, run.json; then full
     assert _fit(data, run_copy, "--force") == 2
     _one_error(capsys, f"{run_copy / 'checkpoints' / 'last.pt'}: cannot write (no space left on device)")
     assert _files(run_copy) == {**before, Path("notes.txt"): b"mine"}

@@ -57,7 +57,8 @@ class AdaptedTasks:
     def inputs(self, x) -> torch.Tensor:
         """Query inputs ``[T, N, D]`` on the learner's device (``[N, D]`` is shared by every task); shapes checked."""
         d = self.learner.net.x_dim
-        x = torch.as_tensor(x, dtype=torch.get_default_dtype() if not torch.is_tensor(x) else x.dtype)
+        dtype = next(iter(self.params.values())).dtype  # the network's: float64 inputs are accepted
+        x = torch.as_tensor(x).to(dtype)
         x = x.to(self.learner.device)
         if x.dim() == 2:
             x = x.expand(self.num_tasks, *x.shape)
@@ -228,6 +229,8 @@ class GradientMetaLearner(MetaLearner):
         """
         check_adapt_options(steps, lr)
         x, y, mask, _ = self._support(x_support, y_support, mask_support, min_points=1)
+        dtype = next(self.net.parameters()).dtype
+        x, y = x.to(dtype), y.to(dtype)  # float64 inputs are cast to the network's dtype
         steps = self.adapt_steps if steps is None else steps
         scale = 1.0 if lr is None else lr / self.inner_lr
         adapted = self.adapt_batch(x, y, mask, steps=steps, first_order=True, lr_scale=scale)

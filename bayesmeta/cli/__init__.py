@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -155,7 +154,9 @@ def run_report(args) -> Path:
     info = None
     run_json = Path(args.run_dir) / "run.json"
     if run_json.exists():
-        info = json.loads(run_json.read_text())
+        from ..io import read_json
+
+        info = read_json(run_json, "run's record")
     page = bm.report(args.out or args.run_dir, info=info, title=f"bayesmeta report: {args.run_dir}", **found)
     print(f"wrote {page}", file=sys.stderr)
     return page

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from ..fewshot import CLASSIFIERS, TemperatureScaled
-from ..io import atomic_torch_save, atomic_write_text
+from ..io import atomic_torch_save, atomic_write_text, file_error, read_json
 from ..tasks import Episodes, LabelledPool
 from ..tasks.episodes import is_number
+from .rundir import Undo
 
 __all__ = ["cmd_fit_classifier", "cmd_evaluate_classifier", "cmd_predict_classifier", "is_classification_run"]
 
@@ -40,8 +41,13 @@ def _build(method: str, x_dim: int, ways: int):
 
 
 def is_classification_run(run: Path) -> bool:
-    path = Path(run) / "run.json"
-    return path.is_file() and json.loads(path.read_text()).get("format") == _FORMAT
+    """A classification run directory: its ``run.json`` says so (a regression run has a ``config.toml``)."""
+    run = Path(run)
+    path = run / "run.json"
+    if (run / "config.toml").is_file() or not path.is_file():
+        return False
+    info = read_json(path, "classification run's record")
+    return isinstance(info, dict) and info.get("format") == _FORMAT
 
 
 def cmd_fit_classifier(args) -> Path:
@@ -57,6 +63,8 @@ def cmd_fit_classifier(args) -> Path:
                               ("--config", args.config), ("--set", args.set), ("--resume", args.resume)) if v]
     if ignored:
         raise ValueError(f"{', '.join(ignored)}: not used by --task-kind classification")
+    if args.images and args.image_size < 1:
+        raise ValueError(f"--image-size must be an int >= 1 (pixels per side); got {args.image_size}")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise ValueError(f"--out: {out} is not empty; use --force to write the run there")
@@ -80,8 +88,6 @@ def cmd_fit_classifier(args) -> Path:
         shots = min(5, int(val.counts.min()) - 1)
         episodes = Episodes(val, ways).sample(200, shots=shots, num_query=1, generator=torch.Generator().manual_seed(seed))
         temperature = TemperatureScaled(clf).calibrate(episodes).temperature
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"state": clf.net.state_dict(), "history": clf.history.as_dict()}, out / "classifier.pt")
     if source["kind"] == "csv" and not source["features"]:  # the resolved columns, for predict
         with open(source["path"], newline="", encoding="utf-8-sig") as f:
             source["features"] = [c for c in next(csv.reader(f)) if c != args.label]
@@ -89,18 +95,61 @@ def cmd_fit_classifier(args) -> Path:
             "ways": ways, "x_dim": pool.x_dim, "seed": seed, "temperature": temperature,
             "classes": {"train": train.classes, "validation": val.classes, "test": test.classes},
             "train_steps": clf.history.step[-1] if clf.history.step else 0, "best_step": clf.history.best_step}
-    atomic_write_text(json.dumps(info, indent=1, default=str), out / "run.json")
+    _write_run(out, {"state": clf.net.state_dict(), "history": clf.history.as_dict()}, info)
     print(f"trained {args.method} ({info['train_steps']} steps) on {train.num_classes} classes; wrote {out}",
           file=sys.stderr)
     return out
 
 
+def _write_run(out: Path, weights: dict, info: dict) -> None:
+    """``classifier.pt`` and ``run.json`` in ``out``: both or neither (a failed write leaves what was there)."""
+    undo = Undo(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise file_error(err, out, "create the directory") from err
+    undo.snapshot(["classifier.pt", "run.json"])
+    try:
+        atomic_torch_save(weights, out / "classifier.pt")
+        atomic_write_text(json.dumps(info, indent=1, default=str), out / "run.json")
+    except BaseException:
+        undo.restore_files()
+        undo.remove_new_dirs()
+        raise
+    undo.discard()
+
+
 def _load(run: Path):
-    info = json.loads((run / "run.json").read_text())
-    clf = _build(info["method"], info["x_dim"], info["ways"])
-    clf.net.load_state_dict(torch.load(run / "classifier.pt", map_location="cpu", weights_only=True)["state"])
-    model = clf if info["temperature"] == 1.0 else TemperatureScaled(clf, info["temperature"])
+    """``(info, classifier, model)`` of a classification run; a damaged file is an error naming it."""
+    path = run / "run.json"
+    info = read_json(path, "classification run's record")
+    try:
+        clf = _build(info["method"], info["x_dim"], info["ways"])
+        temperature = float(info["temperature"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a classification run's record ({type(err).__name__}: {err})") from None
+    weights = run / "classifier.pt"
+    try:
+        data = weights.read_bytes()  # read first: an OS error is then the file's, not torch's on damaged bytes
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{weights}: no such file (did `bayesmeta fit` finish?)") from None
+    except OSError as err:
+        raise file_error(err, weights, "read") from err
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load fails in many ways on damaged bytes (never pass weights_only=False)
+        raise _damaged(weights, err) from err
+    try:
+        clf.net.load_state_dict(state["state"])
+    except (KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise _damaged(weights, err) from err
+    model = clf if temperature == 1.0 else TemperatureScaled(clf, temperature)
     return info, clf, model
+
+
+def _damaged(path: Path, err: Exception) -> ValueError:
+    return ValueError(f"{path}: not this run's saved classifier, or a corrupt or truncated file ({type(err).__name__} "
+                      "while loading it)")
 
 
 def cmd_evaluate_classifier(args):
@@ -114,6 +163,8 @@ def cmd_evaluate_classifier(args):
         raise ValueError(f"--ways: {info['method']} has a {info['ways']}-way head; it cannot score {ways}-way episodes")
     if min(args.shots) < 1:
         raise ValueError(f"--shots: every shot count must be >= 1 for classification; got {args.shots}")
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be an int >= 1 (test episodes per shot count); got {args.episodes}")
     test = _pool(info["source"]).subset(info["classes"]["test"])
     per_class = int(test.counts.min())
     query = min(15, per_class - max(args.shots))

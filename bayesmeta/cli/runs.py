@@ -42,6 +42,14 @@ from ..models import (
     LatentCodeRegression,
 )
 from ..tasks import Standardization, TaskDataset
+from .rundata import (
+    check_unchanged,
+    check_val_shots,
+    data_fingerprint,
+    read_tasks,
+    run_data_path,
+    split_groups,
+)
 from .rundir import LOCK_NAME, RunLock, Undo
 
 __all__ = ["cmd_evaluate", "cmd_fit", "fit_run", "load_run_config", "read_tasks", "run_data_path", "predictor"]
@@ -99,36 +107,6 @@ def load_run_config(run: Path) -> FitConfig:
     if not (run / "config.toml").is_file():
         raise FileNotFoundError(f"{run}: not a run directory (no config.toml)")
     return load_config(run / "config.toml", run_file=True)
-
-
-def run_data_path(cfg: FitConfig, run: Path) -> Path:
-    """The training CSV of a run: ``data.path`` of its config.toml (absolute since this version).
-
-    A relative path (written by an older version, relative to where that fit ran) is looked up
-    from the current directory, then from the run directory's parent.
-    """
-    path = Path(cfg.data.path)
-    if path.is_absolute():
-        if not path.exists():
-            raise FileNotFoundError(f"{run / 'config.toml'}: data.path {str(path)!r}: no such file")
-        return path
-    tried = [Path.cwd() / path, run.resolve().parent / path]
-    for candidate in tried:
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"{run / 'config.toml'}: data.path {str(path)!r} is relative and found neither from the "
-                            f"current directory nor from the run directory's parent ({', '.join(map(str, tried))}); "
-                            f"make it absolute in the config")
-
-
-def read_tasks(d, path, *, task_optional: bool = False, with_y: bool = True) -> TaskDataset:
-    """The columns a run's config names (``d``: its ``[data]`` section) from a CSV, as tasks.
-
-    ``task_optional``: a file without the task column is one task (``"new"``); ``with_y=False``
-    reads the x columns only (query points).
-    """
-    x = list(d.x) + [c for c in (d.trials, d.offset) if c]  # trials / log exposure: the last x column
-    return TaskDataset.from_csv(path, task=d.task, x=x, y=list(d.y) if with_y else [], task_optional=task_optional)
 
 
 def _check_new_out(out: Path, *, force: bool, ignore: tuple[str, ...] = ()) -> None:
@@ -215,6 +193,7 @@ class _FitPlan:
     validation: list
     learner: BayesLearner
     val_data: TaskDataset | None = None
+    data_sha256: str = ""
 
 
 def _fit_config(args, out: Path) -> FitConfig:
@@ -239,6 +218,9 @@ def _plan(cfg: FitConfig, out: Path, *, resume: bool, force: bool) -> _FitPlan:
         _check_new_out(out, force=force)
     d = cfg.data
     path = run_data_path(cfg, out) if resume else Path(d.path)
+    if resume:  # the data the run started on, or a refusal naming what changed
+        check_unchanged(path, _recorded_fingerprint(out), what="this run", record=out / "run.json",
+                        anew=f"start a new run (another --out, or --force to overwrite {out})")
     data = read_tasks(d, path)
     if len(data) < 2:
         raise ValueError(f"{path}: only {len(data)} task ({d.task}={data.task_ids}); meta-learning needs at least 2")
@@ -252,9 +234,10 @@ def _plan(cfg: FitConfig, out: Path, *, resume: bool, force: bool) -> _FitPlan:
         val = data.subset(val_ids) if val_ids else None
         _check_checkpoint(out)
     else:
-        train, val = data.split((1 - d.val_fraction, d.val_fraction), seed=d.split_seed) if d.val_fraction else (data, None)
+        train, val = split_groups(data, d)
         if len(train) < 2:
             raise ValueError(f"{path}: {len(train)} training task(s) after the validation split; need at least 2")
+    check_val_shots(val, cfg.train.val_shots, "train.val_shots")
     resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)  # the initial weights too: the same config gives the same run
     learner = build_learner(cfg.model, data.x_dim, data.y_dim, d)
@@ -262,7 +245,16 @@ def _plan(cfg: FitConfig, out: Path, *, resume: bool, force: bool) -> _FitPlan:
         cfg = replace(cfg, data=replace(d, path=str(path.resolve())))  # --resume works from any directory
     train.check_standardized(Standardization.identity(data.x_dim, data.y_dim))  # values the models can square
     return _FitPlan(cfg, path, train, [] if val is None else val.task_ids, learner,
-                    val if val is not None and len(val) else None)
+                    val if val is not None and len(val) else None, data_fingerprint(path))
+
+
+def _recorded_fingerprint(out: Path) -> str | None:
+    """The data file's SHA-256 that a run's ``run.json`` recorded when it started (``None``: none recorded)."""
+    path = out / "run.json"
+    if not path.is_file():
+        return None  # a run from an older version, killed before it finished
+    info = read_json(path, "run's record")
+    return info.get("data_sha256") if isinstance(info, dict) else None
 
 
 def _train(plan: _FitPlan, out: Path, *, resume: bool, progress: bool, distributed: bool, main: bool,
@@ -287,13 +279,18 @@ def _write_run(plan: _FitPlan, out: Path) -> None:
     atomic_write_text(to_toml(plan.cfg), out / "config.toml")
     atomic_write_text(json.dumps({"train": plan.train.task_ids, "validation": plan.validation}, indent=1,
                                  default=str), out / "split.json")
+    atomic_write_text(json.dumps(_run_info(plan), indent=1), out / "run.json")  # the data's fingerprint from the start
+
+
+def _run_info(plan: _FitPlan) -> dict:
+    return {"data": str(plan.data_path.resolve()), "data_sha256": plan.data_sha256}
 
 
 def _write_results(plan: _FitPlan, out: Path) -> None:
     learner, h = plan.learner, plan.learner.history
     learner.save(out / LEARNER_FILE)
     _write_metrics(out, h)
-    info = {"data": str(plan.data_path.resolve()), "tasks_train": len(plan.train), "rows_train": sum(plan.train.sizes),
+    info = {**_run_info(plan), "tasks_train": len(plan.train), "rows_train": sum(plan.train.sizes),
             "model": plan.cfg.model.kind, "train_steps": h.step[-1], "train_seconds": round(h.time[-1], 1),
             "final_loss": round(h.loss[-1], 4), "best_validation_step": h.best_step,
             "validation_groups": len(plan.validation), "notes": h.notes}

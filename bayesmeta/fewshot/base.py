@@ -19,9 +19,9 @@ from ..learners import MetaLearner, check_adapt_options
 from ..scoring import confidence_and_correct, task_nll
 from ..tasks.batch import TaskBatch, check_support
 
-__all__ = ["AdaptedClassifier", "EpisodicClassifier", "check_episodic", "check_labels", "class_split",
-           "episode_validation", "EpisodeValidation",
-           "refuse_draw_options"]
+__all__ = ["AdaptedClassifier", "EpisodicClassifier", "check_episodic", "check_labels", "check_pool_size",
+           "class_split", "episode_validation", "EpisodeValidation", "model_dtype", "refuse_draw_options",
+           "support_ways"]
 
 UNUSED = {"encoder_subsets": "a few-shot classifier has no set encoder",
           "polish": "the marginal-likelihood polish is a BayesLearner's (a hierarchical Pyro model's)",
@@ -42,6 +42,8 @@ def check_episodic(source, name: str, ways: int | None = None, *, cfg: TrainConf
     if ways is not None and source.ways != ways:
         raise ValueError(f"{name}.fit: the episodes are {source.ways}-way but the classifier was built for "
                          f"ways={ways}")
+    if cfg is not None:
+        check_pool_size(source, cfg, name)
 
 
 def check_labels(y: torch.Tensor, mask: torch.Tensor, ways: int | None = None, *, prefix: str = "support ") -> torch.Tensor:
@@ -55,6 +57,44 @@ def check_labels(y: torch.Tensor, mask: torch.Tensor, ways: int | None = None, *
         allowed = "a whole number >= 0" if ways is None else f"a whole number in 0..{ways - 1}"
         raise ValueError(f"{prefix}y: label {float(v[t, j])} at task {t}, point {j} is not {allowed}")
     return v.round().long().masked_fill(~mask, 0)
+
+
+def support_ways(labels: torch.Tensor, mask: torch.Tensor, *, prefix: str = "support ") -> int:
+    """The classes of support sets given without ``ways``: the most distinct labels of any task (at least 2).
+
+    Labels must then be ``0..ways-1``: a label beyond (a 7 among three classes) is an error naming it,
+    not a head widened to 8 classes.
+    """
+    if not bool(mask.any()):
+        raise ValueError("adapt: no support examples; pass ways= to predict from the prior alone")
+    t = labels.shape[0]
+    present = torch.zeros(t, int(labels[mask].max()) + 1, dtype=torch.bool, device=labels.device)  # [T, L]
+    present[torch.arange(t, device=labels.device)[:, None].expand_as(labels)[mask], labels[mask]] = True
+    ways = max(2, int(present.sum(-1).max()))
+    bad = mask & (labels >= ways)
+    if bad.any():
+        i, j = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"{prefix}y: label {int(labels[i, j])} at task {i}, point {j} is not in 0..{ways - 1}: the "
+                         f"support sets hold at most {ways} classes, so labels must be 0..{ways - 1} (relabel them, "
+                         "or pass ways= when some classes have no support examples)")
+    return ways
+
+
+def model_dtype(net: torch.nn.Module) -> torch.dtype:
+    """The dtype a network computes in (inputs of another float dtype are cast to it)."""
+    return next(net.parameters()).dtype
+
+
+def check_pool_size(source, cfg: TrainConfig, name: str) -> None:
+    """A finite pool's smallest class must hold ``max_points`` examples (one training episode's per class)."""
+    pool = getattr(source, "pool", None)
+    counts = getattr(pool, "counts", None)
+    if pool is None or counts is None or not len(counts) or int(counts.min()) >= cfg.max_points:
+        return
+    i = int(counts.argmin())
+    raise ValueError(f"{name}.fit: max_points={cfg.max_points} (examples per class in a training episode) but class "
+                     f"{pool.classes[i]!r} has only {int(counts[i])} examples; pass max_points={int(counts[i])} or "
+                     "fewer (at least 2: a support and a query example)")
 
 
 class EpisodeValidation:
@@ -260,7 +300,6 @@ class EpisodicClassifier(MetaLearner):
         x, y, mask = check_support(x_support, y_support, mask_support, x_dim=self.x_dim, y_dim=1, prefix="support ")
         labels = check_labels(y, mask, ways)
         if ways is None:
-            if not bool(mask.any()):
-                raise ValueError("adapt: no support examples; pass ways= to predict from the prior alone")
-            ways = max(2, int(labels[mask].max()) + 1)
-        return AdaptedClassifier(self, x.to(self.device), labels.to(self.device), mask.to(self.device), ways)
+            ways = support_ways(labels, mask)
+        x = x.to(self.device, model_dtype(self.net))  # [T, S, D] in the network's dtype (float64 input is cast)
+        return AdaptedClassifier(self, x, labels.to(self.device), mask.to(self.device), ways)

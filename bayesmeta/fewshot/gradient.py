@@ -21,7 +21,15 @@ from ..class_predictive import ClassPredictive
 from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
 from ..learners import check_adapt_options
 from ..tasks.batch import TaskBatch, check_support
-from .base import UNUSED, check_episodic, check_labels, class_split, episode_validation, refuse_draw_options
+from .base import (
+    UNUSED,
+    check_episodic,
+    check_labels,
+    class_split,
+    episode_validation,
+    model_dtype,
+    refuse_draw_options,
+)
 
 __all__ = ["FOMAMLClassifier", "MAMLClassifier", "MetaSGDClassifier", "ReptileClassifier", "SoftmaxMLP"]
 
@@ -109,7 +117,8 @@ class _Softmax:
         x, y, mask = check_support(x_support, y_support, mask_support, x_dim=self.net.x_dim, y_dim=1,
                                    min_points=1, prefix="support ")
         labels = check_labels(y, mask, self.ways)
-        x, y, mask = x.to(self.device), labels[..., None].to(x.dtype).to(self.device), mask.to(self.device)  # type: ignore[attr-defined]
+        x = x.to(self.device, model_dtype(self.net))  # type: ignore[attr-defined]  # float64 input is cast
+        y, mask = labels[..., None].to(x.dtype).to(self.device), mask.to(self.device)  # type: ignore[attr-defined]
         steps = self.adapt_steps if steps is None else steps  # type: ignore[attr-defined]
         scale = 1.0 if lr is None else lr / self.inner_lr  # type: ignore[attr-defined]
         adapted = self.adapt_batch(x, y, mask, steps=steps, first_order=True, lr_scale=scale)  # type: ignore[attr-defined]

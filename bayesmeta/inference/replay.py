@@ -15,7 +15,7 @@ import torch
 
 from ..tasks.family import TaskFamily
 
-__all__ = ["REPLAY_STRATEGIES", "ReplayBuffer", "check_replay", "refuse_shared_replay"]
+__all__ = ["REPLAY_STRATEGIES", "ReplayBuffer", "check_replay", "outcome_kind", "refuse_shared_replay"]
 
 REPLAY_STRATEGIES = ("reservoir", "fifo")
 
@@ -52,6 +52,7 @@ class ReplayBuffer:
         self.y: torch.Tensor | None = None  # [C, N, E]
         self.size = 0
         self.seen = 0
+        self.outcome: str | None = None  # the kind of outcome of the stream that filled it (see check_replay)
 
     def __repr__(self) -> str:
         return (f"ReplayBuffer(capacity={self.capacity}, fraction={self.fraction}, strategy={self.strategy!r}; "
@@ -107,7 +108,7 @@ class ReplayBuffer:
     def state_dict(self) -> dict:
         """What a checkpoint holds (tensors trimmed to the stored tasks)."""
         return {"capacity": self.capacity, "fraction": self.fraction, "strategy": self.strategy, "seen": self.seen,
-                "size": self.size, "x": None if self.x is None else self.x[: self.size].clone(),
+                "size": self.size, "outcome": self.outcome, "x": None if self.x is None else self.x[: self.size].clone(),
                 "y": None if self.y is None else self.y[: self.size].clone()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -117,6 +118,7 @@ class ReplayBuffer:
             raise ValueError(f"resume: the checkpoint's replay buffer has capacity, fraction, strategy = {saved}; "
                              f"this one has {(self.capacity, self.fraction, self.strategy)}")
         self.seen, self.size = int(state["seen"]), int(state["size"])
+        self.outcome = state.get("outcome")  # absent from checkpoints of earlier versions
         self.x = self.y = None
         if state["x"] is not None:
             x, y = state["x"], state["y"]
@@ -140,7 +142,50 @@ def check_replay(replay, source, tasks_per_step: int) -> ReplayBuffer | None:
         raise ValueError("replay applies to a task family stream (e.g. bm.tasks.Phases); a TaskBatch pool is "
                          "trained on in full at every step, so there is nothing to replay")
     replay.check(tasks_per_step)
+    _check_same_kind(replay, source)
     return replay
+
+
+def outcome_kind(source) -> str:
+    """What a stream's outcomes are: ``"class labels"`` (episodes), a discrete likelihood's name
+    (``"bernoulli"``, ``"poisson"``, ...: a family's ``likelihood``), ``"real"``, or ``"mixed"``."""
+    families = getattr(source, "families", None)
+    if families:  # Phases, TaskMixture
+        kinds = {outcome_kind(f) for f in families}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+    if getattr(source, "episodic", False):
+        return "class labels"
+    return getattr(source, "likelihood", "") or "real"
+
+
+_whole = lambda y: (y >= 0) & (y == y.round())  # noqa: E731
+# the values each discrete kind of outcome can take, and how to say so
+_SUPPORT = {"bernoulli": (lambda y: (y == 0) | (y == 1), "0 or 1"), "poisson": (_whole, "a whole number >= 0"),
+            "negative-binomial": (_whole, "a whole number >= 0"), "binomial": (_whole, "a whole number >= 0"),
+            "class labels": (_whole, "a whole-number class label")}
+
+
+def _check_same_kind(replay: ReplayBuffer, source) -> None:
+    """A buffer filled from one kind of stream (say regression) cannot feed a fit on another (say Bernoulli)."""
+    kind = outcome_kind(source)
+    if replay.size and replay.x is not None and replay.y is not None:
+        held = (replay.x.shape[-1], replay.y.shape[-1])
+        what = f"this fit's stream ({type(source).__name__})"
+        fix = "give this fit a new ReplayBuffer (a buffer replays the tasks of one kind of stream)"
+        if held != (source.x_dim, source.y_dim):
+            raise ValueError(f"replay: the ReplayBuffer holds {replay.size} tasks with x_dim={held[0]}, y_dim={held[1]} "
+                             f"but {what} has x_dim={source.x_dim}, y_dim={source.y_dim}; {fix}")
+        if replay.outcome not in (None, kind):
+            raise ValueError(f"replay: the ReplayBuffer holds {replay.size} tasks of a stream with {replay.outcome} "
+                             f"outcomes but {what} has {kind} outcomes; {fix}")
+        test, allowed = _SUPPORT.get(kind, (None, ""))
+        y = replay.y[: replay.size]  # [size, N, E]
+        bad = None if test is None else (~test(y)).nonzero()
+        if bad is not None and len(bad):
+            value = float(y[tuple(bad[0])])
+            raise ValueError(f"replay: the ReplayBuffer holds a task with outcome y={value:.4g}, which is not {allowed} "
+                             f"as the {kind} outcomes of {what} are; it was filled from another kind of stream: {fix}")
+    replay.outcome = kind
 
 
 def refuse_shared_replay(name: str, options: dict) -> None:

@@ -134,16 +134,17 @@ class LabelledPool:
         """A pool from an image tree: ``root/<class>/*.png`` or ``root/<group>/<class>/*.png``.
 
         Images are loaded with Pillow, converted to ``mode`` (grayscale by default), resized to
-        ``size`` and scaled to [0, 1]. With ``rotations`` each class also appears rotated by 90,
-        180 and 270 degrees as three new classes of the same group. Unreadable files and empty
-        class folders are errors naming them.
+        ``size`` and scaled to [0, 1] (16-bit images by their full 0..65535 range). With
+        ``rotations`` each class also appears rotated by 90, 180 and 270 degrees as three new
+        classes of the same group. Unreadable files, empty class folders and files beside the class
+        folders are errors naming them.
         """
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"images: no such directory {str(root)!r}")
-        hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        hw = _image_size(size)
         class_dirs = _check_class_dirs(_class_dirs(root), root)
         xs, labels, groups = [], [], {}
         for group, name, folder in class_dirs:
@@ -153,8 +154,7 @@ class LabelledPool:
                 raise ValueError(f"images: class folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             for p in files:
                 try:
-                    with Image.open(p) as im:
-                        arr = np.asarray(im.convert(mode).resize(hw[::-1]), dtype=np.float32) / 255.0
+                    arr = _load_image(p, mode, hw)
                 except (UnidentifiedImageError, OSError) as err:
                     raise ValueError(f"images: cannot read {str(p)!r}: {err}") from None
                 for r in range(4 if rotations else 1):
@@ -277,21 +277,73 @@ def _maybe_int(labels: list[str]) -> list:
         return labels
 
 
+def _image_size(size) -> tuple[int, int]:
+    """``(height, width)`` from ``size`` (an int or a pair), each an int >= 1."""
+    hw = (size, size) if isinstance(size, int | np.integer) else size
+    if not isinstance(hw, tuple | list) or len(hw) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in hw):
+        raise ValueError(f"images: size must be an int >= 1 or a pair (height, width) of them; got {size!r}")
+    return int(hw[0]), int(hw[1])
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _load_image(path: Path, mode: str, hw: tuple[int, int]) -> np.ndarray:
+    """One image as a float32 array in [0, 1], converted to ``mode`` and resized to ``hw``.
+
+    Pillow's ``convert`` clips 16-bit grey levels (0..65535) at 255; they are scaled to 8 bits first.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        lo, hi = _grey_range(im) if im.mode in (*_SIXTEEN_BIT, "I") else (0.0, 255.0)
+        if im.mode in _SIXTEEN_BIT or hi > 255:
+            if lo < 0 or hi > 65535:
+                raise OSError(f"32-bit grey levels {lo}..{hi} outside 0..65535")
+            grey = np.asarray(im, dtype=np.float64) / 65535.0  # [H, W] in [0, 1]
+            im8 = Image.fromarray(np.round(grey * 255).astype(np.uint8))
+            return np.asarray(im8.convert(mode).resize(hw[::-1]), dtype=np.float32) / 255.0
+        return np.asarray(im.convert(mode).resize(hw[::-1]), dtype=np.float32) / 255.0
+
+
+def _grey_range(im) -> tuple[float, float]:
+    """``(min, max)`` grey level of a one-band image."""
+    lo, hi = im.getextrema()
+    return float(lo), float(hi)
+
+
+def _visible(folder: Path) -> tuple[list[Path], list[Path]]:
+    """``(folders, files)`` in ``folder``, hidden ones (``.DS_Store``, ``.ipynb_checkpoints``) left out."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    return [p for p in entries if p.is_dir()], [p for p in entries if not p.is_dir()]
+
+
+def _no_stray_files(folder: Path, files: list[Path]) -> None:
+    if files:
+        raise ValueError(f"images: {str(files[0])!r} is a file beside the class folders of {str(folder)!r}; an image "
+                         f"tree holds only folders there (root/<class>/*.png or root/<group>/<class>/*.png): move or "
+                         f"delete it{f' (and {len(files) - 1} more)' if len(files) > 1 else ''}")
+
+
 def _class_dirs(root: Path) -> list[tuple[str, str, Path]]:
     """``(group, class name, folder)``: ``root/<class>/`` files, or ``root/<group>/<class>/`` files."""
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subdirs, files = _visible(root)
     if not subdirs:
         raise ValueError(f"images: {str(root)!r} has no class folders (expected root/<class>/*.png or "
                          "root/<group>/<class>/*.png)")
-    nested = [d for d in subdirs if any(p.is_dir() and not p.name.startswith(".") for p in d.iterdir())]
+    _no_stray_files(root, files)
+    inner = {d: _visible(d) for d in subdirs}
+    nested = [d for d in subdirs if inner[d][0]]
     if nested and len(nested) != len(subdirs):
         flat = sorted(set(subdirs) - set(nested))
         raise ValueError(f"images: mixed layout under {str(root)!r}: {flat[0].name!r} holds files but "
                          f"{nested[0].name!r} holds folders")
     if not nested:
         return [(d.name, d.name, d) for d in subdirs]
-    return [(g.name, f"{g.name}/{c.name}", c) for g in subdirs
-            for c in sorted(p for p in g.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    for g in subdirs:
+        _no_stray_files(g, inner[g][1])
+    return [(g.name, f"{g.name}/{c.name}", c) for g in subdirs for c in inner[g][0]]
 
 
 def _check_class_dirs(found: list, root: Path) -> list:

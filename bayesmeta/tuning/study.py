@@ -4,7 +4,8 @@ A study directory holds::
 
     base.toml            the fit config every trial starts from (read back by workers and restarts)
     space.toml           the search space as given
-    study.json           where the study is stored (the journal file, or a storage URL) and its name
+    study.json           where the study is stored (the journal file, or a storage URL), its name and the
+                         SHA-256 of its data file (a study whose data changed is not continued)
     study.journal        Optuna's journal (embedded storage: a file; several processes share it)
     trials/NNNN/         one run directory per trial (``bayesmeta fit`` layout: evaluate / report work)
     best.toml            the best trial's resolved config (``bayesmeta fit --config best.toml``)
@@ -35,10 +36,10 @@ from ..config import FitConfig, load_config, to_toml
 from ..io import atomic_write_text, read_json
 from .space import SearchSpace, load_space, space_from_dict
 
-__all__ = ["default_values", "open_study", "run_worker", "tune"]
+__all__ = ["check_data_unchanged", "default_values", "open_study", "run_worker", "tune"]
 
 BASE_FILE, SPACE_FILE, JOURNAL_FILE, BEST_FILE = "base.toml", "space.toml", "study.journal", "best.toml"
-META_FILE = "study.json"  # the storage (None: the journal file) and the study's name in it
+META_FILE = "study.json"  # the storage (None: the journal file), the study's name in it, its data's SHA-256
 
 
 def _optuna():
@@ -118,6 +119,8 @@ def open_study(out, *, config=None, space=None, storage: str | None = None, seed
     ``storage`` may be omitted (the study directory remembers them); given, they must be the ones
     it was started with.
     """
+    from ..cli.rundata import data_fingerprint
+
     optuna = _optuna()
     out = Path(out)
     new = not (out / BASE_FILE).is_file()
@@ -127,7 +130,8 @@ def open_study(out, *, config=None, space=None, storage: str | None = None, seed
         base, space_obj, space_text = _read_inputs(config, space)
         _check_new(out, base, space_obj)
         base = replace(base, data=replace(base.data, path=str(Path(base.data.path).resolve())))
-        meta = {"storage": storage, "study_name": f"bayesmeta-{uuid.uuid4().hex[:12]}"}
+        meta = {"storage": storage, "study_name": f"bayesmeta-{uuid.uuid4().hex[:12]}",
+                "data_sha256": data_fingerprint(base.data.path)}  # a continued study refuses changed data
     else:
         base, space_obj = load_config(out / BASE_FILE), load_space(out / SPACE_FILE)
         meta = read_json(out / META_FILE, "study's storage record")
@@ -178,6 +182,26 @@ def _check_new(out: Path, base: FitConfig, space: SearchSpace) -> None:
     if out.is_dir() and any(out.iterdir()):
         raise ValueError(f"{out} is a non-empty directory and not a tuning study (no {BASE_FILE}); choose a new "
                          "study directory")
+    from ..cli.rundata import check_val_shots, read_tasks, split_groups
+
+    _, val = split_groups(read_tasks(base.data, base.data.path), base.data)  # the groups every trial validates on
+    check_val_shots(val, space.options.shots, "search space: objective.shots")
+
+
+def check_data_unchanged(out) -> None:
+    """Refuse to run more trials of a study whose data file changed since it started (their scores would
+    rank results on two data sets together); nothing to check for a study not created yet."""
+    from ..cli.rundata import check_unchanged
+
+    out = Path(out)
+    if not (out / BASE_FILE).is_file():
+        return
+    path = Path(load_config(out / BASE_FILE).data.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{out / BASE_FILE}: data.path {str(path)!r}: no such file (the study's data)")
+    meta = read_json(out / META_FILE, "study's storage record")
+    check_unchanged(path, meta.get("data_sha256") if isinstance(meta, dict) else None, what="this study",
+                    record=out / META_FILE, anew="start a new study directory (another --out) to tune on the new data")
 
 
 def _enqueue_defaults(study, base: FitConfig, space: SearchSpace) -> None:
@@ -306,6 +330,7 @@ def run_worker(out, *, trials: int | None = None, timeout: float | None = None, 
     optuna = _optuna()
     out = Path(out)
     _check_budget(trials, timeout)
+    check_data_unchanged(out)  # before the study is opened: a refused worker leaves its journal as it was
     # each worker process samples from its own random stream (two workers with one seed propose the same trials)
     study, base, space = open_study(out, storage=storage, seed_offset=worker + 1 + 7919 * os.getpid())
     trials = space.options.trials if trials is None else trials
@@ -384,6 +409,7 @@ def tune(config, space, out, *, trials: int | None = None, timeout: float | None
     optuna = _optuna()
     _check_budget(trials, timeout, workers, threads)
     out = Path(out)
+    check_data_unchanged(out)  # a study continued: before it is opened and any helper worker starts
     _, _, space_obj = open_study(out, config=config, space=space, storage=storage)  # create or check
     if not (space_obj.options.trials if trials is None else trials) and \
             not (space_obj.options.timeout if timeout is None else timeout):

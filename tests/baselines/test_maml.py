@@ -177,3 +177,12 @@ def test_ensemble_members_are_initialised_from_its_seed():
     assert torch.equal(weights(a), weights(b)) and not torch.allclose(weights(a), weights(c))
     w0, w1 = (torch.cat([p.detach().reshape(-1) for p in m.net.parameters()]) for m in a.members[:2])
     assert not torch.allclose(w0, w1)  # members differ from each other
+
+
+@pytest.mark.parametrize("cls", [bm.baselines.MAML, bm.baselines.Reptile])
+def test_float64_inputs_are_cast_to_the_network_dtype(cls):
+    learner = cls(x_dim=1, y_dim=1, hidden=(8,))
+    xs, ys, xq = torch.randn(2, 3, 1, dtype=torch.float64), torch.randn(2, 3, 1, dtype=torch.float64), torch.randn(4, 1)
+    got = learner.adapt(xs, ys).predict(xq.double()).mean
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, learner.adapt(xs.float(), ys.float()).predict(xq).mean)

@@ -162,3 +162,35 @@ def test_validation_episodes_keep_the_best_weights():
     # the weights kept are those of the best validation: scoring the same episodes again gives its NLL
     held = bm.fewshot.base.EpisodeValidation(fam, shots=(1, 5), seed=0)
     assert held.score(clf)["nll"] == pytest.approx(best["nll"], abs=1e-5)
+
+
+def test_a_label_beyond_the_support_classes_is_refused_not_a_wider_head():
+    x = torch.randn(1, 3, 4)
+    clf = BayesProto(x_dim=4, hidden=(8,), embed_dim=4)
+    with pytest.raises(ValueError, match=r"label 7 at task 0, point 2 is not in 0\.\.2"):
+        clf.adapt(x, torch.tensor([[0.0, 1.0, 7.0]]))
+    assert clf.adapt(x, torch.tensor([[0.0, 1.0, 2.0]])).predict(x).probs.shape == (1, 3, 3)
+    assert clf.adapt(x, torch.tensor([[0.0, 1.0, 7.0]]), ways=8).predict(x).probs.shape == (1, 3, 8)  # asked for
+    with pytest.raises(ValueError, match=r"label 7\.0 at task 0, point 2 is not a whole number in 0\.\.2"):
+        MAMLClassifier(4, 3, hidden=(8,)).adapt(x, torch.tensor([[0.0, 1.0, 7.0]]))
+
+
+def test_a_pool_smaller_than_max_points_names_max_points():
+    pool = bm.tasks.LabelledPool.from_arrays(torch.randn(60, 4), [i % 6 for i in range(60)])  # 10 per class
+    for clf in (BayesProto(x_dim=4, hidden=(8,), embed_dim=4), FOMAMLClassifier(4, 3, hidden=(8,))):
+        with pytest.raises(ValueError, match=r"max_points=20 .* has only 10 examples; pass max_points=10 or fewer"):
+            clf.fit(bm.tasks.Episodes(pool, 3), steps=2, progress=False)
+    clf = BayesProto(x_dim=4, hidden=(8,), embed_dim=4)
+    clf.fit(bm.tasks.Episodes(pool, 3), steps=2, max_points=10, progress=False)  # as the message says
+
+
+@pytest.mark.parametrize("make", [lambda: BayesProto(x_dim=4, hidden=(8,), embed_dim=4),
+                                  lambda: ProtoNet(4, hidden=(8,)), lambda: SiameseNet(4, hidden=(8,)),
+                                  lambda: MAMLClassifier(4, 3, hidden=(8,)), lambda: MetaSGDClassifier(4, 3, hidden=(8,))])
+def test_float64_inputs_are_cast_to_the_model_dtype(make):
+    clf = make()
+    x, y = torch.randn(2, 3, 4, dtype=torch.float64), torch.tensor([[0.0, 1.0, 2.0]] * 2, dtype=torch.float64)
+    probs = clf.adapt(x, y).predict(torch.randn(5, 4, dtype=torch.float64)).probs
+    assert probs.dtype == torch.float32 and probs.shape == (2, 5, 3)
+    same = clf.adapt(x.float(), y.float()).predict(x.float()).probs
+    assert torch.allclose(clf.adapt(x, y).predict(x).probs, same)

@@ -125,3 +125,26 @@ def test_a_phases_stream_cut_short_warns():
     stream = Phases([Sinusoid(), Sinusoid(amplitude=(3, 5))], steps_per_phase=3)
     with pytest.warns(UserWarning, match=r"steps=2 ends in phase 1 of the 2 phases"):
         bm.baselines.MAML(x_dim=1, y_dim=1, hidden=(8,)).fit(stream, 2, tasks_per_step=4, progress=False)
+
+
+def test_a_buffer_of_another_kind_of_stream_is_refused_naming_the_buffer():
+    """A buffer filled from regression tasks is not replayed into a Bernoulli fit (nor blamed on the lr)."""
+    buf = ReplayBuffer(capacity=32, fraction=0.5)
+    bm.baselines.MAML(x_dim=1, y_dim=1, hidden=(8,)).fit(Sinusoid(), steps=2, tasks_per_step=8, replay=buf,
+                                                         max_points=10, progress=False)
+    assert buf.outcome == "real" and len(buf) == 12  # 8 fresh, then 4 fresh + 4 replayed
+    logistic = bm.tasks.HierarchicalLogistic(dim=1)
+    learner = bm.BayesLearner(bm.models.HierarchicalLogisticRegression(x_dim=1))
+    with pytest.raises(ValueError, match=r"replay: the ReplayBuffer holds 12 tasks of a stream with real outcomes "
+                                         r"but this fit's stream \(HierarchicalLogistic\) has bernoulli outcomes"):
+        learner.fit(logistic, steps=2, tasks_per_step=8, replay=buf, max_points=10, progress=False)
+    buf.outcome = None  # a buffer restored from an older checkpoint: its values still tell
+    with pytest.raises(ValueError, match=r"outcome y=.* is not 0 or 1 .*give this fit a new ReplayBuffer"):
+        learner.fit(logistic, steps=2, tasks_per_step=8, replay=buf, max_points=10, progress=False)
+    with pytest.raises(ValueError, match=r"x_dim=1, y_dim=1 but this fit's stream .* has x_dim=2"):
+        bm.baselines.MAML(x_dim=2, y_dim=1, hidden=(8,)).fit(bm.tasks.HierarchicalLinear(dim=2), steps=2,
+                                                             tasks_per_step=8, replay=buf, progress=False)
+    state = buf.state_dict()
+    again = ReplayBuffer(capacity=32, fraction=0.5)
+    again.load_state_dict(state)
+    assert again.outcome == buf.outcome

@@ -137,6 +137,42 @@ def test_image_tree_errors_name_the_file_or_folder(tmp_path):
         LabelledPool.from_images(tmp_path)
 
 
+@pytest.mark.parametrize("stray", ["stray.png", "README.txt", "alpha/notes.txt"])
+def test_a_file_beside_the_class_folders_is_an_error_naming_it(tmp_path, stray):
+    """The docs: a folder mixing class folders and files is an error (not a file silently left out)."""
+    for c in ("c1", "c2"):
+        _png(tmp_path / "alpha" / c / "0.png", 10)
+        _png(tmp_path / "beta" / c / "0.png", 20)
+    (tmp_path / stray).write_bytes(b"x")
+    with pytest.raises(ValueError, match=rf"{stray.split('/')[-1]}' is a file beside the class folders"):
+        LabelledPool.from_images(tmp_path)
+    (tmp_path / stray).unlink()
+    (tmp_path / ".DS_Store").write_bytes(b"x")  # hidden files stay skipped
+    assert LabelledPool.from_images(tmp_path, size=2).num_classes == 4
+
+
+def test_a_16_bit_greyscale_image_keeps_its_grey_levels(tmp_path):
+    from PIL import Image
+
+    levels = np.array([[0, 16384], [32768, 65535]], dtype=np.uint16)
+    (tmp_path / "a").mkdir()
+    Image.fromarray(levels).save(tmp_path / "a" / "0.png")  # a 16-bit PNG (mode I;16)
+    with Image.open(tmp_path / "a" / "0.png") as im:
+        assert im.mode.startswith("I")
+    _png(tmp_path / "b" / "0.png", 255, size=(2, 2))
+    pool = LabelledPool.from_images(tmp_path, size=2)
+    expected = np.round(levels / 65535 * 255) / 255  # scaled to 8 bits, not clipped to white at 255
+    np.testing.assert_allclose(pool.x[0].numpy(), expected.reshape(-1), atol=1e-6)
+    assert pool.x[1].tolist() == [1.0] * 4
+
+
+@pytest.mark.parametrize("size", [0, -3, (4, 0), 2.5, True])
+def test_a_bad_image_size_is_our_error_naming_size(tmp_path, size):
+    _png(tmp_path / "a" / "0.png", 0)
+    with pytest.raises(ValueError, match=r"images: size must be an int >= 1"):
+        LabelledPool.from_images(tmp_path, size=size)
+
+
 def _predictive_by_marginals(xs, xq, tau2, s2):
     """p(x_q | class support xs) = p(xs, x_q) / p(xs): each dimension's points share a N(0, tau2) mean."""
     def log_marginal(pts):  # [n, d]

@@ -236,3 +236,40 @@ def test_a_diverging_trial_is_a_bad_value_for_the_sampler_not_a_failure(study_fi
     # it never validated: it reports the worst finished value, so the sampler learns the region is bad
     assert rows[1]["value"] == rows[0]["value"] and rows[1]["run"] is None
     assert bm.tuning.TuneResult.load(out).best["number"] == 0  # never chosen as the best
+
+
+def test_objective_shots_no_validation_group_can_serve_are_refused_up_front(study_files, tmp_path, capsys):
+    fit, space = study_files()
+    space.write_text(space.read_text().replace("shots = [2]", "shots = [2, 8]"))  # validation groups have 8 rows
+    out = tmp_path / "study"
+    assert main(["tune", "--config", str(fit), "--space", str(space), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "search space: objective.shots: shots=8 needs a validation group with more than 8 rows" in err
+    assert "has 8 rows; use shots below 8" in err
+    assert not out.exists()
+
+
+def test_a_study_whose_data_changed_is_not_continued(study_files, tmp_path, capsys):
+    from bayesmeta.tuning.study import check_data_unchanged
+
+    fit, space = study_files(steps=10, trials=1)
+    out = tmp_path / "study"
+    bm.tune(fit, space, out, progress=False, report=False)
+    recorded = json.loads((out / "study.json").read_text())["data_sha256"]
+    data = tmp_path / "train.csv"
+    original = data.read_text()
+    data.write_text(original.replace("g1,", "g1,1"))  # same groups, other values
+    journal = (out / "study.journal").read_bytes()
+    capsys.readouterr()
+    assert main(["tune", "--out", str(out), "--trials", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{data}: the data file changed since this study started (sha256 {recorded[:12]}..." in err
+    assert "start a new study directory (another --out)" in err
+    with pytest.raises(ValueError, match="the data file changed since this study started"):
+        bm.tuning.run_worker(out, trials=2)
+    assert (out / "study.journal").read_bytes() == journal  # no trial run on the new data
+    assert bm.tuning.TuneResult.load(out).rows  # its report still reads
+    data.write_text(original)
+    check_data_unchanged(out)  # the data as the study started: it continues
