@@ -3,6 +3,8 @@
 from .early_stopping import EarlyStopping, MetaOverfittingWarning
 from .encoder import SetEncoder
 from .exact import ConvergenceWarning, fit_type2_ml
+from .global_guide import GlobalGuide
+from .global_objective import GLOBAL_OBJECTIVES, GlobalObjective
 from .guides import GUIDE_FAMILIES, AmortizedGuide
 from .importance import defensive_importance, effective_sample_size, pareto_k
 from .loop import History, TrainConfig, resolve_device, train_loop
@@ -18,6 +20,9 @@ __all__ = [
     "fit_type2_ml",
     "SetEncoder",
     "AmortizedGuide",
+    "GlobalGuide",
+    "GlobalObjective",
+    "GLOBAL_OBJECTIVES",
     "GUIDE_FAMILIES",
     "TaskImportanceELBO",
     "ReweightedWakeSleep",

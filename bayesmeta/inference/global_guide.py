@@ -17,6 +17,7 @@ from torch import nn
 __all__ = ["GlobalGuide"]
 
 _PRIOR_DRAWS = 4096
+LR_SCALE = 10.0  # q(g) steps at 10x the learning rate: few parameters, in the prior's units, one per pool
 
 
 class GlobalGuide(nn.Module):
@@ -53,10 +54,18 @@ class GlobalGuide(nn.Module):
         dtype = program.probe_inputs().dtype
         self.register_buffer("center", center.to(dtype))
         self.register_buffer("spread", spread.to(dtype))
-        self.loc = nn.Parameter(center.to(dtype).clone())
-        self.log_diag = nn.Parameter((0.1 * spread).clamp(max=1.0).log().to(dtype))
+        # parameters in the prior's own units (g = center + spread * v): an optimiser's step moves a
+        # population mean of prior scale 100 as far, relative to that scale, as one of scale 1
+        self.loc = nn.Parameter(torch.zeros(g, dtype=dtype))
+        self.log_diag = nn.Parameter(torch.minimum(torch.full_like(spread, 0.1), 1.0 / spread).log().to(dtype))
         self.off_diag = nn.Parameter(torch.zeros(g * (g - 1) // 2, dtype=dtype))
+        for p in (self.loc, self.log_diag, self.off_diag):
+            p.lr_scale = LR_SCALE  # type: ignore[attr-defined]  # read by the training loop's optimiser
         self.global_dim = g
+
+    def mean(self) -> torch.Tensor:
+        """``q(g)``'s mean ``[G]``."""
+        return self.center + self.spread * self.loc
 
     def scale_tril(self) -> torch.Tensor:
         """The Cholesky factor ``L [G, G]`` of ``q(g)``'s covariance."""
@@ -65,11 +74,11 @@ class GlobalGuide(nn.Module):
         if g > 1:
             rows, cols = torch.tril_indices(g, g, -1, device=tril.device)
             tril = tril.index_put((rows, cols), self.off_diag)
-        return tril
+        return self.spread[:, None] * tril
 
     def distribution(self) -> dist.MultivariateNormal:
         """``q(g)``: event ``[G]``."""
-        return dist.MultivariateNormal(self.loc, scale_tril=self.scale_tril())
+        return dist.MultivariateNormal(self.mean(), scale_tril=self.scale_tril())
 
     def features(self, g: torch.Tensor) -> torch.Tensor:
         """What the local guide reads of global draws ``g [..., G]``: ``(g - center) / spread``."""

@@ -100,6 +100,9 @@ class AmortizedGuide(nn.Module):
             raise ValueError(f"family must be one of {GUIDE_FAMILIES}; got {family!r}")
         program = program_of(model)
         p = program.param_dim
+        if program.has_globals and family != "diagonal":
+            raise ValueError(f"family={family!r} is not supported yet for a model with global latent sites "
+                             f"({[s.name for s in program.global_sites]}); use family='diagonal'")
         if family == "flow" and p < 2:
             raise ValueError(f"family='flow' needs at least 2 task parameters; the model has {p}")
         self.model = [program]  # a list: the model's parameters are not the guide's
@@ -110,9 +113,6 @@ class AmortizedGuide(nn.Module):
         self.config = {"family": family, "hidden": list(hidden), "embed_dim": embed_dim,
                        "flow_layers": flow_layers, "prior_gradients": prior_gradients}
         self.has_globals = program.has_globals
-        if self.has_globals and family != "diagonal":
-            raise ValueError(f"family={family!r} is not supported yet for a model with global latent sites "
-                             f"({[s.name for s in program.global_sites]}); use family='diagonal'")
         self.globals = GlobalGuide(program) if self.has_globals else None
         if self.has_globals:  # the conditional prior p(theta | g), Normal on the real line, whitens
             self.gaussian_prior = program.conditional_gaussian(

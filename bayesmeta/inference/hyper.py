@@ -128,24 +128,30 @@ class ConditionalJoint:
 
 
 @torch.no_grad()
-def correct_globals(program, guide, x, y, mask, *, num_draws: int = 1000, num_local: int = 64,
-                    max_elements: int = 2**22) -> dict:
+def correct_globals(program, guide, x, y, mask, *, num_draws: int | None = None, num_local: int = 64,
+                    max_elements: int = 2**22, max_work: int = 2**27) -> dict | None:
     """Importance-corrected draws of the hyperposterior ``p(g | pool)`` from the fitted guide.
 
     The target is ``p(g) prod_i p(D_i | g)`` over the pool's tasks (``x [T, N, D]``, ``y``, ``mask``),
     each ``p(D_i | g)`` estimated by importance sampling with ``num_local`` draws of ``q(theta_i | D_i,
     g)``; the proposal is the defensive mixture ``0.5 q(g) + 0.5 q_2(g)`` (``q_2``: ``q(g)`` with twice
-    its scale). Returns ``{"g": [m, G], "log_w": [m], "ess", "pareto_k"}``.
+    its scale). ``num_draws`` (default: as many as ``max_work`` point evaluations allow, 200 to 4000).
+    Returns ``{"g": [m, G], "log_w": [m], "ess", "pareto_k"}``, or ``None`` when fewer than 200 draws fit
+    the budget (a pool that large has a concentrated hyperposterior, which ``q(g)`` describes).
     """
     from .importance import effective_sample_size, pareto_k
 
+    per_draw = num_local * x.shape[0] * max(1, x.shape[1])
+    if num_draws is None:
+        num_draws = min(4000, max_work // per_draw)
+        if num_draws < 200:
+            return None
     qg = guide.globals.distribution()
     wide = type(qg)(qg.loc, scale_tril=2.0 * qg.scale_tril)
     half = num_draws // 2
     g = torch.cat([qg.sample((half,)), wide.sample((num_draws - half,))])  # [m, G]
     log_r = torch.logsumexp(torch.stack([qg.log_prob(g), wide.log_prob(g)]), 0) - math.log(2.0)
     local = guide.encode(x, y, mask)
-    per_draw = num_local * x.shape[0] * max(1, x.shape[1])
     chunk = max(1, max_elements // per_draw)
     log_lik = torch.cat([_pool_log_marginal(program, guide, x, y, mask, local, g[i : i + chunk], num_local)
                          for i in range(0, g.shape[0], chunk)])  # [m]

@@ -169,7 +169,7 @@ def set_lr(optim, cfg, step: int, elapsed: float) -> None:
     final = cfg.final_lr_fraction
     factor = final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
     for group in optim.param_groups:
-        group["lr"] = cfg.lr * factor
+        group["lr"] = cfg.lr * factor * group.get("lr_scale", 1.0)
 
 
 _LOSS_BUFFER = 256  # losses held on the device between host reads (a read at least this often)
@@ -296,7 +296,18 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
 
 
 def _optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser; with ``weight_decay``, on the weight matrices (ndim >= 2) only."""
+    """The optimiser; with ``weight_decay``, on the weight matrices (ndim >= 2) only. A parameter with an
+    ``lr_scale`` attribute (a global guide's, in its prior's units) steps at ``lr * lr_scale``."""
+    if any(getattr(p, "lr_scale", 1.0) != 1.0 for p in params):
+        scales = sorted({float(getattr(p, "lr_scale", 1.0)) for p in params})
+        scaled = []
+        for sc in scales:
+            own = [p for p in params if float(getattr(p, "lr_scale", 1.0)) == sc]
+            scaled += [{"params": [p for p in own if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                       {"params": [p for p in own if p.dim() < 2], "weight_decay": 0.0}]
+            for group in scaled[-2:]:
+                group.update(lr=cfg.lr * sc, lr_scale=sc)
+        return OPTIMIZERS[cfg.optimizer]([g for g in scaled if g["params"]], lr=cfg.lr)
     if not cfg.weight_decay:
         return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, **({"weight_decay": 0.0} if cfg.optimizer == "adamw" else {}))
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},

@@ -57,7 +57,8 @@ class BayesLearner(MetaLearner):
     on the global draw; the objectives count the globals once per pool
     (:class:`~bayesmeta.inference.GlobalObjective`). After a fit on a pool, the hyperposterior is
     importance-corrected (``global_draws``; ``history.hyper`` holds its ESS and Pareto-k) and
-    predictions for new tasks integrate over it.
+    predictions for new tasks integrate over it. Such a model is fitted to every task of a pool (no
+    validation hold-out unless ``fit(validation=...)`` is given one).
 
     Example:
         >>> import bayesmeta as bm
@@ -141,6 +142,13 @@ class BayesLearner(MetaLearner):
 
     def _validates(self, source, distributed: bool) -> bool:
         return not self._fits_exactly(source, distributed)
+
+    def _validation(self, source, validation, cfg: TrainConfig, distributed: bool):
+        # a model with global sites is fitted to every task of a pool by default: its hyperposterior is the
+        # posterior given all of them, and the small pools it is for have no tasks to spare
+        if validation is None and self.program.has_globals:
+            return source, None
+        return super()._validation(source, validation, cfg, distributed)
 
     def _checkpoint_problem(self, state: dict) -> str | None:
         return legacy_checkpoint_problem(state, self._modules())
@@ -226,6 +234,11 @@ class BayesLearner(MetaLearner):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(0 if seed is None else seed)
             result = correct_globals(self.program, self.guide, x, y, mask)
+        if result is None:
+            history.hyper = {"kept": False, "why": "the pool is too large for the correction (its hyperposterior is "
+                                                  "concentrated: q(g) describes it)"}
+            self.global_draws = None
+            return
         kept = result["pareto_k"] < 0.7
         history.hyper = {"ess": result["ess"], "pareto_k": result["pareto_k"], "num_draws": int(result["g"].shape[0]),
                          "kept": bool(kept)}

@@ -10,6 +10,7 @@ from .glm import (
     HierarchicalPoissonRegression,
     HierarchicalRegression,
 )
+from .hyper import EightSchools, VaryingIntercepts, eight_schools_data
 from .latent import LatentCodeModel, LatentCodeRegression
 from .linear import BayesianHeadRegression, HierarchicalLinearRegression, LinearGaussianModel
 from .nn import MLP
@@ -28,4 +29,7 @@ __all__ = [
     "LinearGaussianModel",
     "MLP",
     "DataScaling",
+    "EightSchools",
+    "VaryingIntercepts",
+    "eight_schools_data",
 ]
