@@ -22,6 +22,7 @@ from ..benchmarks import (
     SINUSOID_VARIANTS,
 )
 from ..benchmarks.throughput import LEARNERS
+from .bench_optimize import add_optimize_bench
 
 __all__ = ["BENCH_EPILOG", "add_bench_parser", "run_bench"]
 
@@ -38,6 +39,8 @@ BENCH_EPILOG = """examples:
   bayesmeta bench glm                               # logistic and Poisson GLMs vs their oracles (~20 min)
   bayesmeta bench glm --cases poisson --max-time 60 --num-tasks 200
   bayesmeta bench glmm                              # a Poisson GLMM against maximum likelihood, 10 pools (~15 min)
+  bayesmeta bench hyper                             # full vs empirical Bayes on 200 small pools: coverage (~1 h)
+  bayesmeta bench hyper --pools 20 --steps 300
   bayesmeta bench classify                          # few-shot classification, 120 s per method (~40 min)
   bayesmeta bench classify --families clusters --methods oracle bayes-proto protonet --budget 30
   bayesmeta bench continual                         # forgetting with / without replay vs joint (~15 min)
@@ -124,6 +127,15 @@ def _run_glmm(args) -> dict:
 
     result = run_glmm(seeds=args.seeds, groups=args.groups, steps=args.steps, out_dir=args.out,
                       progress=not args.no_progress)
+    print(result["table"])
+    return result
+
+
+def _run_hyper(args) -> dict:
+    from ..benchmarks.hyper import run_hyper
+
+    result = run_hyper(pools=args.pools, groups=args.groups, points=args.points, steps=args.steps, seed=args.seed,
+                       out_dir=args.out, progress=not args.no_progress)
     print(result["table"])
     return result
 
@@ -254,6 +266,14 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
                     help="step budgets, each fitted on every pool with and without the polish (default: 2000)")
     _shared_flags(gm, "glmm", seed=False, device=False, progress=True)
 
+    hy = _sub(bench, "hyper", "full Bayes (hyperpriors) vs empirical Bayes on small pools: new-group calibration",
+              _run_hyper)
+    hy.add_argument("--pools", type=int, default=200, help="simulated pools (default: 200)")
+    hy.add_argument("--groups", type=int, default=8, help="groups per pool (default: 8)")
+    hy.add_argument("--points", type=int, default=5, help="points per group (default: 5)")
+    hy.add_argument("--steps", type=int, default=500, help="training steps per fit (default: 500)")
+    _shared_flags(hy, "hyper", device=False, progress=True)
+
     pl = _sub(bench, "pools", "finite pools of tasks: library defaults, scored on fresh tasks", _run_pools)
     pl.add_argument("--cases", nargs="+", default=None, help=f"cases (default: all): {', '.join(POOL_CASES)}")
     pl.add_argument("--steps", type=int, default=20_000, help="training steps at most (default: 20000)")
@@ -295,6 +315,7 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     u.add_argument("--num-tasks", type=int, default=500, help="tasks in the training CSV (default: 500)")
     u.add_argument("--no-confirm", action="store_true", help="skip retraining defaults and best on fresh test tasks")
     _shared_flags(u, "tune", device=False)
+    add_optimize_bench(bench)
     return b
 
 

@@ -9,6 +9,7 @@ from .calibration_plots import (
     plot_selective_prediction,
 )
 from .html_report import load_run, report
+from .hyper import compare_global_posteriors, hyperposterior_inference_data
 from .inference_data import to_inference_data
 from .plots import plot_elbo_trace, plot_forgetting, plot_prediction_bands, plot_shrinkage
 from .reference import compare_posteriors, reference_diagnostics, reference_posterior
@@ -16,7 +17,9 @@ from .sbc import SBCResult, simulation_based_calibration
 
 __all__ = [
     "SBCResult",
+    "compare_global_posteriors",
     "compare_posteriors",
+    "hyperposterior_inference_data",
     "load_run",
     "plot_calibration_curve",
     "plot_elbo_trace",

@@ -153,3 +153,28 @@ def test_global_models_refuse_what_they_do_not_support():
         learner.adapt(pool[:1], steps=3)
     with pytest.raises(ModelError, match="global sites"):
         learner.program(*pool.all_points(), num_tasks=100)
+
+
+def test_the_hyperposterior_goes_to_arviz_without_a_task_dim():
+    x, y = bm.models.eight_schools_data()
+    pool = bm.TaskBatch.from_arrays(list(x), list(y))
+    learner = bm.BayesLearner(bm.models.EightSchools()).fit(pool, 200, progress=False, seed=0)
+    idata = bm.diagnostics.hyperposterior_inference_data(learner, num_samples=2000)
+    assert set(idata.posterior.data_vars) == {"mu", "tau"} and idata.posterior["mu"].shape == (1, 2000)
+    summary = arviz().summary(idata, kind="stats")
+    assert list(summary.index) == ["mu", "tau"]
+    assert float(idata.posterior["tau"].min()) > 0  # in the model's units: tau on its support
+    with pytest.raises(ValueError, match="no global latent sites"):
+        bm.diagnostics.hyperposterior_inference_data(bm.BayesLearner(bm.models.LatentCodeRegression(1, 1)))
+
+
+@pytest.mark.slow
+def test_the_amortized_hyperposterior_sits_beside_nuts_on_the_whole_model():
+    x, y = bm.models.eight_schools_data()
+    pool = bm.TaskBatch.from_arrays(list(x), list(y))
+    learner = bm.BayesLearner(bm.models.EightSchools()).fit(pool, 1000, progress=False, seed=0)
+    rows = bm.diagnostics.compare_global_posteriors(learner, pool, num_samples=1000, num_warmup=500)
+    # NUTS on the whole model (mu, tau and the eight eta) against the amortized hyperposterior
+    assert [r["site"] for r in rows] == ["mu", "tau"]
+    for row in rows:
+        assert abs(row["z"]) < 0.25 and abs(row["sd_ratio"] - 1) < 0.2, row
