@@ -41,6 +41,7 @@ BENCH_EPILOG = """examples:
   bayesmeta bench glmm                              # a Poisson GLMM against maximum likelihood, 10 pools (~15 min)
   bayesmeta bench hyper                             # full vs empirical Bayes on 200 small pools: coverage (~1 h)
   bayesmeta bench hyper --pools 20 --steps 300
+  bayesmeta bench hyper-nuts                        # varying intercepts + slope, 10-100 groups: new-group NLL vs NUTS
   bayesmeta bench classify                          # few-shot classification, 120 s per method (~40 min)
   bayesmeta bench classify --families clusters --methods oracle bayes-proto protonet --budget 30
   bayesmeta bench continual                         # forgetting with / without replay vs joint (~15 min)
@@ -136,6 +137,15 @@ def _run_hyper(args) -> dict:
 
     result = run_hyper(pools=args.pools, groups=args.groups, points=args.points, steps=args.steps, seed=args.seed,
                        out_dir=args.out, progress=not args.no_progress)
+    print(result["table"])
+    return result
+
+
+def _run_hyper_nuts(args) -> dict:
+    from ..benchmarks.hyper import run_hyper_nuts
+
+    result = run_hyper_nuts(groups=tuple(args.groups), steps=args.steps, seed=args.seed, out_dir=args.out,
+                            progress=not args.no_progress)
     print(result["table"])
     return result
 
@@ -273,6 +283,12 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     hy.add_argument("--points", type=int, default=5, help="points per group (default: 5)")
     hy.add_argument("--steps", type=int, default=500, help="training steps per fit (default: 500)")
     _shared_flags(hy, "hyper", device=False, progress=True)
+
+    hn = _sub(bench, "hyper-nuts", "a varying-intercept model with global latents: new-group predictive against NUTS",
+              _run_hyper_nuts)
+    hn.add_argument("--groups", type=int, nargs="+", default=[10, 30, 100], help="pool sizes (default: 10 30 100)")
+    hn.add_argument("--steps", type=int, default=2000, help="training steps per fit (default: 2000)")
+    _shared_flags(hn, "hyper", device=False, progress=True)
 
     pl = _sub(bench, "pools", "finite pools of tasks: library defaults, scored on fresh tasks", _run_pools)
     pl.add_argument("--cases", nargs="+", default=None, help=f"cases (default: all): {', '.join(POOL_CASES)}")

@@ -162,9 +162,19 @@ def correct_globals(program, guide, x, y, mask, *, num_draws: int | None = None,
 
 
 def _pool_log_marginal(program, guide, x, y, mask, local, g: torch.Tensor, num_local: int) -> torch.Tensor:
-    """``sum_i log p^(D_i | g)`` for global draws ``g [c, G]``, ``[c]``."""
+    """``sum_i log p^(D_i | g)`` for global draws ``g [c, G]``, ``[c]``: importance sampling with the defensive
+    mixture of ``q(theta | D_i, g)`` (1/2), the same widened twofold (1/4) and the prior ``p(theta | g)`` (1/4),
+    so that the estimate holds where the local guide is poor (global draws in the tails of ``q(g)``)."""
+    c, t = g.shape[0], x.shape[0]
     g3 = g[:, None, :]  # [c, 1, G]
-    q = guide.build(local, g=g3)  # batch [c, T]
-    theta = q.sample((num_local,))  # [L, c, T, P]
-    log_w = program.log_joint(x, y, mask, theta, g=g3.expand(num_local, *g3.shape)) - q.log_prob(theta)
+    q, wide = guide.build(local, g=g3), guide.build(local, g=g3, widen=2.0)  # batch [c, T]
+    n_q, n_w = num_local // 2, num_local // 4
+    n_p = num_local - n_q - n_w
+    prior = program.sample_prior(x, n_p * c, g=g3.repeat(n_p, 1, 1)).reshape(n_p, c, t, -1)
+    theta = torch.cat([q.sample((n_q,)), wide.sample((n_w,)), prior])  # [L, c, T, P]
+    gl = g3.expand(num_local, *g3.shape)
+    log_prior = program.log_prior(x, theta, gl)  # [L, c, T]
+    log_r = torch.logsumexp(torch.stack([q.log_prob(theta) + math.log(0.5), wide.log_prob(theta) + math.log(0.25),
+                                         log_prior + math.log(0.25)]), 0)
+    log_w = program.log_joint(x, y, mask, theta, g=gl) - log_r
     return (torch.logsumexp(log_w, 0) - math.log(num_local)).sum(-1)
