@@ -53,3 +53,17 @@ def test_the_documented_per_task_scale_model_keeps_sigma_positive_and_learns_it(
     pred = post.predict(torch.zeros(5, 3, 1))
     lo, hi = pred.interval(0.9)
     assert (lo < hi).all() and torch.isfinite(pred.log_prob(y[:5, :3])).all()
+
+
+def test_the_documented_hyperprior_model_has_three_globals_and_fits_a_hyperposterior():
+    model = _doc_models()["Intercepts"]()
+    learner = bm.BayesLearner(model)
+    assert [s.name for s in learner.program.global_sites] == ["mu", "tau", "sigma"]
+    g = torch.Generator().manual_seed(0)
+    alpha = 3.0 + 0.5 * torch.randn(12, 1, generator=g)
+    y = alpha + 0.3 * torch.randn(12, 4, generator=g)
+    pool = bm.TaskBatch.from_arrays(list(torch.zeros(12, 4, 1)), list(y[..., None]))
+    learner.fit(pool, 600, progress=False, seed=0)
+    draws = learner.program.split_globals(learner.hyperposterior()(2000, 1)[:, 0])
+    assert abs(float(draws["mu"].mean()) - float(y.mean())) < 0.3  # the population mean, in the data's units
+    assert 0.15 < float(draws["sigma"].mean()) < 0.5
