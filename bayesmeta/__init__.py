@@ -8,7 +8,7 @@ Users write ``import bayesmeta as bm``::
     pred = learner.adapt(test).predict(test.x_query)
 """
 
-from . import baselines, diagnostics, evaluation, fewshot, inference, models, tasks, tuning
+from . import baselines, diagnostics, evaluation, fewshot, inference, models, optimize, tasks, tuning
 from .class_predictive import ClassPredictive
 from .diagnostics import (
     compare_posteriors,
@@ -18,7 +18,8 @@ from .diagnostics import (
     to_inference_data,
 )
 from .evaluation import Evaluation, evaluate
-from .inference import MetaOverfittingWarning, ReplayBuffer, TrainConfig
+from .inference import ConvergenceWarning, MetaOverfittingWarning, ReplayBuffer, TrainConfig
+from .inference.program import ModelError
 from .learners import BayesLearner
 from .mixture import GaussianMixture
 from .predictive import Posterior, PosteriorPredictive, deprecated_alias
@@ -39,6 +40,8 @@ __all__ = [
     "Evaluation",
     "GaussianMixture",
     "MetaOverfittingWarning",
+    "ConvergenceWarning",
+    "ModelError",
     "TrainConfig",
     "Posterior",
     "PosteriorPredictive",
@@ -46,6 +49,7 @@ __all__ = [
     "TaskBatch",
     "baselines",
     "fewshot",
+    "optimize",
     "diagnostics",
     "evaluate",
     "evaluation",

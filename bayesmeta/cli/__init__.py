@@ -9,6 +9,7 @@ from pathlib import Path
 from ..baselines import BASELINES
 from ..models.glm import LIKELIHOODS
 from .bench import add_bench_parser, run_bench
+from .suggest import add_suggest_parser
 from .tune import add_tune_parser
 
 __all__ = ["cmd_demo", "main", "run_report"]
@@ -126,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="write the report here instead of into RUN_DIR")
     add_tune_parser(sub)
     add_bench_parser(sub)
+    add_suggest_parser(sub)
     return p
 
 
@@ -216,6 +218,10 @@ def main(argv=None) -> int:
             from .predict import cmd_predict
 
             cmd_predict(args)
+        elif args.command == "suggest":
+            from .suggest import cmd_suggest
+
+            cmd_suggest(args)
     except KeyboardInterrupt:
         print(f"bayesmeta {command}: interrupted", file=sys.stderr)
         return 130
