@@ -14,6 +14,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..evaluation.results import Evaluation
@@ -133,7 +134,9 @@ def report(out_dir, *, evaluation: Evaluation | None = None, learner=None, histo
         history: a training history, if no learner is given.
         posterior: a :class:`~bayesmeta.Posterior` for the prior-vs-posterior shrinkage plot.
         sbc: a :class:`SBCResult` (rank histograms and the uniformity table).
-        reference: ``{"diagnostics": reference_diagnostics(...), "comparison": compare_posteriors(...)}``.
+        reference: ``{"diagnostics": reference_diagnostics(...), "comparison": compare_posteriors(...)}``, and
+            for a model with global sites ``"globals": compare_global_posteriors(...)`` (a side-by-side
+            table of the amortized and the NUTS hyperposterior).
         figures: more figures to include, ``{name: Figure or path to a PNG}``; a PNG path is
             embedded (and copied into ``plots/``) unless a figure of that name is drawn from data.
         info: key-value pairs shown at the top (data, model, training budget...).
@@ -163,7 +166,7 @@ def report(out_dir, *, evaluation: Evaluation | None = None, learner=None, histo
     out.mkdir(parents=True, exist_ok=True)
     for name, data in written.items():
         atomic_write_bytes(data, out / "plots" / f"{name}.png")
-    page = _html(title, info, evaluation, sbc, reference, pngs, history)
+    page = _html(title, info, evaluation, sbc, reference, pngs, history, hyper=_hyper_section(learner, reference))
     path = atomic_write_text(page, out / "report.html")
     previous = set()
     if (out / MANIFEST).exists():
@@ -194,13 +197,39 @@ def _training_section(history) -> str:
     return "<h2>Training and validation</h2>" + "".join(parts) if parts else ""
 
 
-def _html(title, info, evaluation, sbc, reference, pngs: dict, history=None) -> str:
+def _hyper_section(learner, reference) -> str:
+    """The hyperposterior of a model with global sites: a summary, its correction, and NUTS beside it if given."""
+    program = getattr(learner, "program", None)
+    if program is None or not getattr(program, "has_globals", False):
+        return ""
+    from .hyper import hyperposterior_inference_data
+
+    idata = hyperposterior_inference_data(learner, num_samples=4000)
+    rows = []
+    for name in idata.posterior.data_vars:
+        v = idata.posterior[name].values.reshape(-1, max(1, int(idata.posterior[name].values[0, 0].size)))
+        for j in range(v.shape[1]):
+            q = v[:, j]
+            rows.append({"site": name if v.shape[1] == 1 else f"{name}[{j}]", "mean": float(q.mean()),
+                         "sd": float(q.std()), "q05": float(np.quantile(q, 0.05)), "q95": float(np.quantile(q, 0.95))})
+    hyper = learner.history.hyper or {}
+    how = ("importance-corrected draws" if learner.global_draws is not None else "the fitted global guide q(g)")
+    text = (f"<h2>Hyperposterior (global sites)</h2><p>From {how}; correction: "
+            f"{html.escape(json.dumps(hyper))}.</p>" + _table(rows, digits=3))
+    if reference is not None and "globals" in reference:
+        text += ("<p>Amortized vs NUTS on the whole model: z = mean difference in NUTS sds, sd ratio.</p>"
+                 + _table(reference["globals"], digits=3))
+    return text
+
+
+def _html(title, info, evaluation, sbc, reference, pngs: dict, history=None, hyper: str = "") -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     if info:
         parts.append(_table([{"": k, "value": v} for k, v in info.items()], columns=["", "value"]))
     if _has_history(history):
         parts.append(_training_section(history))
+    parts.append(hyper)
     if evaluation is not None:
         cols = ["method", "shots", "num_tasks", "nll", "nll_se", "oracle_nll", "gap", "gap_se", "mse", "crps",
                 *[c for c in evaluation.summary[0] if c.startswith("coverage_") and not c.endswith("task_sd")],

@@ -11,7 +11,6 @@ from pyro.nn import PyroModule
 import bayesmeta as bm
 from bayesmeta._compat import arviz
 from bayesmeta.inference import GlobalObjective
-from bayesmeta.inference.program import ModelError
 
 
 class KnownVariances(PyroModule):
@@ -151,8 +150,23 @@ def test_global_models_refuse_what_they_do_not_support():
     learner = bm.BayesLearner(KnownVariances()).fit(pool, 5, progress=False)
     with pytest.raises(ValueError, match="steps > 0"):
         learner.adapt(pool[:1], steps=3)
-    with pytest.raises(ModelError, match="global sites"):
-        learner.program(*pool.all_points(), num_tasks=100)
+
+
+def test_pyros_own_elbo_counts_the_globals_once_with_the_library_guide():
+    """The model and the guide are Pyro programs: Trace_ELBO scales only the tasks' sites by M / B."""
+    pool, _, _ = _known_variance_pool()
+    learner = bm.BayesLearner(KnownVariances())
+    program, guide = learner.program, learner.guide
+    x, y, mask = pool.all_points()
+    elbo = pyro.infer.Trace_ELBO(num_particles=1, max_plate_nesting=2)
+    guide_trace = pyro.poutine.trace(guide).get_trace(x[:6], y[:6], mask[:6], num_tasks=12)
+    model_trace = pyro.poutine.trace(pyro.poutine.replay(program, trace=guide_trace)).get_trace(
+        x[:6], y[:6], mask[:6], num_tasks=12)
+    assert model_trace.nodes["mu"]["scale"] == 1.0 and guide_trace.nodes["mu"]["scale"] == 1.0
+    assert model_trace.nodes["theta"]["scale"] == 2.0 and model_trace.nodes["y"]["scale"] == 2.0
+    assert guide_trace.nodes["theta"]["scale"] == 2.0
+    loss = elbo.differentiable_loss(program, guide, x[:6], y[:6], mask[:6], num_tasks=12)
+    assert torch.isfinite(loss)
 
 
 def test_the_hyperposterior_goes_to_arviz_without_a_task_dim():
@@ -178,3 +192,13 @@ def test_the_amortized_hyperposterior_sits_beside_nuts_on_the_whole_model():
     assert [r["site"] for r in rows] == ["mu", "tau"]
     for row in rows:
         assert abs(row["z"]) < 0.25 and abs(row["sd_ratio"] - 1) < 0.2, row
+
+
+def test_the_report_shows_the_hyperposterior_and_nuts_beside_it(tmp_path):
+    x, y = bm.models.eight_schools_data()
+    pool = bm.TaskBatch.from_arrays(list(x), list(y))
+    learner = bm.BayesLearner(bm.models.EightSchools()).fit(pool, 200, progress=False, seed=0)
+    rows = [{"site": "mu", "mean": 4.0, "sd": 3.0, "nuts_mean": 4.4, "nuts_sd": 3.3, "z": -0.12, "sd_ratio": 0.91}]
+    page = bm.report(tmp_path, learner=learner, reference={"globals": rows}).read_text()
+    assert "Hyperposterior (global sites)" in page and "importance-corrected draws" in page
+    assert "Amortized vs NUTS on the whole model" in page and "0.91" in page
