@@ -48,6 +48,8 @@ class DataConfig:
         object.__setattr__(self, "y", tuple(self.y))
         if not 0 <= self.val_fraction < 1:
             _fail("data.val_fraction", "in [0, 1)", self.val_fraction)
+        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int) or self.split_seed < 0:
+            _fail("data.split_seed", "an int >= 0 (as train.seed)", self.split_seed)
 
     def check_complete(self) -> None:
         for key in ("path", "task", "x", "y"):

@@ -10,7 +10,7 @@ Discrete outcomes (``support.is_discrete``): ``log_prob`` is the log pmf, ``cdf(
 :meth:`FamilyMixture.pit` is the randomised PIT ``F(y - 1) + V (F(y) - F(y - 1))``,
 ``V ~ U(0, 1)`` (uniform when calibrated), quantiles and intervals are integers, and Bernoulli or
 Categorical mixtures have :attr:`FamilyMixture.probs` (class probabilities ``[T, N, C]``).
-Imports nothing of ours (layer 0).
+Imports nothing of ours above layer 0.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.distributions import constraints
+
+from ._support import describe_support, first_outside, format_value
 
 __all__ = ["FamilyMixture", "component_cdf"]
 
@@ -255,13 +257,30 @@ class FamilyMixture:
         return self.variance.sqrt()
 
     def log_prob(self, y) -> torch.Tensor:
-        """Log predictive density (pmf for discrete outcomes) of each point ``[T, N]`` (outputs summed)."""
+        """Log predictive density (pmf for discrete outcomes) of each point ``[T, N]`` (outputs summed).
+
+        Raises:
+            ValueError: a value outside the family's support at its point (a negative or fractional
+                count, a label beyond the classes, successes above that point's trials): names the
+                value, its task and point, and the support there.
+        """
         y = self._check_y(y)
 
         def fn(sl, d, lw):
-            lp = d.log_prob(self._y(y, sl)).to(self._dtype)  # [n, T_b, N]
+            yb = self._y(y, sl)
+            self._check_support(d.support, yb, sl.start)
+            lp = d.log_prob(yb).to(self._dtype)  # [n, T_b, N]
             return torch.logsumexp(lp + lw[..., None], 0)
         return self._collect(fn)
+
+    def _check_support(self, support, yb: torch.Tensor, first_task: int) -> None:
+        """Raise on the first value of a block ``yb [T_b, N(, E)]`` outside ``support`` (one line, one value)."""
+        pos = first_outside(support, yb, event_dims=0 if self.scalar else 1)
+        if pos is None:
+            return
+        t, j = pos
+        raise ValueError(f"log_prob: y = {format_value(yb[t, j])} at task {first_task + t}, point {j} is outside the "
+                         f"support of the {self.family} predictive ({describe_support(support, (t, j))})")
 
     def cdf(self, y) -> torch.Tensor:
         """``P(Y <= y)`` of each output ``[T, N, E]`` (for discrete outcomes a step function)."""

@@ -385,8 +385,17 @@ class GaussianMixture:
         return y.to(dtype=self._dtype, device=self._device)
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
-        """Log of the mixture density of each point, ``[T, N]`` (outputs summed)."""
+        """Log of the mixture density of each point, ``[T, N]`` (outputs summed).
+
+        Raises:
+            ValueError: a non-finite ``y`` (names the value, its task and point).
+        """
         y = self._check_y(y)
+        bad = ~torch.isfinite(y).all(-1)  # [T, N]
+        if bool(bad.any()):
+            t, j = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"log_prob: y = {y[t, j].tolist()} at task {t}, point {j} is not finite (the support of "
+                             "a Gaussian predictive is the real line)")
 
         def lp(b, loc, scale, w):
             z = (y[b.tasks] - loc) / scale  # [n_b, T_b, N, E]

@@ -13,6 +13,7 @@ from .family_mixture import FamilyMixture
 from .inference.hyper import ConditionalJoint, HyperProgram
 from .inference.importance import defensive_importance, effective_sample_size, pareto_k
 from .inference.program import program_of, unwrap
+from .inference.program.data import check_magnitude
 from .mixture import GaussianMixture, heaviest, pad_components, systematic_resample
 
 __all__ = ["Posterior", "PosteriorPredictive", "PREDICT_METHODS", "systematic_resample"]
@@ -201,8 +202,13 @@ class Posterior:
                 f"x must have shape [{self.num_tasks}, N, {self.model.x_dim}] or [N, {self.model.x_dim}]; "
                 f"got {tuple(x.shape)}"
             )
-        if not torch.isfinite(x).all():
-            raise ValueError("x has non-finite values")
+        if x.shape[1] == 0:
+            raise ValueError(f"x: no query points (shape {tuple(x.shape)}); give at least one point to predict at")
+        bad = ~torch.isfinite(x).all(-1)  # [T, N]
+        if bad.any():
+            t, j = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"x: non-finite value at task {t}, point {j}")
+        check_magnitude(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device), what="x", dtype=x.dtype)
         return x
 
     @torch.no_grad()

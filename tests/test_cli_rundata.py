@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from bayesmeta.cli import main
@@ -106,3 +107,80 @@ def test_validation_shots_no_held_out_group_can_serve_are_refused_before_the_run
     assert "train.val_shots: shots=6 needs a validation group with more than 6 rows" in err
     assert "has 6 rows; use shots below 6" in err
     assert not run.exists()
+
+
+def _binomial(path: Path, special=None) -> Path:
+    """``group,dose,n,k`` rows (8 groups x 5); ``special = (row number, column, text)`` replaces one field."""
+    g = torch.Generator().manual_seed(2)
+    lines = ["group,dose,n,k"]
+    for i in range(8):
+        for _ in range(5):
+            x, n = float(torch.rand((), generator=g)), int(torch.randint(4, 12, (), generator=g))
+            lines.append(f"g{i},{x:.3f},{n},{int(torch.binomial(torch.tensor(float(n)), torch.tensor(0.4)))}")
+    if special is not None:
+        row, col, text = special
+        fields = lines[row - 1].split(",")
+        fields[lines[0].split(",").index(col)] = text
+        lines[row - 1] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _binomial_fit(data, out):
+    return main(["fit", "--data", str(data), "--task", "group", "--x", "dose", "--y", "k", "--model", "linear",
+                 "--likelihood", "binomial", "--trials", "n", "--steps", "3", "--out", str(out), "--no-progress"])
+
+
+@pytest.mark.parametrize(("text", "shown"), [("7.5", "7.5"), ("-3", "-3")])
+def test_trials_that_are_no_whole_number_are_named_by_row_group_and_column(tmp_path, capsys, text, shown):
+    data = _binomial(tmp_path / "b.csv", special=(29, "n", text))  # row 29: group g5 (rows 27-31)
+    assert _binomial_fit(data, tmp_path / "run") == 2
+    err = _one_line(capsys)
+    assert f"{data}: row 29 (group 'g5'), column 'n' (--trials / data.trials): {shown} is not a number of trials" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_support_errors_name_the_csv_row_and_group_for_every_group_before_training(tmp_path, capsys):
+    # every group is checked before the split and before training: whichever group this row falls in
+    for row in (2, 41):
+        data = _binomial(tmp_path / f"b{row}.csv", special=(row, "k", "99"))
+        assert _binomial_fit(data, tmp_path / "run") == 2
+        err = _one_line(capsys)
+        group = "g0" if row == 2 else "g7"
+        assert f"{data}: row {row} (group '{group}'): k = 99 is outside the support of the observation site 'y' " \
+               "(Binomial: an integer in [0, " in err and "tensor" not in err
+        assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_and_predict_check_every_row_against_the_model_by_row_and_group(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _binomial_fit(_binomial(tmp_path / "b.csv"), run) == 0
+    capsys.readouterr()
+    test = _binomial(tmp_path / "test.csv", special=(12, "k", "-1"))
+    assert main(["evaluate", str(run), "--data", str(test), "--no-progress"]) == 2
+    err = _one_line(capsys)
+    assert f"{test}: row 12 (group 'g2'): k = -1 is outside the support of the observation site 'y' (Binomial: " \
+           "an integer in [0, " in err
+    assert not (run / "eval.json").exists()
+    assert main(["predict", str(run), "--support", str(test), "--query", str(test), "--out",
+                 str(tmp_path / "p.csv")]) == 2
+    assert f"{test}: row 12 (group 'g2'): k = -1 is outside" in _one_line(capsys)
+
+
+def test_a_trials_column_also_listed_in_x_is_refused_before_the_run(tmp_path, capsys):
+    data = _binomial(tmp_path / "b.csv")
+    argv = ["fit", "--data", str(data), "--task", "group", "--x", "dose", "n", "--y", "k", "--model", "linear",
+            "--likelihood", "binomial", "--trials", "n", "--steps", "3", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 2
+    assert "--trials / data.trials: column 'n' is also an x column (['dose', 'n']); it is read as the trials column " \
+           "on its own: drop it from --x / data.x" in _one_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _binomial_fit(_binomial(tmp_path / "b.csv"), run) == 0
+    capsys.readouterr()
+    (tmp_path / "taken").write_text("x")
+    assert main(["report", str(run), "--out", str(tmp_path / "taken")]) == 2
+    assert f"--out: {tmp_path / 'taken'} is a file; the report is a directory" in _one_line(capsys)

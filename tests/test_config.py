@@ -67,3 +67,8 @@ def test_train_val_fraction_is_refused_and_zero_means_none_for_validation_option
     assert (cfg.train.val_every, cfg.train.patience, cfg.train.val_shots, cfg.train.weight_decay) == (None, None, (1, 4), 0.5)
     with pytest.raises(ValueError, match="config: train.patience must be None"):
         config_from_dict({"train": {"patience": -1}})
+
+
+def test_a_negative_split_seed_is_refused_as_train_seed_is():
+    with pytest.raises(ValueError, match=r"config: data.split_seed must be an int >= 0 \(as train.seed\); got -1"):
+        DataConfig(split_seed=-1)

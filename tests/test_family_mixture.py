@@ -90,3 +90,23 @@ def test_reliability_and_ece_by_definition():
     # bin 14: accuracy 0.5 at confidence 0.95 (2 points); bin 9: accuracy 1 at 0.62 (3 points)
     assert rel["ece"] == pytest.approx((2 * 0.45 + 3 * 0.38) / 5)
     assert rel["count"][14] == 2 and rel["count"][9] == 3 and sum(rel["count"]) == 5
+
+
+@pytest.mark.parametrize(("value", "family", "support"), [
+    (-1.0, "Poisson", "an integer >= 0"), (2.5, "Poisson", "an integer >= 0"), (9.0, "Binomial", "an integer in [0, 5]"),
+])
+def test_log_prob_outside_the_support_names_the_value_and_its_point_not_a_tensor(value, family, support):
+    if family == "Poisson":
+        mix, _ = _poisson_mix(t=3, n=4)
+        y = torch.ones(3, 4, 1)
+    else:  # every point has its own number of trials: 5 at task 2, point 1
+        trials = torch.arange(12.0).reshape(3, 4) - 4.0
+        mix = FamilyMixture(torch.zeros(2, 3, 1), None, lambda p, sl: D.Binomial(trials[sl].clamp_min(0).expand(
+            p.shape[0], -1, -1), logits=p[..., 0, None].expand(-1, -1, 4)), shape=(3, 4, 1))
+        y = torch.zeros(3, 4, 1)
+    y[2, 1, 0] = value
+    with pytest.raises(ValueError) as err:
+        mix.log_prob(y)
+    shown = f"{value:g}" if value != int(value) else str(int(value))
+    assert str(err.value) == (f"log_prob: y = {shown} at task 2, point 1 is outside the support of the {family} "
+                              f"predictive ({support})")

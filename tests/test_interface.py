@@ -164,7 +164,8 @@ def test_a_diverging_run_says_so_and_what_to_try():
     learner = bm.BayesLearner(bm.models.HierarchicalLinearRegression(x_dim=1), num_particles=4)
     with pytest.raises(FloatingPointError, match=r"diverged at step \d+: .*lr=1000000.0\) is likely too large") as info:
         learner.fit(pool, steps=30, tasks_per_step=3, lr=1e6, progress=False)
-    assert "scale_tril" in str(info.value) and isinstance(info.value.__cause__, ValueError)
+    assert "of distribution MultivariateNormal to satisfy" in str(info.value)  # torch's line, without its tensors
+    assert "tensor(" not in str(info.value) and isinstance(info.value.__cause__, ValueError)
 
 
 def test_other_errors_of_a_step_pass_through_unchanged():

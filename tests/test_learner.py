@@ -303,3 +303,99 @@ def test_fit_without_a_device_keeps_the_learner_where_it_is(monkeypatch):
     assert moves == [torch.device("meta")] and trained_on == [torch.device("meta")]
     learner.fit(bm.tasks.Sinusoid(), steps=1, progress=False, device="cpu")
     assert moves[-1] == "cpu"
+
+
+def _small(num_tasks=8, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(num_tasks, 5, 1, generator=g, dtype=dtype)
+    return bm.TaskBatch.from_arrays(list(x), list(2 * x + 0.1 * torch.randn(x.shape, generator=g, dtype=dtype)))
+
+
+def _latent():
+    return bm.models.LatentCodeRegression(x_dim=1, latent_dim=2, hidden=(8,))
+
+
+def test_validation_tasks_are_checked_before_any_training():
+    learner = bm.BayesLearner(bm.models.HierarchicalPoissonRegression(x_dim=1))
+    pool = bm.TaskBatch.from_arrays([torch.zeros(4, 1)] * 4, [torch.ones(4, 1)] * 4)
+    bad = bm.TaskBatch.from_arrays([torch.zeros(4, 1)] * 2, [torch.ones(4, 1), torch.tensor([[1.0], [2.0], [-1.0], [0.0]])])
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^fit: validation y_support: task 1, point 2: value -1 is outside the support "
+                                         r"of the observation site 'y' \(Poisson: an integer >= 0\)$"):
+        learner.fit(pool, steps=3, validation=bad, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in learner.model.state_dict().items())  # nothing was trained
+
+
+def test_a_pool_of_another_x_dim_names_the_models_and_the_datas():
+    pool = bm.TaskBatch.from_arrays(list(torch.randn(6, 5, 3)), list(torch.randn(6, 5, 1)))
+    with pytest.raises(ValueError, match=r"BayesLearner.fit: the training pool has x_dim=3, y_dim=1 \(its x and y "
+                                         r"columns\) but the model has x_dim=1, y_dim=1"):
+        bm.BayesLearner(_latent()).fit(pool, steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"BayesLearner.fit: the validation set has x_dim=3, y_dim=1"):
+        bm.BayesLearner(_latent()).fit(_small(), steps=2, validation=pool, progress=False)
+
+
+def test_float64_pools_supports_and_queries_are_cast_to_the_models_dtype():
+    learner = bm.BayesLearner(_latent()).fit(_small(dtype=torch.float64), steps=2, val_fraction=0, progress=False)
+    x = torch.randn(2, 4, 1, dtype=torch.float64)
+    pred = learner.adapt(x, 2 * x).predict(x, num_samples=20, seed=0)
+    assert pred.mean.dtype == torch.float32 and pred.mean.isfinite().all()
+    torch.testing.assert_close(pred.log_prob(2 * x), learner.adapt(x.float(), 2 * x.float()).predict(
+        x.float(), num_samples=20, seed=0).log_prob(2 * x.float()))
+
+
+def test_a_support_value_whose_square_overflows_is_refused_by_task_and_point():
+    learner = bm.BayesLearner(_latent())
+    x, y = torch.randn(3, 4, 1), torch.randn(3, 4, 1)
+    x[1, 2, 0] = 1e30  # finite in float32: all-NaN predictions for that task before
+    with pytest.raises(ValueError, match=r"^support x: task 1, point 2: value 1e\+30 is beyond ±1.8e\+19, where its "
+                                         r"square overflows float32 \(the model computes in float32\)"):
+        learner.adapt(x, y)
+    with pytest.raises(ValueError, match=r"^fit: training pool x_support: task 1, point 2: value 1e\+30"):
+        learner.fit(bm.TaskBatch.from_arrays(list(x), list(y)), steps=2, progress=False)
+    post = learner.adapt(torch.randn(3, 4, 1), y)
+    with pytest.raises(ValueError, match=r"^x: task 1, point 2: value 1e\+30 is beyond"):
+        post.predict(x)
+    x[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^x: non-finite value at task 1, point 2$"):
+        post.predict(x)
+
+
+def test_a_truncated_learner_file_is_a_clear_value_error_where_torch_says_invalid_argument(tmp_path):
+    path = tmp_path / "learner.pt"
+    bm.BayesLearner(_latent()).save(path)
+    data = path.read_bytes()
+    einval = []
+    for n in range(0, len(data), max(1, len(data) // 200)):
+        path.write_bytes(data[:n])
+        try:
+            torch.load(path, weights_only=True)
+        except OSError:  # torch's own error on some lengths: "[Errno 22] Invalid argument"
+            einval.append(n)
+        except Exception:  # noqa: BLE001, S112 - other lengths fail otherwise
+            continue
+    assert einval, "no truncation length where torch.load raises OSError (the case this test is for)"
+    path.write_bytes(data[: einval[0]])
+    with pytest.raises(ValueError, match="learner.pt: not a saved BayesLearner, or a corrupt or truncated file"):
+        bm.BayesLearner.load(path)
+
+
+def test_a_float64_model_gets_a_float64_guide_and_casts_float32_data():
+    learner = bm.BayesLearner(_latent().double()).fit(_small(), steps=2, val_fraction=0, progress=False)
+    x = torch.randn(2, 4, 1)
+    pred = learner.adapt(x, 2 * x).predict(x, num_samples=20)
+    assert pred.mean.dtype == torch.float64 and pred.mean.isfinite().all()
+
+
+def test_a_checkpoint_path_that_is_a_directory_is_refused_before_training(tmp_path):
+    learner = bm.BayesLearner(_latent())
+    with pytest.raises(IsADirectoryError, match=rf"checkpoint: {tmp_path} is a directory; give the checkpoint file's "
+                                                rf"path, e.g. {tmp_path / 'last.pt'}"):
+        learner.fit(_small(), steps=2, checkpoint=tmp_path, progress=False)
+    assert not learner.history.step  # nothing was trained
+
+
+def test_predicting_at_no_query_points_is_a_clear_error():
+    post = bm.BayesLearner(_latent()).adapt(torch.randn(2, 3, 1), torch.randn(2, 3, 1))
+    with pytest.raises(ValueError, match=r"^x: no query points \(shape \(2, 0, 1\)\); give at least one point"):
+        post.predict(torch.zeros(2, 0, 1))

@@ -140,3 +140,11 @@ def test_pad_rows_and_pad_components_equal_the_ensembles_own_padding():
     mixed = GaussianMixture(new_loc, pad_rows(scale, 5), new_logw)  # zero-weight padding changes nothing
     y = torch.randn(3, 4, 1, generator=g)
     assert torch.allclose(mixed.log_prob(y), GaussianMixture(loc, scale, logw).log_prob(y), atol=1e-6)
+
+
+def test_log_prob_of_a_non_finite_value_names_it_and_its_point():
+    mix = GaussianMixture(torch.zeros(2, 3, 4, 1), torch.ones(2, 3, 4, 1))
+    y = torch.zeros(3, 4, 1)
+    y[2, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^log_prob: y = \[nan\] at task 2, point 1 is not finite"):
+        mix.log_prob(y)

@@ -152,6 +152,8 @@ def run_report(args) -> Path:
         page = bm.tuning.write_report(bm.tuning.TuneResult.load(args.run_dir))
         print(f"wrote {page}", file=sys.stderr)
         return page
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out: {args.out} is a file; the report is a directory (report.html and plots/)")
     found = bm.diagnostics.load_run(args.run_dir)
     info = None
     run_json = Path(args.run_dir) / "run.json"

@@ -17,6 +17,7 @@ from ..config import FitConfig
 from ..io import atomic_write_text
 from ..tasks import Standardization, TaskDataset
 from ..tasks.batch import pad_ragged
+from .rundata import check_in_support
 from .rundir import Undo
 from .runs import _load_fitted, _say, check_writable, predictor, read_tasks
 
@@ -92,6 +93,7 @@ def cmd_predict(args) -> Path:
         raise ValueError(f"--levels must be in (0, 1); got {bad}")
     cfg, learner = _load_fitted(Path(args.run_dir))
     support = _read_rows(Path(args.support), cfg, with_y=True)
+    check_in_support(learner.program, support, y_column=cfg.data.y[0] if len(cfg.data.y) == 1 else None)
     query = _read_rows(Path(args.query), cfg, with_y=False)
     order = list(dict.fromkeys(support.task_ids + query.task_ids))
     (xs, ms), (ys, _) = _padded(support, order, "x"), _padded(support, order, "y")

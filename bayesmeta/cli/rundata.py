@@ -2,10 +2,13 @@
 
 * :func:`read_tasks` reads the columns a run's ``[data]`` section names (a Binomial trials column
   and a log-exposure column travel as the last x columns) and refuses a missing trials / offset
-  column by its role, and an offset column that holds raw exposures instead of their logs.
+  column by its role, a number of trials that is not a whole number >= 0, and an offset column that
+  holds raw exposures instead of their logs.
 * :func:`data_fingerprint` is the SHA-256 of the data file's bytes: ``run.json`` and a tuning
   study's ``study.json`` keep it, and :func:`check_unchanged` refuses to continue a run or a study
   whose data file changed since it started (its results would mix two data sets).
+* :func:`check_in_support` checks every row against the model's observation (its support at that
+  row, the parameters it gets there) before any training or scoring, naming the row and its group.
 * :func:`check_val_shots` refuses validation shot counts that no held-out group can serve.
 """
 
@@ -17,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .._support import format_value
 from ..io import file_error, open_csv
 from ..tasks import TaskDataset
 from ..tasks.dataset import FLOAT32_MAX
 
-__all__ = ["OFFSET_MAX", "check_offset", "check_unchanged", "check_val_shots", "data_fingerprint", "read_tasks",
+__all__ = ["OFFSET_MAX", "check_in_support", "check_offset", "check_trials", "check_unchanged", "check_val_shots", "data_fingerprint", "read_tasks",
            "run_data_path", "split_groups"]
 
 # A log exposure above 30 is an exposure above e^30 ~ 1e13 units on one row: no count data set has that
@@ -54,6 +58,10 @@ def _check_role_columns(d, path) -> None:
     """A trials or offset column the file lacks is named as such (not as a missing x column)."""
     roles = [(role, flag, col) for role, flag, col in (("trials", "--trials", d.trials), ("offset", "--offset", d.offset))
              if col]
+    for role, flag, col in roles:
+        if col in d.x:
+            raise ValueError(f"{flag} / data.{role}: column {col!r} is also an x column ({list(d.x)}); it is read as "
+                             f"the {role} column on its own: drop it from --x / data.x")
     if not roles or not Path(path).is_file():
         return  # no such columns, or no such file (reading it says so)
     with open_csv(path) as reader:
@@ -81,6 +89,30 @@ def check_offset(data: TaskDataset, column: str) -> None:
                 f"raw exposure: pass its log instead, e.g. a column log_{column} = log({column})")
 
 
+def check_trials(data: TaskDataset, column: str) -> None:
+    """Refuse a number of trials that is not a whole number >= 0 (naming the file, row, group and value)."""
+    j = data.x_names.index(column)
+    for x, rows, task in zip(data.x, data.rows, data.task_ids, strict=True):
+        bad = np.flatnonzero((x[:, j] < 0) | (x[:, j] != np.floor(x[:, j])))
+        if len(bad):
+            raise ValueError(f"{data.source}: row {rows[bad[0]]} (group {task!r}), column {column!r} (--trials / "
+                             f"data.trials): {format_value(float(x[bad[0], j]))} is not a number of trials (a whole "
+                             "number >= 0)")
+
+
+def check_in_support(program, data: TaskDataset, *, y_column: str | None = None) -> None:
+    """Every row of ``data`` (x and y) is one the model's observation can take, checked before any training or
+    scoring; an error names the file, the CSV row and the group (not a position in a shuffled split)."""
+    batch = data.to_batch(dtype=program.dtype)
+    x, y, mask = batch.support
+
+    def where(t: int, j: int) -> str:
+        return f"row {data.rows[t][j]} (group {data.task_ids[t]!r})"
+
+    name = "value" if y_column is None else f"{y_column} ="
+    program.check_y(x, y, mask, what=data.source, where=where, y_name=name)
+
+
 def _exp_text(v: float) -> str:
     return "inf, beyond float32" if v > math.log(FLOAT32_MAX) else f"{math.exp(v):.2g}"
 
@@ -97,6 +129,8 @@ def read_tasks(d, path, *, task_optional: bool = False, with_y: bool = True) -> 
     data = TaskDataset.from_csv(path, task=d.task, x=x, y=list(d.y) if with_y else [], task_optional=task_optional)
     if d.offset:
         check_offset(data, d.offset)
+    if d.trials:
+        check_trials(data, d.trials)
     return data
 
 

@@ -43,6 +43,7 @@ from ..models import (
 )
 from ..tasks import Standardization, TaskDataset
 from .rundata import (
+    check_in_support,
     check_unchanged,
     check_val_shots,
     data_fingerprint,
@@ -241,11 +242,17 @@ def _plan(cfg: FitConfig, out: Path, *, resume: bool, force: bool) -> _FitPlan:
     resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)  # the initial weights too: the same config gives the same run
     learner = build_learner(cfg.model, data.x_dim, data.y_dim, d)
+    check_in_support(learner.program, data, y_column=_y_column(d))  # training and validation groups, by CSV row
     if not resume:
         cfg = replace(cfg, data=replace(d, path=str(path.resolve())))  # --resume works from any directory
     train.check_standardized(Standardization.identity(data.x_dim, data.y_dim))  # values the models can square
     return _FitPlan(cfg, path, train, [] if val is None else val.task_ids, learner,
                     val if val is not None and len(val) else None, data_fingerprint(path))
+
+
+def _y_column(d) -> str | None:
+    """The name of a run's one y column (``None`` with several)."""
+    return d.y[0] if len(d.y) == 1 else None
 
 
 def _recorded_fingerprint(out: Path) -> str | None:
@@ -446,6 +453,7 @@ def cmd_evaluate(args) -> Evaluation:
     d = cfg.data
     test = read_tasks(d, args.data)
     test.check_standardized(Standardization.identity(test.x_dim, test.y_dim))
+    check_in_support(learner.program, test, y_column=_y_column(d))  # every row any shot count scores
     sets, ids = _kshot_sets(test, args.shots, args.seed)
     base_data = None
     if args.baseline:

@@ -9,6 +9,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .._checks import check_ints
+from ..inference.program import ModelProgram
+from ..inference.program.data import check_batch
 from ..tasks.batch import TaskBatch
 from .metrics import (
     CALIBRATION_LEVELS,
@@ -136,6 +138,18 @@ def _test_sets(tasks, shots, *, num_tasks: int, num_query: int, seed: int):
         sets = make_test_sets(tasks, shots, num_tasks=num_tasks, num_query=num_query, seed=seed)
         return {k: (b, torch.arange(num_tasks), []) for k, b in sets.items()}
     raise TypeError(f"tasks must be a TaskFamily, a TaskBatch or a dict {{shots: TaskBatch}}; got {type(tasks).__name__}")
+
+
+def _check_values(learner, tasks, device: torch.device) -> None:
+    """The test tasks' support and query values, checked against a Bayesian learner's model before any scoring: a
+    value outside the observation's support is named by its task and point (in the batch as given)."""
+    program = getattr(learner, "program", None)
+    if not isinstance(program, ModelProgram):
+        return
+    batches = tasks.items() if isinstance(tasks, dict) else [(None, tasks)] if isinstance(tasks, TaskBatch) else []
+    for k, b in batches:
+        what = "evaluate: tasks" if k is None else f"evaluate: tasks[{k!r}]"
+        check_batch(program, b.to(device), what=what, dtype=program.dtype)
 
 
 def _drop_empty_queries(batch: TaskBatch, ids: torch.Tensor, skipped: list, k) -> tuple:
@@ -281,6 +295,7 @@ def evaluate(learner, tasks, shots=None, *, name: str | None = None, metrics=Non
     predict = _predictor(learner, dict(predict_options or {}))
     curve_levels = tuple(sorted(set(CALIBRATION_LEVELS) | set(levels)))
     sets = _test_sets(tasks, shots, num_tasks=num_tasks, num_query=num_query, seed=seed)
+    _check_values(learner, tasks, device)
     rows, summary, pits = [], [], {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["DIVERGENCE_FACTOR", "DIVERGENCE_STEPS", "DivergenceDetector"]
+import torch
+
+from .._support import short_error
+
+__all__ = ["DIVERGENCE_FACTOR", "DIVERGENCE_STEPS", "DivergenceDetector", "failed_step_error"]
 
 DIVERGENCE_FACTOR = 1e6
 """A loss per task more than this many times (6 orders of magnitude) above the lowest running scale of
@@ -66,3 +70,28 @@ class DivergenceDetector:
         """The threshold, the running scale and the latest loss, in words."""
         return (f"more than {self.factor:.0e} times its lowest running scale (about {math.expm1(self.floor):.3g}; "
                 f"latest {self.last:.3g})")
+
+
+def failed_step_error(err: Exception, step: int, detector: DivergenceDetector, params, advice: str) -> Exception | None:
+    """What a training step that raised ``err`` means, as the exception to raise (``None``: pass ``err`` through).
+
+    A distribution refusing its arguments (torch's "found invalid values") after the loss rose or with
+    non-finite parameters is a divergence (``FloatingPointError`` with ``advice``); with finite parameters
+    and a loss that never rose, an argument computed from the data is out of range (a ``ValueError``: no
+    learning rate fixes it). Messages keep torch's first line without its tensors.
+    """
+    text = str(err)
+    refused = "found invalid values" in text  # torch.distributions' argument validation
+    onset = detector.diverged_at
+    finite = all(bool(torch.isfinite(p).all()) for p in params)  # error path only: syncs are fine
+    if not refused and onset is None and not detector.over and finite:
+        return None
+    first = short_error(err).split(": ", 1)[-1]
+    if refused and onset is None and not detector.over and finite:
+        return ValueError(f"meta-training step {step}: the model's program refused a distribution argument ({first}) "
+                          "while its parameters are finite and the loss had not risen, so no learning rate fixes it: "
+                          "an argument computed from the data is out of its range; check the inputs it comes from (a "
+                          "number of trials must stay raw: a model's DataScaling must keep that column, keep_x=...)")
+    since = "" if onset is None else f", after the loss per task rose to {detector.describe()} at step {onset}"
+    return FloatingPointError(f"meta-training diverged at step {step}: parameters became too large or non-finite "
+                              f"({first}){since}. {advice}")

@@ -47,6 +47,7 @@ from ..models.scaling import DataScaling
 from .encoder import SetEncoder
 from .global_guide import GlobalGuide
 from .program import TASK_DIM, ModelProgram, is_real, program_of
+from .program.sites import constrain
 
 __all__ = ["AmortizedGuide", "GUIDE_FAMILIES", "prior_loc_tril"]
 
@@ -270,24 +271,28 @@ class AmortizedGuide(nn.Module):
 
     # ------------------------------------------------------------------ the Pyro guide
     def forward(self, x, y=None, mask=None, *, num_tasks: int | None = None):
-        """Pyro guide matching :meth:`ModelProgram.forward` (same tasks plate and task sites).
+        """Pyro guide matching :meth:`ModelProgram.forward` (same tasks plate, task and global sites).
 
-        ``y`` is ``[T, N, E]``; with ``num_tasks`` every site is scaled by ``num_tasks / T`` as
-        the model is. One real-valued vector site is sampled directly from ``q``; otherwise an
-        auxiliary flat site ``_theta`` is drawn and each site is a ``Delta`` at its constrained
-        value, whose log density ``-log|det J|`` makes the guide's density the one of the
-        constrained values.
+        ``y`` is ``[T, N, E]``; with ``num_tasks`` every site in the tasks plate is scaled by
+        ``num_tasks / T`` as the model's are. One real-valued vector site is sampled directly from
+        ``q``; otherwise an auxiliary flat site ``_theta`` is drawn and each site is a ``Delta`` at its
+        constrained value, whose log density ``-log|det J|`` makes the guide's density the one of the
+        constrained values. A model's global sites come the same way from ``q(g)`` (an auxiliary
+        ``_globals``, outside every plate and never scaled), and ``q(theta | D, g)`` is given the draw.
         """
         if y is None:
             raise ValueError("the amortized guide needs observed y to condition on")
-        if self.has_globals:
-            raise ValueError("a model with global latent sites is trained by the library's own objectives "
-                             "(bayesmeta.inference.GlobalWakeSleep), not through this Pyro guide")
         t = x.shape[0]
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         program = self.program
-        q = self.build(self.encode(x, y, mask), plate_dim=True)  # batch [T, 1]
+        local = self.encode(x, y, mask)
+        g = self._sample_globals() if self.has_globals else None
+        if g is None:
+            q = self.build(local, plate_dim=True)  # batch [T, 1]
+        else:
+            q = self.build(local, g=g.reshape(-1, 1, g.shape[-1]))  # batch [n, T]
+            q = _task_batch(q, vectorized=g.dim() > 1)
         scale = 1.0 if num_tasks is None else num_tasks / t
         sites = program.sites
         with poutine.scale(scale=scale), pyro.plate(program.task_plate, t, dim=TASK_DIM):
@@ -300,6 +305,22 @@ class AmortizedGuide(nn.Module):
                                                        event_dim=len(s.shape)))
                 for s in sites
             }
+
+    def _sample_globals(self) -> torch.Tensor:
+        """The Pyro sites of the globals: ``_globals ~ q(g)`` and a ``Delta`` per global site; returns ``g [..., G]``."""
+        assert self.globals is not None, "a model with global sites has a global guide"
+        g = pyro.sample("_globals", self.globals.distribution(), infer={"is_auxiliary": True})  # [..., G]
+        values, ldjs = constrain(self.program.global_sites, g)
+        for s in self.program.global_sites:
+            pyro.sample(s.name, dist.Delta(values[s.name], log_density=-ldjs[s.name], event_dim=len(s.shape)))
+        return g
+def _task_batch(q: dist.TorchDistribution, *, vectorized: bool) -> dist.TorchDistribution:
+    """``q`` of batch ``[n, T]`` as the tasks plate wants it: ``[n, T, 1]`` under a particles plate, else ``[T, 1]``."""
+    base = q.base_dist if isinstance(q, dist.Independent) else q
+    loc, scale = base.loc.unsqueeze(TASK_DIM), base.scale.unsqueeze(TASK_DIM)  # [n, T, 1, P]
+    if not vectorized:
+        loc, scale = loc[0], scale[0]
+    return dist.Normal(loc, scale).to_event(1)
 
 
 def _gated_coupling(flow: nn.Module, context: torch.Tensor, gate: torch.Tensor | None):

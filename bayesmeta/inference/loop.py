@@ -27,7 +27,7 @@ from ..tasks.family import TaskFamily
 from ..tasks.phases import Phases
 from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, all_reduce_, broadcast_parameters, check_same_config
-from .divergence import DIVERGENCE_FACTOR, DIVERGENCE_STEPS, DivergenceDetector
+from .divergence import DIVERGENCE_FACTOR, DIVERGENCE_STEPS, DivergenceDetector, failed_step_error
 from .early_stopping import EarlyStopping, MetaOverfittingWarning, Validator
 from .options import DEFAULT_LR, OPTIMIZERS, History, TrainConfig, resolve_device
 from .replay import ReplayBuffer, check_replay
@@ -426,19 +426,11 @@ def _clip_and_step(run: _Run) -> None:
 
 
 def _raise_if_diverged(err: Exception, step: int, run: _Run) -> None:
-    """Divergence mid-training (a distribution refusing inf/nan arguments, non-finite parameters, or a loss
-    over the divergence threshold just before): say so. Any other error of the step passes through unchanged.
-    """
-    text = str(err)
-    refused = "found invalid values" in text  # torch.distributions' argument validation
-    onset = run.divergence.diverged_at
-    if not refused and onset is None and not run.divergence.over \
-            and all(bool(torch.isfinite(p).all()) for p in run.params):  # error path only: syncs are fine
-        return
-    first = text.splitlines()[0] if text else type(err).__name__
-    since = "" if onset is None else f", after the loss per task rose to {run.divergence.describe()} at step {onset}"
-    raise FloatingPointError(f"meta-training diverged at step {step}: parameters became too large or non-finite "
-                             f"({first}){since}. {_advice(run)}") from err
+    """A failed step: a divergence, or an argument out of range with finite parameters, says so
+    (:func:`~bayesmeta.inference.divergence.failed_step_error`); any other error passes through unchanged."""
+    problem = failed_step_error(err, step, run.divergence, run.params, _advice(run))
+    if problem is not None:
+        raise problem from err
 
 
 def _raise_if_bad(run: _Run, step: int) -> None:

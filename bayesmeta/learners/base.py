@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Self
 
 import torch
 
 from ..inference.options import DEFAULT_LR
+from ..inference.program.data import check_magnitude
 from ..inference.replay import check_replay
 from ..inference.trainer import History, TrainConfig, load_checkpoint, resolve_device
 from ..tasks.batch import TaskBatch, check_support
@@ -172,11 +174,36 @@ class MetaLearner:
             raise ValueError("adapt: y_support is required unless a TaskBatch is given")
         x, y, mask = check_support(x_support, y_support, mask_support, x_dim=self.x_dim, y_dim=self.y_dim,
                                    min_points=min_points, prefix="support ")
-        x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
+        dtype = self._dtype()  # float64 inputs are cast to the model's dtype
+        x, y, mask = x.to(self.device, dtype), y.to(self.device, dtype), mask.to(self.device)
         std = self.standardization
         if std is not None:
             x, y = std.x(x), std.y(y)
+        check_magnitude(x, mask, what="support x", dtype=dtype)
+        check_magnitude(y, mask, what="support y", dtype=dtype)
         return x, y, mask, std
+
+    def _dtype(self) -> torch.dtype:
+        """The floating dtype the learner computes in (its first module's first floating parameter)."""
+        for module in self._modules().values():
+            for p in () if module is None else module.parameters():
+                if p.is_floating_point():
+                    return p.dtype
+        return torch.get_default_dtype()
+
+    def _pool(self, batch, what: str):
+        """A ``TaskBatch`` the learner trains or validates on, checked against its sizes and cast to its dtype."""
+        if not isinstance(batch, TaskBatch):
+            return batch
+        name = type(self).__name__
+        if (batch.x_dim, batch.y_dim) != (self.x_dim, self.y_dim):
+            raise ValueError(f"{name}.fit: the {what} has x_dim={batch.x_dim}, y_dim={batch.y_dim} (its x and y "
+                             f"columns) but the model has x_dim={self.x_dim}, y_dim={self.y_dim}")
+        dtype = self._dtype()
+        return batch._map(lambda t: t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t)
+
+    def _check_pools(self, source, validation) -> None:
+        """Check the training pool and the validation tasks before anything is trained (subclasses: their values)."""
 
     def _extra_state(self) -> dict:
         std = self.standardization
@@ -245,8 +272,14 @@ class MetaLearner:
             32
         """
         cfg = self._train_config(source, config, steps, options, distributed)
+        if checkpoint is not None and Path(checkpoint).is_dir():
+            raise IsADirectoryError(f"checkpoint: {checkpoint} is a directory; give the checkpoint file's path, e.g. "
+                                    f"{Path(checkpoint) / 'last.pt'}")
         check_replay(replay, source, cfg.tasks_per_step)  # every learner, before anything is trained or held out
         self.to(self.device if cfg.device is None else cfg.device)  # None: train where the learner is
+        source = self._pool(source, "training pool")
+        validation = self._pool(validation, "validation set")
+        self._check_pools(source, validation)  # every pool, before anything is held out or trained
         self._whole_pool = source if isinstance(source, TaskBatch) and validation is None else None
         source, validate = self._validation(source, validation, cfg, distributed)
         state = self._resume_state(checkpoint, resume, cfg)

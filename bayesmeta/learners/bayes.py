@@ -16,6 +16,7 @@ from ..inference.hyper import WeightedDraws, correct_globals
 from ..inference.objectives import OBJECTIVES, SLEEP_OBJECTIVES, check_sleep_objective
 from ..inference.polish import can_polish, polish_marginal_likelihood
 from ..inference.program import ModelProgram, program_of
+from ..inference.program.data import check_batch
 from ..inference.refine import refine_local
 from ..inference.trainer import History, TrainConfig, meta_train, save_checkpoint
 from ..legacy import legacy_checkpoint_problem
@@ -107,6 +108,8 @@ class BayesLearner(MetaLearner):
             self.guide = AmortizedGuide(self.program, guide, **(guide_options or {}))
         else:
             raise TypeError(f"guide must be 'diagonal', 'flow' or an AmortizedGuide; got {guide!r}")
+        if self.guide is not None:
+            self.guide.to(dtype=self.program.dtype)  # a float64 model (model.double()) gets a float64 guide
         self.history = History()
         self.standardization: Standardization | None = None
         first = next(iter(model.parameters()), None)
@@ -157,6 +160,12 @@ class BayesLearner(MetaLearner):
         # importance-corrected, as at test time, with a quarter of the default draws: validation runs often
         return {} if self.conjugate else {"num_samples": 250}
 
+    def _check_pools(self, source, validation) -> None:
+        """Every value of the training pool and of the validation tasks the model can take, before any training."""
+        for what, batch in (("fit: training pool", source), ("fit: validation", validation)):
+            if isinstance(batch, TaskBatch):
+                check_batch(self.program, batch.to(self.device), what=what, dtype=self.program.dtype)
+
     def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
                     distributed: bool, validate=None, replay=None) -> History:
         """SVI on the ELBO (or the exact marginal likelihood); exact type-II ML where it applies.
@@ -183,9 +192,6 @@ class BayesLearner(MetaLearner):
                 save_checkpoint(checkpoint, len(history.step), {"model": self.model, "guide": None}, None, history,
                                 cfg, on_checkpoint=on_checkpoint, extra=self._extra_state())
             return history
-        if isinstance(source, TaskBatch):
-            x, y, mask = source.all_points()
-            self.program.check_y(x.to(self.device), y.to(self.device), mask.to(self.device), what="task pool y")
         ctx = init_from_env(self.device) if distributed else None
         history = meta_train(self.program, self.guide, source, cfg, device=self.device, objective=self.objective,
                              num_particles=self.num_particles, conjugate=self.conjugate, checkpoint=checkpoint,
@@ -226,6 +232,21 @@ class BayesLearner(MetaLearner):
                                         f"stochastic fit's {report['log_marginal_before']:.4g}")
             history.notes.append(f"polish not kept: {why}")
         return bool(report["accepted"])
+
+    def correct_hyperposterior(self, pool: TaskBatch, *, seed: int | None = 0) -> dict:
+        """Importance-correct the fitted global guide ``q(g)`` on ``pool`` (what ``fit`` does on its pool; call it
+        after training the model and guide in your own loop). Returns the report (``ess``, ``pareto_k``,
+        ``kept``), also in ``history.hyper``; predictions use the corrected draws where ``kept``.
+
+        Raises:
+            ValueError: the model has no global latent sites, or ``pool`` is not a ``TaskBatch``.
+        """
+        if not self.program.has_globals:
+            raise ValueError(f"{type(self.model).__name__} has no global latent sites")
+        if not isinstance(pool, TaskBatch):
+            raise ValueError(f"pool must be a TaskBatch (the tasks the model was fitted to); got {type(pool).__name__}")
+        self._correct_globals(pool, self.history, seed)
+        return dict(self.history.hyper or {})
 
     def _correct_globals(self, pool: TaskBatch, history: History, seed: int | None) -> None:
         """Importance-correct the hyperposterior on the whole pool (kept where PSIS Pareto-k < 0.7)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 from pathlib import Path
 
 import torch
@@ -68,11 +69,13 @@ def load_learner(cls, path, *, device="cpu"):
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a directory, not a saved BayesLearner")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()  # read first: an OS error is then the file's, not torch's on damaged bytes
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except OSError as err:
         raise file_error(err, path, "read") from err
+    try:  # torch raises OSError(EINVAL) on some truncated files: from bytes, every failure is the content's
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load fails in many ways on damaged files (never pass weights_only=False)
         raise _damaged(path, err) from err
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_V1):

@@ -137,6 +137,9 @@ def _check_columns(header: list[str], wanted: dict[str, list[str]], source: str,
     for role, cols in wanted.items():
         if not cols and role not in may_be_empty:
             raise ValueError(f"{source}: no {role} column given")
+        twice = sorted({c for c in cols if cols.count(c) > 1})
+        if twice:
+            raise ValueError(f"{source}: {role} column(s) {twice} listed more than once ({role}={cols})")
         missing = [c for c in cols if c not in header]
         if missing:
             raise ValueError(f"{source}: missing {role} column(s) {missing}; the file has {header}")
@@ -198,7 +201,11 @@ def _read_rows(reader, wanted: dict[str, list[str]], source: str, single_task: s
             continue
         if len(row) != len(header):
             raise ValueError(f"{source}: row {row_no} has {len(row)} fields; the header has {len(header)}")
-        ids.append(single_task if "task" not in cols else row[cols["task"][0]].strip())
+        task = single_task if "task" not in cols else row[cols["task"][0]].strip()
+        if not task:
+            raise ValueError(f"{source}: row {row_no}, column {header[cols['task'][0]]!r}: empty group id (a missing "
+                             "value?); give every row its group")
+        ids.append(task)
         xs.append([_parse_float(row[j], source, row_no, header[j]) for j in cols["x"]])
         ys.append([_parse_float(row[j], source, row_no, header[j]) for j in cols["y"]])
         rows.append(row_no)

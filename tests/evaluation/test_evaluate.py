@@ -131,3 +131,15 @@ def test_markdown_table_and_plus_minus():
     assert markdown_table(["a", "b"], [[1, "x"], [2.5, ""]]) == "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 |  |"
     assert plus_minus({"nll": 1.0, "nll_se": 0.25}, "nll") == "1.000 ± 0.250"
     assert plus_minus({"nll": 1.0, "nll_se": float("nan")}, "nll") == "1.000" and plus_minus({}, "gap") == "-"
+
+
+def test_query_values_outside_the_models_support_are_named_before_any_scoring(monkeypatch):
+    learner = bm.BayesLearner(bm.models.HierarchicalPoissonRegression(x_dim=1))
+    x, y = torch.zeros(4, 6, 1), torch.ones(4, 6, 1)
+    y[3, 4, 0] = 2.5  # a query point: the support is each task's first 2 points
+    tasks = bm.TaskBatch(x[:, :2], y[:, :2], torch.ones(4, 2, dtype=torch.bool), x[:, 2:], y[:, 2:],
+                         torch.ones(4, 4, dtype=torch.bool))
+    monkeypatch.setattr(learner, "adapt", lambda *a, **k: pytest.fail("adapted before the values were checked"))
+    with pytest.raises(ValueError, match=r"^evaluate: tasks y_query: task 3, point 2: value 2.5 is outside the support "
+                                         r"of the observation site 'y' \(Poisson: an integer >= 0\)$"):
+        bm.evaluate(learner, tasks, shots=(1, 2))

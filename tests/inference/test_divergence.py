@@ -131,6 +131,36 @@ def test_an_error_of_a_step_after_a_loss_over_the_threshold_is_a_divergence():
         _scripted_fit([1.0, 1.0, 1.0, 1.0], fail_at=4, steps=10, lr=0.5)
 
 
+def test_a_refused_argument_with_finite_parameters_and_a_steady_loss_is_no_learning_rate_problem():
+    class DataScaledTrials(torch.nn.Module):  # a user's Binomial whose own scaling standardised the trials
+        x_dim = 2
+
+        def __init__(self):
+            super().__init__()
+            self.loc = torch.nn.Parameter(torch.zeros(2))
+            self.scaling = bm.models.DataScaling(2, 1, outputs=False)  # keep_x=(1,) forgotten
+
+        def forward(self, x, y=None, mask=None):
+            import pyro
+            import pyro.distributions as dist
+
+            xs = self.scaling.x(x)
+            with pyro.plate("tasks", x.shape[0], dim=-2):
+                w = pyro.sample("w", dist.Normal(self.loc, 1.0).to_event(1))
+                with pyro.plate("points", x.shape[1], dim=-1):
+                    d = dist.Binomial(xs[..., 1], logits=w[..., 0] * xs[..., 0] + w[..., 1])
+                    return pyro.sample("y", d.mask(mask), obs=y)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(6, 5, 1, generator=g), torch.randint(3, 9, (6, 5, 1), generator=g).float()], -1)
+    pool = bm.TaskBatch.from_arrays(list(x), list(torch.ones(6, 5, 1)))
+    with pytest.raises(ValueError, match=r"^meta-training step 1: the model's program refused a distribution argument "
+                                         r"\(Expected parameter total_count \(Tensor of shape \(\d+, \d+\)\) of "
+                                         r"distribution Binomial to satisfy .*so no learning rate fixes it") as info:
+        bm.BayesLearner(DataScaledTrials()).fit(pool, steps=3, val_fraction=0, progress=False)
+    assert "tensor(" not in str(info.value)
+
+
 # real learners ----------------------------------------------------------------------------------
 
 

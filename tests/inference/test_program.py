@@ -228,11 +228,11 @@ def test_a_model_without_x_dim_needs_it_given():
 
 
 @pytest.mark.parametrize(("model", "y", "x_extra", "message"), [
-    (bm.models.HierarchicalPoissonRegression(x_dim=1), [2.0, -1.0], None, r"value -1.0 at task 0, point 1"),
-    (bm.models.HierarchicalPoissonRegression(x_dim=1), [2.5, 1.0], None, r"value 2.5 at task 0, point 0"),
-    (bm.models.HierarchicalLogisticRegression(x_dim=1), [1.0, 2.0], None, r"value 2.0 at task 0, point 1"),
+    (bm.models.HierarchicalPoissonRegression(x_dim=1), [2.0, -1.0], None, r"task 0, point 1: value -1 is outside"),
+    (bm.models.HierarchicalPoissonRegression(x_dim=1), [2.5, 1.0], None, r"task 0, point 0: value 2.5 is outside"),
+    (bm.models.HierarchicalLogisticRegression(x_dim=1), [1.0, 2.0], None, r"task 0, point 1: value 2 is outside .*0 or 1"),
     (bm.models.HierarchicalLogisticRegression(x_dim=1, trials=True), [3.0, 5.0], [4.0, 4.0],
-     r"value 5.0 at task 0, point 1 .*Binomial"),
+     r"task 0, point 1: value 5 is outside .*\(Binomial: an integer in \[0, 4\]\)"),
 ])
 def test_outcomes_outside_the_likelihoods_support_are_refused(model, y, x_extra, message):
     learner = bm.BayesLearner(model)
@@ -261,7 +261,7 @@ def test_categorical_labels_outside_the_classes_are_refused():
                     return pyro.sample("y", dist.Categorical(logits=logits).mask(mask), obs=y)
 
     learner = bm.BayesLearner(Softmax())
-    with pytest.raises(ValueError, match=r"value 3.0 at task 0, point 1 .*Categorical"):
+    with pytest.raises(ValueError, match=r"task 0, point 1: value 3 is outside .*Categorical: an integer in \[0, 2\]"):
         learner.adapt(torch.zeros(1, 2, 1), torch.tensor([[[0.0], [3.0]]]))
     pred = learner.adapt(torch.zeros(1, 2, 1), torch.tensor([[[0.0], [2.0]]])).predict(torch.zeros(1, 4, 1))
     assert pred.probs.shape == (1, 4, 3) and torch.allclose(pred.probs.sum(-1), torch.ones(1, 4))

@@ -159,3 +159,14 @@ def test_csv_task_column_optional_and_inputs_only(tmp_path):
         TaskDataset.from_csv(p, task="s", x="t", y=[])
     with pytest.raises(ValueError, match="no x column given"):
         TaskDataset.from_csv(p, task=None, x=[], y="t")
+
+
+def test_an_empty_group_id_and_a_column_listed_twice_are_refused_naming_them(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("s,t,r\na,1,2\n,2,3\nb,1,1\n")
+    with pytest.raises(ValueError, match=r"d.csv: row 3, column 's': empty group id \(a missing value\?\); give every "
+                                         r"row its group"):
+        TaskDataset.from_csv(p, task="s", x="t", y="r")
+    p.write_text("s,t,r\na,1,2\nb,2,3\n")
+    with pytest.raises(ValueError, match=r"d.csv: x column\(s\) \['t'\] listed more than once \(x=\['t', 't'\]\)"):
+        TaskDataset.from_csv(p, task="s", x=["t", "t"], y="r")

@@ -10,10 +10,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from ...models.base import HierarchicalModel
-from .probe import PROBE_N, PROBE_T, check_globals_used, probe
+from .data import check_observed
+from .probe import PROBE_N, PROBE_T, check_draws, check_globals_used, probe
 from .sites import (
     DRAWS_DIM,
     ModelError,
@@ -26,7 +28,20 @@ from .sites import (
     unwrap,
 )
 
-__all__ = ["ModelProgram", "program_of"]
+__all__ = ["ModelProgram", "program_of", "TaskScale"]
+
+
+class TaskScale(Messenger):
+    """Scale the log density of every sample site inside the plate named ``plate`` by ``scale`` (the others:
+    a model's global sites, are left as they are)."""
+
+    def __init__(self, scale: float, plate: str) -> None:
+        super().__init__()
+        self.scale, self.plate = scale, plate
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] == "sample" and any(f.name == self.plate for f in msg["cond_indep_stack"]):
+            msg["scale"] = msg["scale"] * self.scale
 
 
 class ModelProgram(nn.Module):
@@ -78,6 +93,7 @@ class ModelProgram(nn.Module):
         direct = (isinstance(model, HierarchicalModel) and type(model).forward is HierarchicalModel.forward
                   and not self.global_sites)
         self._direct: Any = model if direct else None
+        check_draws(self, self.observation.name)
         self._check_observed(trace)
         check_globals_used(self, trace)
 
@@ -127,14 +143,15 @@ class ModelProgram(nn.Module):
         """The model as training sees it: ``y [T, N, E]`` (or ``None``); with ``num_tasks``, the whole
         program is scaled by ``num_tasks / T`` (a mini-batch of a pool of ``num_tasks`` tasks).
 
-        A model with global sites is trained by the library's own objectives (which count the globals
-        once per pool), never by scaling the whole program: ``num_tasks`` is refused there."""
+        A model with global sites has only the sites in its tasks plate scaled: the globals' prior counts
+        once per pool (Pyro's ``Trace_ELBO`` with :class:`~bayesmeta.inference.AmortizedGuide` as the guide
+        is then an unbiased estimate of the pool's ELBO)."""
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        if num_tasks is not None and self.has_globals:
-            raise ModelError(f"{type(self.model).__name__} has global sites: scaling the whole program by "
-                             "num_tasks / T would count their priors num_tasks / T times")
         scale = 1.0 if num_tasks is None else num_tasks / x.shape[0]
+        if self.has_globals:  # the globals once per pool, the tasks' sites num_tasks / T times
+            with TaskScale(scale, self.task_plate):
+                return self.model(x, self.model_y(y, mask), mask)
         with poutine.scale(scale=scale):
             return self.model(x, self.model_y(y, mask), mask)
 
@@ -351,7 +368,9 @@ class ModelProgram(nn.Module):
         n, t = g.shape[0], g.shape[1]
         x = self.probe_inputs()[:1, :1].to(g)  # the probe's input: a task prior does not read the data
         values = self._global_values(g.reshape(n * t, 1, -1), n * t)
-        trace = self._run(x, None, torch.ones(1, 1, dtype=torch.bool, device=g.device), values=values, draws=n * t)
+        # no draws plate: the values carry their leading dim, and this may run inside a Pyro guide under a
+        # particles plate that holds dim -3 already (the trace is the library's own: blocked)
+        trace = self._run(x, None, torch.ones(1, 1, dtype=torch.bool, device=g.device), values=values)
         locs, scales = [], []
         for s in self.sites:
             base, _ = unwrap(trace.nodes[s.name]["fn"])
@@ -360,31 +379,20 @@ class ModelProgram(nn.Module):
             scales.append(base.scale.expand(shape).reshape(n, t, -1))
         return torch.cat(locs, -1), torch.cat(scales, -1)
 
-    def check_y(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, what: str = "y") -> None:
-        """Raise when an observed ``y [T, N, E]`` is outside the observation site's support (labels
-        outside a Categorical's classes, negative or non-integer counts, successes above trials)."""
-        support = self.observation.support
-        if self.observation.real or y.numel() == 0:
-            return
-        try:
-            with torch.no_grad():
-                u = torch.zeros(1, x.shape[0], self.param_dim, dtype=x.dtype, device=x.device)
-                g = torch.zeros(1, 1, self.global_dim, dtype=x.dtype, device=x.device) if self.has_globals else None
-                support = self.observation_distribution(x, u, g).support
-        except Exception:  # noqa: BLE001 - fall back to the probe's support
-            pass
-        v = self.model_y(y, mask)
-        assert v is not None, "y is a tensor"
-        ok = support.check(v)
-        if len(self.observation.event_shape) and ok.dim() == v.dim():
-            ok = ok.all(-1)
-        ok = ok.expand(*ok.shape[:-2], *mask.shape).reshape(-1, *mask.shape)[0]
-        bad = mask & ~ok
-        if bad.any():
-            t, j = (int(i) for i in bad.nonzero()[0])
-            value = v[t, j].tolist()
-            raise ValueError(f"{what}: value {value} at task {t}, point {j} is outside the support of the observation "
-                             f"site '{self.observation.name}' ({self.observation.family}: {support})")
+    def check_y(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, what: str = "y",
+                where=None, y_name: str = "value") -> None:
+        """Raise when an observed ``y [T, N, E]`` is outside the observation's support at its own point
+        (labels outside a Categorical's classes, negative or non-integer counts, successes above that
+        row's trials), when the observation's parameters at ``x [T, N, D]`` are invalid (fractional or
+        negative trials), or when a count is beyond what the model's dtype holds exactly; the message
+        names the value and ``where(task, point)`` (default ``"task 3, point 0"``), never a whole tensor.
+        See :func:`~bayesmeta.inference.program.data.check_observed`."""
+        check_observed(self, x, y, mask, what=what, where=where, y_name=y_name)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's floating dtype (of its first parameter; the default dtype without one)."""
+        return _dtype(self.model)
 
 
 def program_of(model, *, x_dim: int | None = None, y_dim: int | None = None) -> ModelProgram:

@@ -13,10 +13,12 @@ Every break of the rules is a :class:`~bayesmeta.inference.program.sites.ModelEr
 
 from __future__ import annotations
 
+import pyro.distributions as dist
 import torch
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
+from ..._support import short_error
 from .sites import (
     POINT_DIM,
     TASK_DIM,
@@ -29,7 +31,7 @@ from .sites import (
     unwrap,
 )
 
-__all__ = ["PROBE_T", "PROBE_N", "probe", "check_globals_used"]
+__all__ = ["PROBE_T", "PROBE_N", "probe", "check_draws", "check_globals_used"]
 
 PROBE_T, PROBE_N = 2, 3  # probe sizes: distinct, so a plate of the wrong size shows
 
@@ -48,7 +50,7 @@ def probe(program):
         raise
     except Exception as err:
         raise ModelError(f"{name}: running forward(x, y=None, mask) on a probe of {PROBE_T} tasks x {PROBE_N} "
-                         f"points (x all ones, shape {tuple(x.shape)}) failed: {type(err).__name__}: {err}") from err
+                         f"points (x all ones, shape {tuple(x.shape)}) failed: {short_error(err)}") from err
     sites, globals_, obs = [], [], []
     for site in trace.nodes.values():
         if site["type"] != "sample" or site_is_subsample(site) or site["infer"].get("_deterministic"):
@@ -83,6 +85,28 @@ def probe(program):
     return tuple(sites), tuple(globals_), observation, fill, plates(site)[TASK_DIM].name, trace
 
 
+def check_draws(program, observation: str) -> None:
+    """Rule 4: the program runs for several parameter draws at once (inside an outer plate at dim -3, as the
+    library evaluates it), and its observation keeps that draws dim."""
+    name = type(program.model).__name__
+    x = program.probe_inputs()
+    mask = torch.ones(PROBE_T, PROBE_N, dtype=torch.bool, device=x.device)
+    how = ("write arithmetic that broadcasts over leading dims (w[..., 0] * x[..., 0], not w.view(T, 1); "
+           "torch.stack/cat of a term without the draws dim needs torch.broadcast_tensors first)")
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            trace = program._run(x, None, mask, draws=2)
+    except ModelError:
+        raise
+    except Exception as err:
+        raise ModelError(f"{name}: forward fails when run for 2 parameter draws at once (inside a plate at dim -3, "
+                         f"as the library evaluates it): {short_error(err)}; {how}") from err
+    shape = tuple(trace.nodes[observation]["fn"].batch_shape)
+    if shape != (2, PROBE_T, PROBE_N):
+        raise ModelError(f"{name}: the observation site '{observation}' has batch shape {shape} when run for 2 "
+                         f"parameter draws at once (expected (2, {PROBE_T}, {PROBE_N}): draws x tasks x points); {how}")
+
+
 def _task_site(program, site, plate) -> TaskSite:
     name, fn = site["name"], site["fn"]
     where = f"{type(program.model).__name__}: task site '{name}'"
@@ -91,6 +115,7 @@ def _task_site(program, site, plate) -> TaskSite:
                          "pyro.plate('tasks', x.shape[0], dim=-2)")
     if site["is_observed"]:
         raise ModelError(f"{where} is observed; task-level sites must be latent")
+    _refuse_point_mass(where, fn)
     if fn.support.is_discrete or getattr(fn, "has_enumerate_support", False):
         raise ModelError(f"{where} is discrete ({type(unwrap(fn)[0]).__name__}); discrete task latents are not "
                          "supported yet: marginalise them out in the model (e.g. a mixture likelihood)")
@@ -102,12 +127,22 @@ def _task_site(program, site, plate) -> TaskSite:
                     type(unwrap(fn)[0]).__name__)
 
 
+def _refuse_point_mass(where: str, fn) -> None:
+    """A Delta prior (a point mass) has no density over its value: it is a fixed value, not a latent site."""
+    base, _ = unwrap(fn)
+    if isinstance(base, dist.Delta):
+        raise ModelError(f"{where} has a Delta (point-mass) prior: a point mass is a fixed value, not a latent site "
+                         "with a posterior; make it a module parameter (nn.Parameter) or record it with "
+                         "pyro.deterministic")
+
+
 def _global_site(program, site, where) -> GlobalSite:
     name, fn = site["name"], site["fn"]
     model = type(program.model).__name__
     if site["is_observed"]:
         raise ModelError(f"{model}: site '{name}' is observed outside the tasks plate; observe y inside "
                          "pyro.plate('points', x.shape[1], dim=-1) nested in pyro.plate('tasks', x.shape[0], dim=-2)")
+    _refuse_point_mass(f"{model}: global site '{name}'", fn)
     if where:
         raise ModelError(f"{model}: site '{name}' is in a plate at dim {sorted(where)} that is neither the tasks "
                          "plate (dim -2) nor the points plate (dim -1)")

@@ -99,7 +99,7 @@ def constrain(sites, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str
     """``({site: [..., *shape]}, {site: log|det J| [...]})`` of the map from flat ``u [..., P]`` to the supports."""
     values, ldjs, start = {}, {}, 0
     for s in sites:
-        part = u[..., start : start + s.size].reshape(*u.shape[:-1], *s.unconstrained_shape)
+        part = u[..., start : start + s.size].reshape(tuple(u.shape[:-1]) + tuple(s.unconstrained_shape))
         start += s.size
         t = s.transform
         if not is_real(s.support):  # exp/sigmoid of a wild draw must not reach a support's edge (0, 1)
