@@ -49,16 +49,16 @@ class GlobalGuide(nn.Module):
             torch.manual_seed(0)
             draws = program.sample_globals(_PRIOR_DRAWS).double()  # [n, G]
         center = draws.median(0).values
-        q = torch.quantile(draws, torch.tensor([0.25, 0.75], dtype=draws.dtype), dim=0)
+        q = torch.quantile(draws, torch.tensor([0.25, 0.75], dtype=draws.dtype, device=draws.device), dim=0)
         spread = ((q[1] - q[0]) / 1.349).clamp(1e-3, 1e3)  # the IQR of a standard Normal is 1.349
         dtype = program.probe_inputs().dtype
         self.register_buffer("center", center.to(dtype))
         self.register_buffer("spread", spread.to(dtype))
         # parameters in the prior's own units (g = center + spread * v): an optimiser's step moves a
         # population mean of prior scale 100 as far, relative to that scale, as one of scale 1
-        self.loc = nn.Parameter(torch.zeros(g, dtype=dtype))
+        self.loc = nn.Parameter(torch.zeros(g, dtype=dtype, device=center.device))
         self.log_diag = nn.Parameter(torch.minimum(torch.full_like(spread, 0.1), 1.0 / spread).log().to(dtype))
-        self.off_diag = nn.Parameter(torch.zeros(g * (g - 1) // 2, dtype=dtype))
+        self.off_diag = nn.Parameter(torch.zeros(g * (g - 1) // 2, dtype=dtype, device=center.device))
         for p in (self.loc, self.log_diag, self.off_diag):
             p.lr_scale = LR_SCALE  # type: ignore[attr-defined]  # read by the training loop's optimiser
         self.global_dim = g

@@ -117,7 +117,7 @@ class AmortizedGuide(nn.Module):
         self.globals = GlobalGuide(program) if self.has_globals else None
         if self.has_globals:  # the conditional prior p(theta | g), Normal on the real line, whitens
             self.gaussian_prior = program.conditional_gaussian(
-                torch.zeros(1, 1, program.global_dim, dtype=program.probe_inputs().dtype)) is not None
+                program.probe_inputs().new_zeros(1, 1, program.global_dim)) is not None
         else:
             self.gaussian_prior = program.gaussian_prior() is not None
         if not self.gaussian_prior:  # the empty set's Gaussian, fitted to prior draws (prior_matching_loss)

@@ -60,6 +60,10 @@ class HyperProgram:
         u, g = self.parts(v)
         return {**self.program.split_globals(g), **self.program.split(u)}
 
+    def flatten(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Constrained ``{site: [..., *shape]}`` (global and task sites) -> flat ``[..., G + P]``."""
+        return torch.cat([self.program.flatten_globals(values), self.program.flatten(values)], -1)
+
     def coordinate_names(self) -> list[str]:
         return self.program.global_coordinate_names() + self.program.coordinate_names()
 

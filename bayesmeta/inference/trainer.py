@@ -68,6 +68,9 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
     else:
         loss_fn = make_objective(objective, num_particles, analytic_kl=analytic)(model, guide)
     guide_params = [] if guide is None else list(guide.parameters())
+    # the subset term trains the local guide only: q(g) is the posterior given the whole pool, once
+    global_params = set() if guide is None or guide.globals is None else set(guide.globals.parameters())
+    local_params = [p for p in guide_params if p not in global_params]
     # the ELBO, and a sleep phase for the guide (a model with globals: in its objective)
     sleep_term = objective == "elbo+sleep" and guide is not None and not model.has_globals
 
@@ -81,7 +84,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
             loss.backward()
             if subsets:
                 _add_guide_grads(loss_fn(b.x, b.y, stream.random_subset(b.mask), num_tasks=b.num_tasks, **no_sleep),
-                                 guide_params)
+                                 local_params)
             if sleep_term:
                 (-(b.num_tasks or b.x.shape[0]) / b.x.shape[0] * sleep_log_q(model, guide, b.x, b.mask).sum()).backward()
             matching = None if guide is None else guide.prior_matching_loss(b.x)

@@ -183,6 +183,8 @@ class BayesLearner(MetaLearner):
         """
         check_standardize_option(standardize, type(self).__name__)
         self.model.train()
+        if state is None:  # a new fit: draws corrected for an earlier fit's guide no longer describe q(g)
+            self.global_draws = None
         exact = self._fits_exactly(source, distributed)
         if state is None:
             self._fit_scalings(source)

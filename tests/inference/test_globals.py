@@ -111,9 +111,12 @@ def test_save_and_load_keep_the_global_guide_and_the_corrected_draws(tmp_path):
     pool, _, _ = _known_variance_pool()
     model = bm.models.VaryingIntercepts(slopes=False, mu_scale=10.0, tau_scale=2.0, sigma_scale=2.0)
     learner = bm.BayesLearner(model).fit(pool, 600, progress=False, seed=0)
-    assert learner.global_draws is not None, learner.history.hyper
     loaded = bm.BayesLearner.load(learner.save(tmp_path / "learner.pt"))
-    assert loaded.global_draws is not None
+    assert (loaded.global_draws is None) == (learner.global_draws is None)
+    if learner.global_draws is not None:
+        assert torch.equal(loaded.global_draws["g"], learner.global_draws["g"])
+    for a, b in zip(learner.guide.globals.parameters(), loaded.guide.globals.parameters(), strict=True):
+        assert torch.equal(a, b)
     x = torch.zeros(2, 1)
     a = learner.adapt(pool[:2]).predict(x, seed=3)
     b = loaded.adapt(pool[:2]).predict(x, seed=3)
@@ -202,3 +205,16 @@ def test_the_report_shows_the_hyperposterior_and_nuts_beside_it(tmp_path):
     page = bm.report(tmp_path, learner=learner, reference={"globals": rows}).read_text()
     assert "Hyperposterior (global sites)" in page and "importance-corrected draws" in page
     assert "Amortized vs NUTS on the whole model" in page and "0.91" in page
+
+
+def test_a_global_model_works_under_no_grad_in_arviz_with_query_points_and_after_a_refit():
+    with torch.no_grad():  # building checks the globals by autograd: it must not depend on the caller's mode
+        learner = bm.BayesLearner(KnownVariances())
+    pool, _, _ = _known_variance_pool()
+    learner.fit(pool, 200, progress=False, seed=0)
+    post = learner.adapt(pool[:2])
+    idata = bm.to_inference_data(post, x_query=torch.zeros(2, 3, 1), y_query=torch.zeros(2, 3, 1), num_samples=50)
+    assert set(idata.posterior.data_vars) == {"mu", "theta"} and "log_likelihood" in idata.groups()
+    before = learner.global_draws
+    learner.fit(pool, 5, progress=False, seed=1, polish=False)  # a new fit corrects anew (or drops old draws)
+    assert learner.global_draws is None or learner.global_draws is not before

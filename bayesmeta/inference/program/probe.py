@@ -184,7 +184,7 @@ def check_globals_used(program, trace) -> None:
     y = trace.nodes[program.observation.name]["value"].detach()
     y = y.unsqueeze(-1) if len(program.observation.event_shape) == 0 else y
     devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), torch.enable_grad():  # also when built under no_grad
         torch.manual_seed(0)
         g = program.sample_globals(2).detach()[:, None, :]  # [2, 1, G]
         u = program.sample_prior(x, 2, g=g).detach()  # [2, T, P]
