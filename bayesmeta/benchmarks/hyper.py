@@ -102,7 +102,9 @@ def run_hyper(*, pools: int = 200, groups: int = 8, points: int = 5, new_groups:
     for p in range(pools):
         gen = torch.Generator().manual_seed(seed * 100_003 + p)
         pool, x_new, y_new, truth = _simulate(gen, groups, points, new_groups)
-        for method, model in (("full Bayes", VaryingIntercepts(slopes=False, **HYPERPRIORS)),
+        for method, model in (("full Bayes", VaryingIntercepts(slopes=False, mu_scale=HYPERPRIORS["mu_scale"],
+                                                             tau_scale=HYPERPRIORS["tau_scale"],
+                                                             sigma_scale=HYPERPRIORS["sigma_scale"])),
                               ("empirical Bayes", EmpiricalBayesIntercepts())):
             t0 = time.perf_counter()
             with warnings.catch_warnings():

@@ -13,6 +13,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,7 +205,7 @@ def _hyper_section(learner, reference) -> str:
         return ""
     from .hyper import hyperposterior_inference_data
 
-    idata = hyperposterior_inference_data(learner, num_samples=4000)
+    idata: Any = hyperposterior_inference_data(learner, num_samples=4000)
     rows = []
     for name in idata.posterior.data_vars:
         v = idata.posterior[name].values.reshape(-1, max(1, int(idata.posterior[name].values[0, 0].size)))

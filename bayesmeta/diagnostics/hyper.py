@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -69,11 +69,12 @@ def compare_global_posteriors(learner, pool, *, reference: az.InferenceData | No
         nuts_options.setdefault("num_chains", 2)
         reference = reference_posterior(learner.program, x.to(learner.device), y.to(learner.device),
                                         mask.to(learner.device), seed=seed, **nuts_options)
-    ours = hyperposterior_inference_data(learner, num_samples=num_samples, seed=seed)
+    ours: Any = hyperposterior_inference_data(learner, num_samples=num_samples, seed=seed)
+    ref: Any = reference
     rows = []
     for site in learner.program.global_sites:
         a = ours.posterior[site.name].values.reshape(-1, max(1, site.shape.numel()))
-        b = reference.posterior[site.name].values.reshape(-1, max(1, site.shape.numel()))
+        b = ref.posterior[site.name].values.reshape(-1, max(1, site.shape.numel()))
         for j in range(a.shape[1]):
             label = site.name if a.shape[1] == 1 else f"{site.name}[{j}]"
             m, s, rm, rs = float(a[:, j].mean()), float(a[:, j].std()), float(b[:, j].mean()), float(b[:, j].std())

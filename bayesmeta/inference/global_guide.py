@@ -42,6 +42,9 @@ class GlobalGuide(nn.Module):
         torch.Size([1])
     """
 
+    center: torch.Tensor
+    spread: torch.Tensor
+
     def __init__(self, program) -> None:
         super().__init__()
         g = program.global_dim

@@ -155,6 +155,7 @@ class AmortizedGuide(nn.Module):
     def _conditioned(self, local: dict[str, torch.Tensor], g: torch.Tensor) -> dict[str, torch.Tensor]:
         """Local parameters given global draws ``g [n, T or 1, G]``: ``a, log_s [n, T, P]``."""
         r = local["context"]  # [T, R]
+        assert self.globals is not None, "a model with global sites has a global guide"
         feat = self.globals.features(g)  # [n, T or 1, G]
         shape = (*feat.shape[:-2], r.shape[0])
         r = r.expand(*shape, r.shape[-1])
@@ -202,12 +203,13 @@ class AmortizedGuide(nn.Module):
         global draws ``g [n, T or 1, G]`` for a model with global sites); ``detach``: without gradients to the
         prior's parameters."""
         prior = None if self.has_globals else self.program.gaussian_prior()
-        conditional = self.program.conditional_gaussian(g) if self.has_globals and self.gaussian_prior else None
+        conditional = (self.program.conditional_gaussian(g) if g is not None and self.has_globals
+                       and self.gaussian_prior else None)
         if conditional is not None:
-            loc, scale = conditional
+            c_loc, c_scale = conditional
             if detach or not self.prior_gradients:
-                return loc.detach(), scale.detach(), None
-            return loc, scale, None
+                return c_loc.detach(), c_scale.detach(), None
+            return c_loc, c_scale, None
         if prior is not None:
             loc, scale, tril = prior_loc_tril(prior)
             if detach or not self.prior_gradients:

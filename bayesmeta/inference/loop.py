@@ -306,7 +306,7 @@ def _optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.Opti
             scaled += [{"params": [p for p in own if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                        {"params": [p for p in own if p.dim() < 2], "weight_decay": 0.0}]
             for group in scaled[-2:]:
-                group.update(lr=cfg.lr * sc, lr_scale=sc)
+                group.update(lr=float(cfg.lr or 0.0) * sc, lr_scale=sc)
         return OPTIMIZERS[cfg.optimizer]([g for g in scaled if g["params"]], lr=cfg.lr)
     if not cfg.weight_decay:
         return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, **({"weight_decay": 0.0} if cfg.optimizer == "adamw" else {}))

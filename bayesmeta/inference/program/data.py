@@ -14,6 +14,7 @@ tensor.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -68,7 +69,7 @@ def check_observed(program, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
     for start in range(0, x.shape[0], per):
         sl = slice(start, start + per)
         _check_chunk(program, x[sl], y[sl], mask[sl], what=what, y_name=y_name,
-                     where=lambda t, j, start=start: where(start + t, j))
+                     where=functools.partial(_shifted, where, start))
 
 
 def _check_chunk(program, x, y, mask, *, what: str, where: Where, y_name: str) -> None:
@@ -190,3 +191,8 @@ def _check_counts(v: torch.Tensor, mask: torch.Tensor, family: str, *, what: str
         raise ValueError(f"{what}: {where(t, j)}: {y_name} {format_value(v[t, j])} is above 2^{digits} = "
                          f"{int(limit)}, the largest count {name} holds exactly (the model computes in {name}), so "
                          f"its {family} log-probability would be rounding noise: is it a typo or a missing-value code?")
+
+
+def _shifted(where, start: int, t: int, j: int):
+    """``where`` of a chunk's task ``t`` (the chunk starts at task ``start``)."""
+    return where(start + t, j)
