@@ -33,6 +33,23 @@ def file_error(err: OSError, path, action: str) -> OSError:
     return OSError(err.errno, message) if err.errno else OSError(message)  # errno picks the subclass
 
 
+def read_torch_file(path, *, damaged, missing: str = "no such file"):
+    """``torch.load`` of a file of our own (``weights_only=True``, on the CPU), read as bytes first: an OS error
+    is then the file's (``FileNotFoundError`` with ``missing``, else :func:`file_error`), and any failure of
+    ``torch.load`` on the bytes (it raises ``OSError(EINVAL)`` on some truncations) is ``damaged(err)``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {missing}") from None
+    except OSError as err:
+        raise file_error(err, path, "read") from err
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load fails in many ways on damaged bytes (never pass weights_only=False)
+        raise damaged(err) from err
+
+
 def _write_file(fd: int, data: bytes) -> None:
     """Write all of ``data`` to ``fd`` and ``fsync`` it (a short write is retried, an error raised)."""
     view = memoryview(data)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..fewshot import CLASSIFIERS, TemperatureScaled
-from ..io import atomic_torch_save, atomic_write_text, file_error, read_json
+from ..io import atomic_torch_save, atomic_write_text, file_error, read_json, read_torch_file
 from ..tasks import Episodes, LabelledPool
 from ..tasks.episodes import is_number
 from .rundir import Undo
@@ -129,16 +129,8 @@ def _load(run: Path):
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: not a classification run's record ({type(err).__name__}: {err})") from None
     weights = run / "classifier.pt"
-    try:
-        data = weights.read_bytes()  # read first: an OS error is then the file's, not torch's on damaged bytes
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{weights}: no such file (did `bayesmeta fit` finish?)") from None
-    except OSError as err:
-        raise file_error(err, weights, "read") from err
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load fails in many ways on damaged bytes (never pass weights_only=False)
-        raise _damaged(weights, err) from err
+    state = read_torch_file(weights, damaged=lambda err: _damaged(weights, err),
+                            missing="no such file (did `bayesmeta fit` finish?)")
     try:
         clf.net.load_state_dict(state["state"])
     except (KeyError, TypeError, IndexError, RuntimeError) as err:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import io
 from pathlib import Path
 
 import torch
 
 from ..inference.guides import AmortizedGuide
 from ..inference.trainer import History
-from ..io import atomic_torch_save, file_error
+from ..io import atomic_torch_save, read_torch_file
 from ..legacy import absorb_standardization, with_new_buffers
 from ..tasks.dataset import Standardization
 
@@ -68,16 +67,7 @@ def load_learner(cls, path, *, device="cpu"):
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a directory, not a saved BayesLearner")
-    try:
-        data = path.read_bytes()  # read first: an OS error is then the file's, not torch's on damaged bytes
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except OSError as err:
-        raise file_error(err, path, "read") from err
-    try:  # torch raises OSError(EINVAL) on some truncated files: from bytes, every failure is the content's
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load fails in many ways on damaged files (never pass weights_only=False)
-        raise _damaged(path, err) from err
+    state = read_torch_file(path, damaged=lambda err: _damaged(path, err))
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_V1):
         raise ValueError(f"{path}: not a saved BayesLearner (format {FORMAT})")
     try:
