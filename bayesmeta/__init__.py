@@ -8,7 +8,7 @@ Users write ``import bayesmeta as bm``::
     pred = learner.adapt(test).predict(test.x_query)
 """
 
-from . import baselines, diagnostics, evaluation, fewshot, inference, models, optimize, tasks, tuning
+from . import baselines, diagnostics, evaluation, fewshot, inference, models, optimize, runs, tasks, tuning
 from .class_predictive import ClassPredictive
 from .diagnostics import (
     compare_posteriors,
@@ -62,6 +62,7 @@ __all__ = [
     "simulation_based_calibration",
     "to_inference_data",
     "tune",
+    "runs",
     "tuning",
     "__version__",
 ]

@@ -15,7 +15,7 @@ from scipy import stats
 
 import bayesmeta as bm
 from bayesmeta.cli import _parser, main
-from bayesmeta.config import FitConfig
+from bayesmeta.runs.config import FitConfig
 
 # pixel sizes of the report's plots: each plot function's figure size (inches) at the report's 100 dpi
 DEMO_PIXELS = {"prediction_bands": (600, 1200),  # 6 tasks in 3 columns of 4 x 3 in

@@ -1,4 +1,4 @@
-"""A run's data (bayesmeta.cli.rundata): role columns, log exposures, the data file's fingerprint, validation shots."""
+"""A run's data (bayesmeta.runs.data): role columns, log exposures, the data file's fingerprint, validation shots."""
 
 import json
 import math

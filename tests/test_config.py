@@ -5,7 +5,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from bayesmeta.config import DataConfig, FitConfig, ModelConfig, TrainConfig, load_config, to_toml
+from bayesmeta.runs.config import DataConfig, FitConfig, ModelConfig, TrainConfig, load_config, to_toml
 
 AWKWARD = 'a\nb\tc "quoted" back\\slash ünïcödé ∑ 😀'  # newline, tab, quote, backslash, non-ASCII (BMP and beyond)
 
@@ -59,7 +59,7 @@ def test_defaults_and_numbers_round_trip(tmp_path):
 
 
 def test_train_val_fraction_is_refused_and_zero_means_none_for_validation_options():
-    from bayesmeta.config import config_from_dict
+    from bayesmeta.runs.config import config_from_dict
 
     with pytest.raises(ValueError, match="train.val_fraction is not a command-line setting; use data.val_fraction"):
         config_from_dict({"train": {"val_fraction": 0.3}})

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import bayesmeta as bm
-from bayesmeta.config import config_from_dict, load_config, to_toml
+from bayesmeta.runs.config import config_from_dict, load_config, to_toml
 from bayesmeta.inference import TrainConfig
 
 
@@ -124,7 +124,8 @@ def test_the_config_file_train_section_is_the_train_config(tmp_path):
 
 
 def test_run_directories_written_before_the_rename_still_load(tmp_path):
-    from bayesmeta.cli.runs import LEARNER_FILE, _load_fitted
+    from bayesmeta.runs import LEARNER_FILE
+    from bayesmeta.runs import load_fitted as _load_fitted
 
     assert LEARNER_FILE == "learner.pt"
     with pytest.raises(FileNotFoundError, match="no learner.pt"):

@@ -48,7 +48,7 @@ def test_fit_evaluate_predict_report_end_to_end(data, tmp_path, capsys):
     for name in ("config.toml", "learner.pt", "checkpoints/last.pt", "metrics.jsonl", "split.json", "run.json"):
         assert (run / name).is_file(), name
     assert not (run / "standardisation.json").exists()  # the model owns its scaling; the run rescales nothing
-    cfg = bm.config.load_config(run / "config.toml")
+    cfg = bm.runs.load_config(run / "config.toml")
     assert cfg.data.x == ("time",) and cfg.model.hidden == (16,) and cfg.train.steps == 20
     split = json.loads((run / "split.json").read_text())
     assert len(split["train"]) == 16 and len(split["validation"]) == 4  # tasks, not rows, are split
@@ -87,7 +87,7 @@ def test_the_run_fits_the_model_to_the_data_as_given_and_predicts_in_its_units(d
     ys = np.concatenate([y for t, y in zip(ds.task_ids, ds.y, strict=True) if t in train_ids])
     assert scaling.fitted and abs(float(scaling.y_shift[0]) - float(ys.mean())) < 1e-4
     xs, ys_ = torch.tensor([[[0.5], [1.0]]]), torch.tensor([[[3.0], [2.5]]])
-    from bayesmeta.cli.runs import predictor
+    from bayesmeta.runs import predictor
     pred = predictor(learner, seed=0)(xs, ys_, torch.tensor([[[2.0]]]), torch.ones(1, 2, dtype=torch.bool))
     direct = learner.adapt(xs, ys_).predict(torch.tensor([[[2.0]]]), seed=0)
     assert torch.equal(pred.mean, direct.mean)
@@ -100,7 +100,7 @@ def test_a_run_of_an_earlier_version_predicts_but_is_not_resumed(data, tmp_path,
     (run / "standardisation.json").write_text(json.dumps(std))
     assert main(["fit", "--out", str(run), "--resume", "--no-progress"]) == 2
     assert "older bayesmeta on standardised data" in capsys.readouterr().err
-    from bayesmeta.cli.runs import _load_fitted
+    from bayesmeta.runs import load_fitted as _load_fitted
     _, learner = _load_fitted(run)  # the maps move into the model's scaling
     assert float(learner.model.scaling.y_scale[0]) == 4.0 and float(learner.guide.input_scaling.x_shift[0]) == 1.0
 

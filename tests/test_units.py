@@ -166,7 +166,7 @@ def test_an_old_file_of_a_model_without_its_own_scaling_is_refused(tmp_path):
 
 
 def test_config_key_standardize_is_refused_in_a_users_config_and_dropped_from_a_runs_own():
-    from bayesmeta.config import config_from_dict
+    from bayesmeta.runs.config import config_from_dict
 
     with pytest.raises(ValueError, match="data.standardize was removed"):
         config_from_dict({"data": {"standardize": True}})

@@ -19,11 +19,15 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..io import atomic_write_text
+from ..runs.config import apply_overrides, load_config
+from ..runs.evaluate import evaluate_run
+from ..runs.fit import fit_run
 from ..tasks import Sinusoid
 
 __all__ = ["TUNE_SPACE", "run_tune_bench"]
@@ -72,7 +76,6 @@ def run_tune_bench(*, minutes: float = 20.0, workers: int = 2, trial_seconds: fl
                    num_tasks: int = 500, points: int = 20, test_tasks: int = 500, out_dir="bench_out/tune",
                    seed: int = 0, confirm: bool = True) -> dict:
     """Run the study (``minutes`` of wall time, ``workers`` processes); returns and writes ``results.json``."""
-    from ..cli import main
     from ..tuning import TuneResult, open_study, write_report
 
     if workers < 1 or not 0 < kill_at < 1:
@@ -129,7 +132,7 @@ def run_tune_bench(*, minutes: float = 20.0, workers: int = 2, trial_seconds: fl
                "best_trial": None if best is None else best["number"],
                "best_params": None if best is None else best["params"]}
     if confirm and best is not None and default is not None:
-        summary["confirm"] = _confirm(main, out, study, seed + 1)
+        summary["confirm"] = _confirm(out, study, seed + 1)
     payload = {"summary": summary, "options": {"minutes": minutes, "workers": workers, "trial_seconds": trial_seconds,
                                                "kill_at": kill_at, "num_tasks": num_tasks, "points": points,
                                                "seed": seed}, "trials": result.rows}
@@ -137,20 +140,16 @@ def run_tune_bench(*, minutes: float = 20.0, workers: int = 2, trial_seconds: fl
     return {**payload, "table": result.table()}
 
 
-def _confirm(main, out: Path, study: Path, seed: int) -> dict:
+def _confirm(out: Path, study: Path, seed: int) -> dict:
     """Train the defaults and the best config again (another seed) and score both on the fresh test tasks (K=5)."""
     scores: dict = {}
     per_task = {}
     # trial 0's own config (validated at the objective's shots, as every trial): the defaults as the study ran them
     for name, config in (("defaults", study / "trials" / "0000" / "config.toml"), ("best", study / "best.toml")):
         run = out / f"confirm_{name}"
-        code = main(["fit", "--config", str(config), "--set", f"train.seed={seed}", "--out", str(run), "--force",
-                     "--no-progress"])
-        if code != 0:
-            raise RuntimeError(f"refitting {config} failed (exit {code})")
-        code = main(["evaluate", str(run), "--data", str(out / "test.csv"), "--shots", "5", "--no-progress"])
-        if code != 0:
-            raise RuntimeError(f"evaluating {run} failed (exit {code})")
+        cfg = apply_overrides(load_config(config), [f"train.seed={seed}"])
+        fit_run(replace(cfg, train=replace(cfg.train, progress=False)), run, force=True, progress=False)
+        evaluate_run(run, out / "test.csv", shots=[5], progress=False)
         ev = json.loads((run / "eval.json").read_text())
         s = ev["summary"][0]
         scores[name] = {"test_nll_K5": s["nll"], "test_nll_K5_se": s["nll_se"], "coverage_90": s.get("coverage_90"),

@@ -23,9 +23,11 @@ FIT_EPILOG = """examples:
   bayesmeta fit --data train.csv --task subject --x days --y reaction --steps 5000 --out runs/sleep
   bayesmeta fit --config fit.toml --set train.steps=2000 --set model.latent_dim=4 --out runs/sleep
   bayesmeta fit --out runs/sleep --resume            # continue from runs/sleep/checkpoints/last.pt
+  bayesmeta fit --data train.csv --task herd --x period --y cases --model my_models.py:HerdModel --out runs/herds
 config file (TOML; every key optional, flags override it, --set overrides both):
   [data]  path, task, x = [..], y = [..], val_fraction, split_seed
-  [model] kind = "latent" | "linear" | "bayes-head", latent_dim, hidden = [..], heteroscedastic,
+  [model] kind = "latent" | "linear" | "bayes-head" | "path/to/file.py:ClassName" (your own Pyro model),
+          options = {..} (its constructor arguments), latent_dim, hidden = [..], heteroscedastic,
           guide = "diagonal" | "flow", objective = "rws" | "rws-wake" | "rws-sleep" | "elbo+sleep" | "elbo" | "iwae" | "iwae-dreg", num_particles,
           encoder_hidden = [..]
   [train] the fields of bayesmeta.inference.TrainConfig: steps, max_time (0: none), tasks_per_step,
@@ -69,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--task", help="column naming each row's task (group)")
     f.add_argument("--x", nargs="+", help="input column(s)")
     f.add_argument("--y", nargs="+", help="output column(s)")
-    f.add_argument("--model", choices=["latent", "linear", "bayes-head"], help="model kind (default: latent)")
+    f.add_argument("--model", metavar="KIND", help="latent (default), linear, bayes-head, or a model class of your own "
+                   "as path/to/file.py:ClassName (its constructor arguments: --set model.options.NAME=VALUE)")
     f.add_argument("--likelihood", choices=list(LIKELIHOODS),
                    help="outcome distribution (default: gaussian; others need --model linear: a hierarchical GLM)")
     f.add_argument("--trials", metavar="COLUMN", help="binomial: the column with each row's number of trials")
@@ -175,7 +178,7 @@ def _classification(args) -> bool:
             raise ValueError(f"{', '.join(given)}: only with --task-kind classification")
         return args.task_kind == "classification"
     if args.command in ("evaluate", "predict"):
-        from .classify import is_classification_run
+        from ..runs.classify import is_classification_run
 
         return is_classification_run(Path(args.run_dir))
     return False
@@ -192,7 +195,7 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv=None) -> int:
     """Run the command line; an error in the input or the environment is one line on stderr and exit code 2."""
-    from .rundir import RunInUseError
+    from ..runs.directory import RunInUseError
 
     args = _parser().parse_args(argv)
     command = f"{args.command} {args.benchmark}" if args.command == "bench" else args.command
@@ -212,14 +215,11 @@ def main(argv=None) -> int:
 
             {"fit": classify.cmd_fit_classifier, "evaluate": classify.cmd_evaluate_classifier,
              "predict": classify.cmd_predict_classifier}[args.command](args)
-        elif args.command in ("fit", "evaluate"):
-            from . import runs
+        elif args.command in ("fit", "evaluate", "predict"):
+            from . import commands
 
-            {"fit": runs.cmd_fit, "evaluate": runs.cmd_evaluate}[args.command](args)
-        elif args.command == "predict":
-            from .predict import cmd_predict
-
-            cmd_predict(args)
+            {"fit": commands.cmd_fit, "evaluate": commands.cmd_evaluate,
+             "predict": commands.cmd_predict}[args.command](args)
         elif args.command == "suggest":
             from .suggest import cmd_suggest
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from .bench_flags import shared_flags as _shared_flags
+from .bench_flags import sub_parser as _sub
+
 __all__ = ["OPTIMIZE_EPILOG", "add_optimize_bench"]
 
 OPTIMIZE_EPILOG = """examples:
@@ -30,7 +33,6 @@ def _run_optimize(args) -> dict:
 def add_optimize_bench(bench) -> argparse.ArgumentParser:
     """Add ``optimize`` to ``bayesmeta bench``'s sub-parsers ``bench``."""
     from ..benchmarks.optimize import OPTIMIZE_CASES, OPTIMIZE_SIZES
-    from .bench import _shared_flags, _sub
 
     p = _sub(bench, "optimize", "decisions on new tasks: meta-learned BO and bandits against the oracle, GP-BO "
              "and random search", _run_optimize)

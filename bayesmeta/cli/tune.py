@@ -50,7 +50,7 @@ def cmd_tune(args):
     """Run (or continue) the study; a helper worker (``--worker-index > 0``) only runs trials."""
     import torch
 
-    from ..config import apply_overrides, load_config
+    from ..runs.config import apply_overrides, load_config
     from ..tuning import run_worker, tune
 
     out = Path(args.out)

@@ -11,7 +11,7 @@ from ..io import atomic_torch_save
 from .options import History, TrainConfig
 
 if TYPE_CHECKING:
-    from .loop import TaskStream
+    from .stream import TaskStream
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "save_checkpoint"]
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 import torch
 
+from .._user_code import import_source
 from ..inference.guides import AmortizedGuide
 from ..inference.trainer import History
 from ..io import atomic_torch_save, read_torch_file
@@ -49,6 +51,7 @@ def save_learner(learner, path) -> Path:
     state = {
         "format": FORMAT,
         "model_class": f"{cls.__module__}:{cls.__qualname__}",
+        "model_source": _source_file(cls),
         "model_config": learner.model.config,
         "model_state": {k: v.detach().cpu() for k, v in learner.model.state_dict().items()},
         "conjugate": learner.conjugate,
@@ -84,11 +87,43 @@ def _damaged(path: Path, err: Exception) -> ValueError:
                       "while loading it)")
 
 
-def _rebuild(cls, state: dict, path: Path):
+def _source_file(cls: type) -> str | None:
+    """The absolute path of the file that defines ``cls`` (``None`` if it has none, e.g. a notebook cell)."""
+    try:
+        source = inspect.getsourcefile(cls)
+    except TypeError:
+        return None
+    return None if source is None or not Path(source).is_file() else str(Path(source).resolve())
+
+
+def _model_class(state: dict, path: Path) -> type:
+    """The saved model's class: by module and name, or else from the file that defined it (a script run as
+    ``__main__``, a file given as ``file.py:Class``); an error naming both if neither works."""
     module, _, qualname = state["model_class"].partition(":")
-    model_cls = importlib.import_module(module)
-    for part in qualname.split("."):
-        model_cls = getattr(model_cls, part)
+    source = state.get("model_source")
+    try:
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except (ImportError, AttributeError) as err:
+        if not source:
+            raise ValueError(f"{path}: the model class {state['model_class']} cannot be imported ({err}); import "
+                             "the module that defines it first") from None
+    if not Path(source).is_file():
+        raise ValueError(f"{path}: the model class {qualname} was defined in {source}, which no longer exists; "
+                         "put the file back (or import its module before loading)")
+    try:
+        obj = import_source(source)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{path}: cannot rebuild the model class {qualname} from {source}: {err}") from None
+    return obj
+
+
+def _rebuild(cls, state: dict, path: Path):
+    model_cls = _model_class(state, path)
     if not (isinstance(model_cls, type) and issubclass(model_cls, torch.nn.Module)):
         raise ValueError(f"{path}: {state['model_class']} is not a model (a torch Module)")
     if state["model_config"] is None:

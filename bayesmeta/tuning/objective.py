@@ -23,8 +23,8 @@ import os
 import socket
 from pathlib import Path
 
-from ..config import FitConfig
 from ..io import atomic_write_text
+from ..runs.config import FitConfig
 from .space import SearchSpace
 
 __all__ = ["make_objective", "validation_score"]
@@ -66,8 +66,8 @@ def _diverged_value(trial, reported: dict[int, float]) -> float | None:
 
 def make_objective(base: FitConfig, space: SearchSpace, out: Path, *, progress: bool = False):
     """The Optuna objective of a study: ``objective(trial) -> validation NLL``."""
-    from ..cli.runs import fit_run
-    from .study import process_start
+    from ..runs.directory import process_start
+    from ..runs.fit import fit_run
 
     def objective(trial) -> float:
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),

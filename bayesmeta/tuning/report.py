@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import FitConfig, load_config, to_toml
 from ..io import atomic_write_bytes, atomic_write_text
-from .study import BASE_FILE, BEST_FILE, SPACE_FILE, open_study
+from ..runs.config import FitConfig, load_config, to_toml
+from .storage import BASE_FILE, BEST_FILE, SPACE_FILE, open_study
 
 __all__ = ["TuneResult", "write_report"]
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import FitConfig, ModelConfig, TrainConfig, config_from_dict, read_toml
+from ..runs.config import FitConfig, ModelConfig, TrainConfig, config_from_dict, read_toml
 
 __all__ = ["ARCHITECTURE_KEYS", "Param", "SearchSpace", "StudyOptions", "load_space"]
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from bayesmeta.config import FitConfig, config_from_dict
+from bayesmeta.runs.config import FitConfig, config_from_dict
 from bayesmeta.tuning import load_space, space_from_dict
-from bayesmeta.tuning.study import _dict_to_toml
+from bayesmeta.tuning.storage import _dict_to_toml
 
 SPACE = {"space": {"train": {"lr": {"low": 3e-4, "high": 3e-3, "log": True}, "tasks_per_step": [8, 16, 32]},
                    "model": {"latent_dim": {"low": 2, "high": 16}, "width": [32, 64], "depth": {"low": 1, "high": 3},

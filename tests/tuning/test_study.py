@@ -12,7 +12,7 @@ import pytest
 
 import bayesmeta as bm
 from bayesmeta.cli import main
-from bayesmeta.config import load_config
+from bayesmeta.runs.config import load_config
 
 optuna = pytest.importorskip("optuna")
 
@@ -251,7 +251,7 @@ def test_objective_shots_no_validation_group_can_serve_are_refused_up_front(stud
 
 
 def test_a_study_whose_data_changed_is_not_continued(study_files, tmp_path, capsys):
-    from bayesmeta.tuning.study import check_data_unchanged
+    from bayesmeta.tuning.storage import check_data_unchanged
 
     fit, space = study_files(steps=10, trials=1)
     out = tmp_path / "study"

@@ -3,8 +3,9 @@
 A fit is described by three sections::
 
     [data]   path, task, x, y, trials, offset, val_fraction, split_seed
-    [model]  kind ("latent" | "linear" | "bayes-head"), likelihood, latent_dim, hidden,
-             heteroscedastic, guide, objective, num_particles, encoder_hidden
+    [model]  kind ("latent" | "linear" | "bayes-head" | "path/to/file.py:ClassName"), options (your
+             class's constructor arguments), likelihood, latent_dim, hidden, heteroscedastic, guide,
+             objective, num_particles, encoder_hidden
     [train]  the fields of :class:`~bayesmeta.inference.TrainConfig` (the options of every
              learner's ``fit``): steps, max_time (0: none), tasks_per_step, lr, seed, device, ...
 
@@ -17,10 +18,11 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from .inference.loop import TrainConfig
-from .inference.objectives import OBJECTIVES
-from .io import file_error
-from .models.glm import LIKELIHOODS
+from .._user_code import is_class_spec
+from ..inference.loop import TrainConfig
+from ..inference.objectives import OBJECTIVES
+from ..io import file_error
+from ..models.glm import LIKELIHOODS
 
 __all__ = ["DataConfig", "FitConfig", "ModelConfig", "TrainConfig", "MODEL_KINDS", "apply_overrides",
            "config_from_dict", "load_config", "read_toml", "to_toml"]
@@ -69,14 +71,28 @@ class ModelConfig:
     objective: str = "rws"
     num_particles: int = 8
     encoder_hidden: tuple[int, ...] = (128, 128)
+    options: dict = field(default_factory=dict)
+
+    @property
+    def custom(self) -> bool:
+        """``kind`` names a model class of your own (``path/to/file.py:ClassName``)."""
+        return self.kind not in MODEL_KINDS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
         object.__setattr__(self, "encoder_hidden", tuple(self.encoder_hidden))
-        if self.kind not in MODEL_KINDS:
-            _fail("model.kind", f"one of {MODEL_KINDS}", self.kind)
+        object.__setattr__(self, "options", dict(self.options))
+        if self.kind not in MODEL_KINDS and not is_class_spec(self.kind):
+            _fail("model.kind", f"one of {MODEL_KINDS} or a model class of your own as 'path/to/file.py:ClassName'",
+                  self.kind)
+        if self.options and not self.custom:
+            _fail("model.options", f"empty for a built-in model (kind={self.kind!r}); options are the constructor "
+                  "arguments of a model class of your own", self.options)
         if self.likelihood not in LIKELIHOODS:
             _fail("model.likelihood", f"one of {LIKELIHOODS}", self.likelihood)
+        if self.custom and self.likelihood != "gaussian":
+            _fail("model.likelihood", f"left out with a model of your own ({self.kind}): its observation site is its "
+                  "likelihood", self.likelihood)
         if self.likelihood != "gaussian" and self.kind != "linear":
             _fail("model.kind", f"'linear' (a hierarchical GLM) with model.likelihood={self.likelihood!r} (the latent "
                   "and bayes-head models have a Gaussian likelihood)", self.kind)
@@ -103,6 +119,8 @@ class FitConfig:
     def check_consistent(self) -> None:
         """Raise if data and model sections do not fit together (trials, offset and the likelihood)."""
         lik, d = self.model.likelihood, self.data
+        if self.model.custom:  # trials / offset columns come after the x columns; the model reads them there
+            return
         if (lik == "binomial") != bool(d.trials):
             _fail("data.trials", "the column with each row's number of trials, exactly when model.likelihood is "
                   f"'binomial' (model.likelihood={lik!r})", d.trials)
@@ -132,6 +150,10 @@ def _coerce(section: str, f, value):
         if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
             _fail(key, f"a list of {item.__name__}s", value)
         return tuple(value)
+    if kind == "dict":  # a table of constructor arguments: TOML values as they are
+        if not isinstance(value, dict):
+            _fail(key, "a table, e.g. {x_dim = 2, prior_scale = 1.0}", value)
+        return dict(value)
     checks = {"bool": (lambda v: isinstance(v, bool), "true or false"),
               "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
               "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
@@ -234,6 +256,11 @@ def apply_overrides(cfg: FitConfig, assignments) -> FitConfig:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw.strip()
+        name, dot, sub = name.partition(".")
+        if dot and (section, name) == ("model", "options"):  # model.options.KEY=VALUE: one constructor argument
+            value = {**cfg.model.options, sub: value}
+        elif dot:
+            raise ValueError(f"--set {text!r}: {section}.{name} has no keys of its own (only model.options.KEY)")
         cfg = config_from_dict({section: {name: value}}, cfg)
     return cfg
 
@@ -248,6 +275,8 @@ def _toml_value(v) -> str:
         short = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
         return '"' + "".join(short.get(c) or (f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
                              for c in v) + '"'
+    if isinstance(v, dict):  # an inline table; keys quoted, so any key reads back
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
     return "[" + ", ".join(_toml_value(x) for x in v) + "]"
 
 

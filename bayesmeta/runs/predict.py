@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import FitConfig
 from ..io import atomic_write_text
 from ..tasks import Standardization, TaskDataset
 from ..tasks.batch import pad_ragged
-from .rundata import check_in_support
-from .rundir import Undo
-from .runs import _load_fitted, _say, check_writable, predictor, read_tasks
+from .config import FitConfig
+from .data import check_in_support, read_tasks
+from .directory import Undo
+from .layout import check_writable, say
+from .learner import load_fitted, predictor
 
-__all__ = ["cmd_predict"]
+__all__ = ["predict_run"]
 
 
 def _check_out(out: Path, *, force: bool) -> Path:
@@ -84,22 +85,24 @@ def _table(cfg: FitConfig, order, x_query, mask_query, pred, levels) -> str:
     return buf.getvalue()
 
 
-def cmd_predict(args) -> Path:
-    """Predict for new tasks from their support rows: mean, sd and central intervals per query row."""
-    out = Path(args.out)
-    parent = _check_out(out, force=getattr(args, "force", False))
-    bad = [lv for lv in args.levels if not 0 < lv < 1]
+def predict_run(run, support, query, out, *, levels=(0.5, 0.9), seed: int = 0, force: bool = False) -> Path:
+    """Predict for new tasks from their ``support`` rows at the ``query`` rows (CSV files with the run's
+    columns): mean, sd and central intervals at ``levels`` per query row, written to the CSV ``out``."""
+    out = Path(out)
+    levels = list(levels)
+    parent = _check_out(out, force=force)
+    bad = [lv for lv in levels if not 0 < lv < 1]
     if bad:
         raise ValueError(f"--levels must be in (0, 1); got {bad}")
-    cfg, learner = _load_fitted(Path(args.run_dir))
-    support = _read_rows(Path(args.support), cfg, with_y=True)
-    check_in_support(learner.program, support, y_column=cfg.data.y[0] if len(cfg.data.y) == 1 else None)
-    query = _read_rows(Path(args.query), cfg, with_y=False)
-    order = list(dict.fromkeys(support.task_ids + query.task_ids))
-    (xs, ms), (ys, _) = _padded(support, order, "x"), _padded(support, order, "y")
-    x_query, mask_query = _padded(query, order, "x")
-    pred = predictor(learner, seed=args.seed)(xs, ys, x_query, ms)
-    text = _table(cfg, order, x_query, mask_query, pred, args.levels)
+    cfg, learner = load_fitted(Path(run))
+    support_set = _read_rows(Path(support), cfg, with_y=True)
+    check_in_support(learner.program, support_set, y_column=cfg.data.y[0] if len(cfg.data.y) == 1 else None)
+    query_set = _read_rows(Path(query), cfg, with_y=False)
+    order = list(dict.fromkeys(support_set.task_ids + query_set.task_ids))
+    (xs, ms), (ys, _) = _padded(support_set, order, "x"), _padded(support_set, order, "y")
+    x_query, mask_query = _padded(query_set, order, "x")
+    pred = predictor(learner, seed=seed)(xs, ys, x_query, ms)
+    text = _table(cfg, order, x_query, mask_query, pred, levels)
     undo = Undo(out.parent) if parent != out.parent else None
     try:
         path = atomic_write_text(text, out)
@@ -107,8 +110,8 @@ def cmd_predict(args) -> Path:
         if undo is not None:
             undo.remove_new_dirs()
         raise
-    no_support = [t for t in order if t not in support.task_ids]
+    no_support = [t for t in order if t not in support_set.task_ids]
     if no_support:
-        _say(f"task(s) {no_support[:10]} have no support rows: their predictions are the prior predictive")
-    _say(f"wrote {path} ({sum(query.sizes)} rows)")
+        say(f"task(s) {no_support[:10]} have no support rows: their predictions are the prior predictive")
+    say(f"wrote {path} ({sum(query_set.sizes)} rows)")
     return path

@@ -238,3 +238,12 @@ class Undo:
         for d in sorted(self.new_dirs, key=lambda q: len(q.parts), reverse=True):
             with contextlib.suppress(OSError):
                 d.rmdir()  # only if empty: files this command did not write stay
+
+
+def process_start(pid) -> str | None:
+    """When process ``pid`` started (Linux: clock ticks since boot, from ``/proc``), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError, TypeError):
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22: starttime
