@@ -57,6 +57,7 @@ def save_learner(learner, path) -> Path:
         "conjugate": learner.conjugate,
         "objective": learner.objective,
         "num_particles": learner.num_particles,
+        "dims": [learner.program.x_dim, learner.program.y_dim],  # a model without x_dim / y_dim attributes of its own
         "guide_config": None if guide is None else guide.config,
         "guide_state": None if guide is None else {k: v.detach().cpu() for k, v in guide.state_dict().items()},
         "global_draws": None if draws is None else {k: v.detach().cpu() for k, v in draws.items()},
@@ -136,8 +137,9 @@ def _rebuild(cls, state: dict, path: Path):
         cfg = dict(state["guide_config"])
         guide = AmortizedGuide(model, cfg.pop("family"), **cfg)
         guide.load_state_dict(with_new_buffers(guide, state["guide_state"]))
+    x_dim, y_dim = state.get("dims") or (None, None)  # files before the dims were saved: the model's own
     learner = cls(model, guide=guide, conjugate=state["conjugate"], objective=state["objective"],
-                  num_particles=state["num_particles"])
+                  num_particles=state["num_particles"], x_dim=x_dim, y_dim=y_dim)
     learner.history = History(**state["history"])
     if state.get("global_draws") is not None:
         learner.global_draws = dict(state["global_draws"])

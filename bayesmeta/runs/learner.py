@@ -28,7 +28,8 @@ def build_learner(model_cfg, x_dim: int, y_dim: int, data_cfg=None) -> BayesLear
     is a hierarchical GLM with an amortized guide; ``kind = "file.py:ClassName"`` is your own model)."""
     if model_cfg.custom:
         return BayesLearner(user_model(model_cfg, x_dim, y_dim), guide=model_cfg.guide, objective=model_cfg.objective,
-                            num_particles=model_cfg.num_particles, guide_options={"hidden": model_cfg.encoder_hidden})
+                            num_particles=model_cfg.num_particles, guide_options={"hidden": model_cfg.encoder_hidden},
+                            x_dim=x_dim, y_dim=y_dim)
     extra = int(bool(data_cfg is not None and (data_cfg.trials or data_cfg.offset)))
     if model_cfg.likelihood != "gaussian":
         if y_dim != 1:
@@ -69,7 +70,10 @@ def user_model(model_cfg, x_dim: int, y_dim: int) -> torch.nn.Module:
     except TypeError as err:
         raise ValueError(f"model.options: {model_cfg.kind}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) "
                          f"does not match its constructor ({err})") from None
-    return cls(**kwargs)
+    model = cls(**kwargs)
+    if not isinstance(getattr(model, "config", None), dict):  # what BayesLearner.save needs to rebuild it
+        model.config = kwargs
+    return model
 
 
 def legacy_standardisation(run: Path) -> Standardization | None:
