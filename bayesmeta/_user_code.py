@@ -50,7 +50,7 @@ def import_source(path) -> ModuleType:
 
     Raises:
         FileNotFoundError: no such file.
-        ImportError: the file raised while it ran (the message names the file and the error).
+        ValueError: the file raised while it ran (the message names the file and the error).
     """
     path = Path(path).resolve()
     if not path.is_file():
@@ -64,7 +64,7 @@ def import_source(path) -> ModuleType:
         sys.modules[_PACKAGE] = pkg
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"{path}: not a Python source file")
+        raise ValueError(f"{path}: not a Python source file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     sys.path.insert(0, str(path.parent))
@@ -73,7 +73,7 @@ def import_source(path) -> ModuleType:
     except BaseException as err:
         del sys.modules[name]
         if isinstance(err, Exception):
-            raise ImportError(f"{path}: the model file raised {type(err).__name__}: {err}") from err
+            raise ValueError(f"{path}: the model file raised {type(err).__name__}: {err}") from err
         raise
     finally:
         sys.path.remove(str(path.parent))
@@ -85,8 +85,9 @@ def load_class(spec: str, *, base=None):
     working directory) or ``package.module:ClassName``; nested names as ``Outer.Inner``.
 
     Raises:
-        ValueError: ``spec`` is not of that form, or names something that is not a class.
-        FileNotFoundError, ImportError: the file or module cannot be imported.
+        ValueError: ``spec`` is not of that form, names something that is not a class, or its module
+            cannot be imported.
+        FileNotFoundError: no such file.
     """
     where, _, qualname = spec.rpartition(":")
     if not is_class_spec(spec):
@@ -98,7 +99,7 @@ def load_class(spec: str, *, base=None):
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as err:
-            raise ImportError(f"{spec!r}: no module named {where!r} (give a file as path/to/file.py:ClassName)") \
+            raise ValueError(f"{spec!r}: no module named {where!r} (give a file as path/to/file.py:ClassName)") \
                 from err
     obj = module
     for part in qualname.split("."):

@@ -10,6 +10,7 @@ import torch
 
 from .._user_code import import_source
 from ..inference.guides import AmortizedGuide
+from ..inference.program import program_of
 from ..inference.trainer import History
 from ..io import atomic_torch_save, read_torch_file
 from ..legacy import absorb_standardization, with_new_buffers
@@ -118,7 +119,7 @@ def _model_class(state: dict, path: Path) -> type:
         obj = import_source(source)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
+    except (ImportError, AttributeError, ValueError) as err:
         raise ValueError(f"{path}: cannot rebuild the model class {qualname} from {source}: {err}") from None
     return obj
 
@@ -132,12 +133,12 @@ def _rebuild(cls, state: dict, path: Path):
                          "arguments), so it cannot be rebuilt; give the model a `config` dict")
     model = model_cls(**state["model_config"])
     model.load_state_dict(with_new_buffers(model, state["model_state"]))
+    x_dim, y_dim = state.get("dims") or (None, None)  # files before the dims were saved: the model's own
     guide = "diagonal"
     if state["guide_config"] is not None:
         cfg = dict(state["guide_config"])
-        guide = AmortizedGuide(model, cfg.pop("family"), **cfg)
+        guide = AmortizedGuide(program_of(model, x_dim=x_dim, y_dim=y_dim), cfg.pop("family"), **cfg)
         guide.load_state_dict(with_new_buffers(guide, state["guide_state"]))
-    x_dim, y_dim = state.get("dims") or (None, None)  # files before the dims were saved: the model's own
     learner = cls(model, guide=guide, conjugate=state["conjugate"], objective=state["objective"],
                   num_particles=state["num_particles"], x_dim=x_dim, y_dim=y_dim)
     learner.history = History(**state["history"])
