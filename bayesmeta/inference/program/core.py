@@ -12,6 +12,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import nn
+from torch.distributions import biject_to
 
 from ...models.base import HierarchicalModel
 from .data import check_observed
@@ -360,10 +361,17 @@ class ModelProgram(nn.Module):
         families = ("Normal",) if diagonal else ("Normal", "MultivariateNormal")
         return all(s.prior_family in families and is_real(s.support) for s in self.sites)
 
+    def _conditionally_gaussian(self) -> bool:
+        """Every task prior is a Normal in the site's unconstrained coordinate: a Normal on the real line, or
+        a LogNormal on the positive reals (its unconstrained coordinate is the log)."""
+        return all((s.prior_family == "Normal" and is_real(s.support))
+                   or (s.prior_family == "LogNormal" and _log_coordinate(s.support)) for s in self.sites)
+
     def conditional_gaussian(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(loc, scale)`` ``[n, T or 1, P]`` of the task prior ``p(theta | g)`` given global draws ``g [n, T or 1,
-        G]`` when every task site's prior is a Normal on the real line (the same for every task), else ``None``."""
-        if not self._gaussian_sites(diagonal=True):
+        """``(loc, scale)`` ``[n, T or 1, P]`` of the task prior ``p(theta | g)`` in the unconstrained coordinates,
+        given global draws ``g [n, T or 1, G]``, when it is a diagonal Normal there (every task site a Normal on
+        the real line or a LogNormal on the positive reals, the same for every task), else ``None``."""
+        if not self._conditionally_gaussian():
             return None
         n, t = g.shape[0], g.shape[1]
         x = self.probe_inputs()[:1, :1].to(g)  # the probe's input: a task prior does not read the data
@@ -400,6 +408,18 @@ def program_of(model, *, x_dim: int | None = None, y_dim: int | None = None) -> 
     if isinstance(model, ModelProgram):
         return model
     return ModelProgram(model, x_dim=x_dim, y_dim=y_dim)
+
+
+def _log_coordinate(support) -> bool:
+    """The unconstrained coordinate of ``support`` is the log (``biject_to`` is ``exp``, perhaps per event dim)."""
+    transform = biject_to(support)
+    while isinstance(transform, torch.distributions.transforms.IndependentTransform):
+        transform = transform.base_transform
+    z = torch.tensor([-2.0, 0.0, 1.5])  # positive reals: exp, perhaps composed with the identity affine map
+    try:
+        return bool(torch.allclose(transform(z), z.exp()))
+    except (RuntimeError, ValueError):
+        return False
 
 
 def _dtype(model: nn.Module) -> torch.dtype:
