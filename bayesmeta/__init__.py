@@ -9,7 +9,6 @@ Users write ``import bayesmeta as bm``::
 """
 
 from . import baselines, diagnostics, evaluation, fewshot, inference, models, optimize, runs, tasks, tuning
-from .class_predictive import ClassPredictive
 from .diagnostics import (
     compare_posteriors,
     reference_posterior,
@@ -21,8 +20,8 @@ from .evaluation import Evaluation, evaluate
 from .inference import ConvergenceWarning, MetaOverfittingWarning, ReplayBuffer, TrainConfig
 from .inference.program import ModelError
 from .learners import BayesLearner
-from .mixture import GaussianMixture
-from .predictive import Posterior, PosteriorPredictive, deprecated_alias
+from .learners.posterior import Posterior
+from .predictive import ClassPredictive, GaussianMixture, PosteriorPredictive, deprecated_alias
 from .tasks import TaskBatch
 from .tuning import tune
 

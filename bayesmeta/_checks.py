@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-__all__ = ["check_ints", "user_stacklevel"]
+import torch
+
+__all__ = ["check_ints", "check_query", "user_stacklevel"]
 
 _PACKAGE = str(Path(__file__).resolve().parent)
 
@@ -37,3 +39,35 @@ def check_ints(**bounds: tuple[object, int]) -> None:
     for name, (value, low) in bounds.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+
+
+def check_query(x, num_tasks: int, x_dim: int, *, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """Query inputs of ``num_tasks`` adapted tasks as a ``[T, N, D]`` tensor of ``dtype`` on ``device``.
+
+    The one check of ``predict(x)``'s input for every adapted type (Bayesian posteriors, the
+    gradient-based baselines, few-shot classifiers).
+
+    Args:
+        x: ``[T, N, D]`` inputs, or ``[N, D]``: the same points for every task.
+        num_tasks: ``T``; x_dim: ``D``.
+        dtype, device: of the result (the model's: float64 inputs of a float32 model are cast).
+
+    Raises:
+        ValueError: another shape, no query points, or a non-finite value (naming its task and point).
+
+    Example:
+        >>> check_query(torch.zeros(5, 1), 2, 1, dtype=torch.float32, device="cpu").shape
+        torch.Size([2, 5, 1])
+    """
+    x = torch.as_tensor(x, dtype=dtype, device=device)
+    if x.dim() == 2:
+        x = x.expand(num_tasks, *x.shape)  # same points for every task
+    if x.dim() != 3 or x.shape[0] != num_tasks or x.shape[-1] != x_dim:
+        raise ValueError(f"x must have shape [{num_tasks}, N, {x_dim}] or [N, {x_dim}]; got {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"x: no query points (shape {tuple(x.shape)}); give at least one point to predict at")
+    bad = ~torch.isfinite(x).all(-1)  # [T, N]
+    if bad.any():
+        t, j = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"x: non-finite value at task {t}, point {j}")
+    return x

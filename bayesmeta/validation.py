@@ -5,7 +5,7 @@ predictions on *new* tasks get worse and, for a Bayesian learner, confidently wr
 guards against it by scoring held-out tasks with the real test-time procedure -- adapt on a
 support set, predict the query set -- every ``val_every`` steps, keeping the best weights
 (:mod:`bayesmeta.inference.early_stopping`). This module builds those validation tasks and
-scores a learner on them, with the definitions ``bm.evaluate`` uses (:mod:`bayesmeta.scoring`).
+scores a learner on them, with the definitions ``bm.evaluate`` uses (:mod:`bayesmeta.predictive.scoring`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import warnings
 import torch
 
 from ._checks import user_stacklevel
-from .scoring import task_inside, task_nll
+from .predictive.scoring import task_inside, task_nll
 from .tasks.batch import TaskBatch
 
 __all__ = ["MAX_VALIDATION_TASKS", "MIN_VALIDATION_TASKS", "ValidationSet", "auto_val_shots", "hold_out",
@@ -182,7 +182,7 @@ class ValidationSet:
 
 
 def score_query(pred, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """Validation's scores of a predictive on query points, by :mod:`bayesmeta.scoring` (as ``bm.evaluate``).
+    """Validation's scores of a predictive on query points, by :mod:`bayesmeta.predictive.scoring` (as ``bm.evaluate``).
 
     Args:
         pred: the predictive, ``shape [T, Q, E]``.
@@ -195,7 +195,7 @@ def score_query(pred, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
         predictive (``classes_only``: labels have no order, so no intervals).
     """
     nll = task_nll(pred, y, mask, check_finite=False).double()  # [T]
-    if getattr(pred, "classes_only", False):
+    if pred.classes_only:
         pairs = (mask.sum(-1) * y.shape[-1]).double()  # [T]
         return nll, (torch.full_like(pairs, math.nan), pairs)
     inside, pairs = task_inside(pred, y, mask, (_LEVEL,), check_finite=False)  # [T, 1], [T]

@@ -14,8 +14,8 @@ import torch
 import bayesmeta as bm
 import bayesmeta.io as bio
 from bayesmeta.cli import main
-from bayesmeta.runs.directory import LOCK_NAME, RunInUseError, RunLock
 from bayesmeta.evaluation.runner import MAX_FAMILY_SHOTS
+from bayesmeta.runs.directory import LOCK_NAME, RunInUseError, RunLock
 
 SMALL = ["--set", "model.hidden=[8]", "--set", "model.latent_dim=2", "--set", "train.tasks_per_step=4",
          "--set", "train.checkpoint_every=1"]

@@ -36,6 +36,8 @@ def test_old_predictive_name_is_a_deprecated_alias():
     with pytest.warns(DeprecationWarning, match="PosteriorPredictive"):
         assert bm.Predictive is bm.PosteriorPredictive
     with pytest.warns(DeprecationWarning, match="pyro.infer.Predictive"):
-        assert predictive.Predictive is bm.PosteriorPredictive
+        assert predictive.deprecated_alias("bayesmeta", "Predictive") is bm.PosteriorPredictive
+    # the package's own name is the protocol every predictive implements
+    assert issubclass(bm.PosteriorPredictive, predictive.Predictive)
     with pytest.raises(AttributeError, match="no attribute 'Predictve'"):
         _ = bm.Predictve

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import bayesmeta as bm
-from bayesmeta.runs.config import config_from_dict, load_config, to_toml
 from bayesmeta.inference import TrainConfig
+from bayesmeta.runs.config import config_from_dict, load_config, to_toml
 
 
 def _pool(n=12, seed=0):

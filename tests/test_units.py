@@ -192,7 +192,7 @@ def test_prior_and_simulated_draws_of_real_sites_are_not_clipped_in_the_data_uni
 
 def test_the_predictive_sd_of_outcomes_far_from_zero_keeps_its_precision_in_float32():
     # a reaction time near 5000 ms with sd 1: the variance as E[y^2] - E[y]^2 cancelled to 0 in float32
-    from bayesmeta.mixture import GaussianMixture
+    from bayesmeta.predictive import GaussianMixture
 
     loc = torch.full((4, 2, 1, 1), 5000.0) + torch.tensor([0.0, 0.5, -0.5, 0.0])[:, None, None, None]  # [S, T, N, E]
     pred = GaussianMixture(loc, torch.ones_like(loc), None)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.func import functional_call, grad, vmap
 
+from .._checks import check_query
 from ..inference.distributed import init_from_env
 from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
 from ..learners import MetaLearner, check_adapt_options
@@ -55,16 +56,10 @@ class AdaptedTasks:
         self.learner, self.params, self.num_tasks = learner, params, num_tasks
 
     def inputs(self, x) -> torch.Tensor:
-        """Query inputs ``[T, N, D]`` on the learner's device (``[N, D]`` is shared by every task); shapes checked."""
-        d = self.learner.net.x_dim
+        """Query inputs ``[T, N, D]`` on the learner's device (``[N, D]`` is shared by every task), checked by
+        :func:`bayesmeta._checks.check_query`."""
         dtype = next(iter(self.params.values())).dtype  # the network's: float64 inputs are accepted
-        x = torch.as_tensor(x).to(dtype)
-        x = x.to(self.learner.device)
-        if x.dim() == 2:
-            x = x.expand(self.num_tasks, *x.shape)
-        if x.dim() != 3 or x.shape[0] != self.num_tasks or x.shape[-1] != d:
-            raise ValueError(f"x must have shape [{self.num_tasks}, N, {d}] or [N, {d}]; got {tuple(x.shape)}")
-        return x
+        return check_query(x, self.num_tasks, self.learner.net.x_dim, dtype=dtype, device=self.learner.device)
 
     @torch.no_grad()
     def predict(self, x, num_samples: int | None = None, *, method: str | None = None,

@@ -9,8 +9,7 @@ from typing import Any, Self
 import torch
 
 from ..inference.replay import refuse_shared_replay
-from ..mixture import pad_components, pad_rows
-from ..predictive import PosteriorPredictive
+from ..predictive import PosteriorPredictive, pad_components, pad_rows
 
 __all__ = ["Ensemble"]
 

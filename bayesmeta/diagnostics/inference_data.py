@@ -9,7 +9,7 @@ import torch
 
 from .._compat import arviz
 from ..inference.program import unwrap
-from ..predictive import Posterior
+from ..learners.posterior import Posterior
 from ..tasks.batch import TaskBatch
 
 if TYPE_CHECKING:

@@ -1,12 +1,12 @@
-"""Predictive metrics: a re-export of :mod:`bayesmeta.scoring`, the one home of their definitions.
+"""Predictive metrics: a re-export of :mod:`bayesmeta.predictive.scoring`, the one home of their definitions.
 
 Kept so that ``bm.evaluation.metrics.<name>`` and imports from here keep working; new code imports
-from :mod:`bayesmeta.scoring`.
+from :mod:`bayesmeta.predictive.scoring`.
 """
 
 from __future__ import annotations
 
-from ..scoring import (
+from ..predictive.scoring import (
     CALIBRATION_LEVELS,
     ECE_BINS,
     SELECTIVE_FRACTIONS,

@@ -187,7 +187,7 @@ def _sync(device: torch.device) -> None:
 
 def _score_chunk(pred, b: TaskBatch, metrics, curve_levels, crps_samples) -> dict:
     y, mask = check_observations(pred, b.y_query, b.mask_query)
-    if getattr(pred, "classes_only", False):  # class probabilities: no mean, CDF or intervals to score
+    if pred.classes_only:  # class probabilities: no mean, CDF or intervals to score
         metrics = [m for m in metrics if m == "nll"]
     res = {}
     if "nll" in metrics:
@@ -206,8 +206,9 @@ def _score_chunk(pred, b: TaskBatch, metrics, curve_levels, crps_samples) -> dic
         res["accuracy"], res["brier"] = task_accuracy(probs, y, mask), task_brier(probs, y, mask)
         res["confidence"], res["correct"] = confidence_and_correct(probs, y, mask)
         res["class_probs"], res["labels"] = probs[mask], y[..., 0][mask].round()  # [M, C], [M] pooled points
-    if getattr(pred, "ess", None) is not None:
-        res["ess"], res["pareto_k"] = pred.ess, pred.pareto_k
+    diag = pred.diagnostics
+    if diag.ess is not None and diag.pareto_k is not None:
+        res["ess"], res["pareto_k"] = diag.ess, diag.pareto_k
     return {key: v.detach().double().cpu() for key, v in res.items()}
 
 

@@ -13,10 +13,11 @@ import math
 
 import torch
 
-from ..class_predictive import ClassPredictive
+from .._checks import check_query
 from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
 from ..learners import MetaLearner, check_adapt_options
-from ..scoring import confidence_and_correct, task_nll
+from ..predictive import ClassPredictive
+from ..predictive.scoring import confidence_and_correct, task_nll
 from ..tasks.batch import TaskBatch, check_support
 
 __all__ = ["AdaptedClassifier", "EpisodicClassifier", "check_episodic", "check_labels", "check_pool_size",
@@ -128,7 +129,7 @@ class EpisodeValidation:
 
     def score(self, learner) -> dict:
         """Mean query NLL per episode and shot count (paired across validations), and accuracy per shot count,
-        by :mod:`bayesmeta.scoring` (as ``bm.evaluate``)."""
+        by :mod:`bayesmeta.predictive.scoring` (as ``bm.evaluate``)."""
         per_shot, per_task = [], []
         with torch.random.fork_rng():
             torch.manual_seed(0)
@@ -197,14 +198,7 @@ class AdaptedClassifier:
         """Class probabilities ``[T, N, ways]`` at ``x`` (``[T, N, D]``, or ``[N, D]`` for every task)."""
         name = type(self.learner).__name__
         refuse_draw_options(self.learner, num_samples, method)
-        xq = torch.as_tensor(x, dtype=self.x.dtype).to(self.x.device)
-        d = self.learner.x_dim
-        if xq.dim() == 2:
-            xq = xq.expand(self.num_tasks, *xq.shape)
-        if xq.dim() != 3 or xq.shape[0] != self.num_tasks or xq.shape[-1] != d:
-            raise ValueError(f"x must have shape [{self.num_tasks}, N, {d}] or [N, {d}]; got {tuple(xq.shape)}")
-        if not torch.isfinite(xq).all():
-            raise ValueError("x: non-finite query features")
+        xq = check_query(x, self.num_tasks, self.learner.x_dim, dtype=self.x.dtype, device=self.x.device)
         self.learner.eval_mode()
         logits = self.learner.class_logits(self.x, self.labels, self.mask, xq, self.ways)
         return ClassPredictive(logits, method=name)

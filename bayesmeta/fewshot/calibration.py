@@ -15,9 +15,9 @@ from dataclasses import replace
 
 import torch
 
-from ..class_predictive import ClassPredictive
 from ..inference.loop import History
 from ..inference.replay import refuse_shared_replay
+from ..predictive import ClassPredictive
 from ..tasks.batch import TaskBatch
 
 __all__ = ["ClassifierEnsemble", "TemperatureScaled", "fit_temperature"]
@@ -61,9 +61,7 @@ class _Tempered:
 
     def predict(self, x, **options) -> ClassPredictive:
         pred = self.adapted.predict(x, **options)
-        out = pred.tempered(self.temperature)
-        out.method = f"{pred.method}+T"
-        return out
+        return pred.tempered(self.temperature).with_diagnostics(method=f"{pred.method}+T")
 
 
 class TemperatureScaled:

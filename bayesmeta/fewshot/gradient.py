@@ -17,9 +17,9 @@ from torch.func import functional_call, vmap
 
 from ..baselines.base import AdaptedTasks
 from ..baselines.maml import FOMAML, MAML, MetaSGD, Reptile
-from ..class_predictive import ClassPredictive
 from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
 from ..learners import check_adapt_options
+from ..predictive import ClassPredictive
 from ..tasks.batch import TaskBatch, check_support
 from .base import (
     UNUSED,

@@ -21,11 +21,11 @@ from ..inference.refine import refine_local
 from ..inference.trainer import History, TrainConfig, meta_train, save_checkpoint
 from ..legacy import legacy_checkpoint_problem
 from ..models.scaling import check_model_scaling, model_scaling
-from ..predictive import Posterior
 from ..tasks.batch import TaskBatch
 from ..tasks.dataset import Standardization
 from .base import MetaLearner, _renamed, check_adapt_options, check_standardize_option
 from .persistence import load_learner, save_learner
+from .posterior import Posterior
 
 __all__ = ["BayesLearner"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -98,7 +99,7 @@ def _source_file(cls: type) -> str | None:
     return None if source is None or not Path(source).is_file() else str(Path(source).resolve())
 
 
-def _model_class(state: dict, path: Path) -> type:
+def _model_class(state: dict, path: Path) -> Any:
     """The saved model's class: by module and name, or else from the file that defined it (a script run as
     ``__main__``, a file given as ``file.py:Class``); an error naming both if neither works."""
     module, _, qualname = state["model_class"].partition(":")
@@ -134,11 +135,12 @@ def _rebuild(cls, state: dict, path: Path):
     model = model_cls(**state["model_config"])
     model.load_state_dict(with_new_buffers(model, state["model_state"]))
     x_dim, y_dim = state.get("dims") or (None, None)  # files before the dims were saved: the model's own
-    guide = "diagonal"
+    guide: str | AmortizedGuide = "diagonal"
     if state["guide_config"] is not None:
         cfg = dict(state["guide_config"])
-        guide = AmortizedGuide(program_of(model, x_dim=x_dim, y_dim=y_dim), cfg.pop("family"), **cfg)
-        guide.load_state_dict(with_new_buffers(guide, state["guide_state"]))
+        amortized = AmortizedGuide(program_of(model, x_dim=x_dim, y_dim=y_dim), cfg.pop("family"), **cfg)
+        amortized.load_state_dict(with_new_buffers(amortized, state["guide_state"]))
+        guide = amortized
     learner = cls(model, guide=guide, conjugate=state["conjugate"], objective=state["objective"],
                   num_particles=state["num_particles"], x_dim=x_dim, y_dim=y_dim)
     learner.history = History(**state["history"])

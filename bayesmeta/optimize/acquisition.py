@@ -5,7 +5,7 @@ whether the objective is maximised or minimised (``maximize=False`` flips the si
 outcome first).
 
 On a predictive (:class:`~bayesmeta.GaussianMixture`, :class:`~bayesmeta.PosteriorPredictive`
-or any-family :class:`~bayesmeta.family_mixture.FamilyMixture`):
+or any-family :class:`~bayesmeta.predictive.FamilyMixture`):
 
 * :func:`expected_improvement` ``E[max(y - best, 0)]``: for a Gaussian mixture a weighted sum
   of closed-form Gaussian EIs, ``sum_s w_s sigma_s h((mu_s - best) / sigma_s)`` with
@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from ..mixture import GaussianMixture
+from ..predictive import GaussianMixture
 
 __all__ = [
     "ACQUISITIONS", "draw_acquisition", "expected_improvement", "gaussian_ei", "probability_of_improvement",

@@ -25,8 +25,7 @@ from typing import Any
 
 import torch
 
-from ..family_mixture import FamilyMixture
-from ..mixture import GaussianMixture, systematic_resample
+from ..predictive import FamilyMixture, GaussianMixture, systematic_resample
 
 __all__ = ["Belief", "FunctionDraws", "MixtureBelief", "ParamBelief", "PointBelief", "ThompsonSamplingError"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..family_mixture import FamilyMixture
+from ..predictive import FamilyMixture
 from .acquisition import (
     ACQUISITIONS,
     draw_acquisition,
@@ -182,7 +182,7 @@ def _fantasy(belief: Belief, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         pred = belief.predictive(x)
         y = pred.mean[..., getattr(belief, "output", 0)]
-        return y.round() if isinstance(pred, FamilyMixture) and pred.discrete else y
+        return y.round() if pred.discrete else y
 
 
 def propose(model, x, y, space, *, mask=None, acquisition: str = "ts", q: int = 1, maximize: bool = True,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..baselines import AdaptedTasks, GradientMetaLearner
-from ..mixture import heaviest, pad_components, systematic_resample
+from ..predictive import heaviest, pad_components, systematic_resample
 from ..tasks import HierarchicalLinear, HierarchicalLogistic, HierarchicalPoisson, Sinusoid, linear_features
 from .belief import Belief, MixtureBelief, ParamBelief, PointBelief
 

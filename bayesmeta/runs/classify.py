@@ -14,6 +14,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,7 +68,7 @@ def fit_classifier_run(out, *, data=None, label=None, features=None, images=None
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"--out: {out} is not empty; use --force to write the run there")
-    source = ({"kind": "csv", "path": str(Path(data).resolve()), "label": label,
+    source: dict[str, Any] = ({"kind": "csv", "path": str(Path(data).resolve()), "label": label,
                "features": list(features or [])} if data else
               {"kind": "images", "path": str(Path(images).resolve()), "size": image_size,
                "rotations": rotations})

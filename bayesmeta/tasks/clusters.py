@@ -7,7 +7,7 @@ import math
 import torch
 
 from .._checks import check_ints
-from ..class_predictive import ClassPredictive
+from ..predictive import ClassPredictive
 from .batch import TaskBatch, check_support
 from .episodes import episode_batch
 from .family import TaskFamily

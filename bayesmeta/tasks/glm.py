@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..family_mixture import FamilyMixture
-from ..mixture import heaviest, pad_components
+from ..predictive import FamilyMixture, heaviest, pad_components
 from .batch import check_query_1d, check_support
 from .family import TaskFamily
 

@@ -9,7 +9,7 @@ from ..conjugate import (
     linear_gaussian_posterior,
     linear_gaussian_predict,
 )
-from ..mixture import GaussianMixture
+from ..predictive import GaussianMixture
 from .batch import check_support
 from .family import TaskFamily
 

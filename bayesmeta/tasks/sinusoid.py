@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..mixture import GaussianMixture, heaviest, pad_components
+from ..predictive import GaussianMixture, heaviest, pad_components
 from .batch import check_query_1d, check_support
 from .family import TaskFamily
 

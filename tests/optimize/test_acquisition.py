@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import bayesmeta as bm
-from bayesmeta.family_mixture import FamilyMixture
 from bayesmeta.optimize import (
     draw_acquisition,
     expected_improvement,
@@ -14,6 +13,7 @@ from bayesmeta.optimize import (
     probability_of_improvement,
     upper_confidence_bound,
 )
+from bayesmeta.predictive import FamilyMixture
 
 
 def _mixture():

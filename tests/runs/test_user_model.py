@@ -103,8 +103,9 @@ def test_a_saved_learner_of_a_model_file_loads_in_a_fresh_interpreter(user_files
     import subprocess
     import sys
 
-    code = ("import bayesmeta as bm; l = bm.BayesLearner.load(%r); "
-            "print(type(l.model).__name__, [s.name for s in l.program.global_sites])") % str(run / "learner.pt")
+    path = str(run / "learner.pt")
+    code = (f"import bayesmeta as bm; l = bm.BayesLearner.load({path!r}); "
+            "print(type(l.model).__name__, [s.name for s in l.program.global_sites])")
     env = {**os.environ, "PYTHONPATH": str(Path(bm.__file__).parents[1])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
                           timeout=120)

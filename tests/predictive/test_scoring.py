@@ -8,9 +8,9 @@ import torch.distributions as D
 
 import bayesmeta as bm
 import bayesmeta.evaluation.metrics as metrics
-import bayesmeta.scoring as scoring
-from bayesmeta.family_mixture import FamilyMixture
+import bayesmeta.predictive.scoring as scoring
 from bayesmeta.fewshot.base import EpisodeValidation
+from bayesmeta.predictive import FamilyMixture
 from bayesmeta.validation import _SEED, ValidationSet, score_query
 
 CPU = torch.device("cpu")

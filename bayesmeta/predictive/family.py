@@ -1,16 +1,17 @@
 """Mixtures over posterior draws of *any* observation family (Bernoulli, Poisson, Student-t, ...).
 
-The Gaussian case has its own, faster class (:class:`~bayesmeta.mixture.GaussianMixture`); this
+The Gaussian case has its own, faster class (:class:`~bayesmeta.predictive.GaussianMixture`); this
 one works with any ``torch.distributions`` family through its ``log_prob``, ``mean``, ``variance``
 and ``sample``, and with closed-form CDFs where torch or SciPy has them. Components are held as
 their *parameters* (``[n, T, P]`` draws) and turned into a distribution block of tasks by block
-of tasks when a method needs them, so memory stays bounded for any number of tasks.
+of tasks (:mod:`bayesmeta.predictive.blocks`) when a method needs them, so memory stays bounded
+for any number of tasks.
 
 Discrete outcomes (``support.is_discrete``): ``log_prob`` is the log pmf, ``cdf(y) = P(Y <= y)``,
 :meth:`FamilyMixture.pit` is the randomised PIT ``F(y - 1) + V (F(y) - F(y - 1))``,
 ``V ~ U(0, 1)`` (uniform when calibrated), quantiles and intervals are integers, and Bernoulli or
 Categorical mixtures have :attr:`FamilyMixture.probs` (class probabilities ``[T, N, C]``).
-Imports nothing of ours above layer 0.
+Layer 0: imports nothing of ours but :mod:`bayesmeta._support` and this package.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import numpy as np
 import torch
 from torch.distributions import constraints
 
-from ._support import describe_support, first_outside, format_value
+from .._support import describe_support, first_outside, format_value
+from .base import PredictiveDiagnostics
+from .blocks import BLOCK_ELEMENTS, Block, BlockMixture, bisect, param_blocks, tasks_per_block
 
 __all__ = ["FamilyMixture", "component_cdf"]
 
-BLOCK_ELEMENTS = 2**20  # components x query points (x outputs) of one block
 _MAX_SUM_TERMS = 100_000  # a discrete CDF summed term by term: at most this many values
 
 ComponentFn = Callable[[torch.Tensor, slice], Any]
@@ -116,7 +118,7 @@ def _summed_cdf(d, y: torch.Tensor) -> torch.Tensor:
     return total.clamp_max(1.0)
 
 
-class FamilyMixture:
+class FamilyMixture(BlockMixture):
     """Per-point mixture ``sum_s w_st p(y; component_st)`` of any observation family.
 
     Args:
@@ -126,6 +128,7 @@ class FamilyMixture:
             batch ``[n_b, T_b, N]`` and event ``()`` (scalar outcomes) or ``[E]``.
         shape: ``(T, N, E)`` of the predictive (``E = 1`` for scalar outcomes).
         dtype: of the results.
+        diagnostics: how it was made (:class:`~bayesmeta.predictive.PredictiveDiagnostics`).
 
     Example:
         >>> import torch.distributions as D
@@ -135,48 +138,35 @@ class FamilyMixture:
         (torch.Size([2, 3, 2]), torch.Size([2, 3, 1]))
     """
 
-    method: str = "guide"
-    ess: torch.Tensor | None = None
-    pareto_k: torch.Tensor | None = None
-    num_draws: torch.Tensor | None = None
-
     def __init__(self, params: torch.Tensor, log_weights: torch.Tensor | None, components: ComponentFn, *,
-                 shape, dtype: torch.dtype | None = None, block_elements: int = BLOCK_ELEMENTS, **attributes) -> None:
+                 shape, dtype: torch.dtype | None = None, block_elements: int = BLOCK_ELEMENTS,
+                 diagnostics: PredictiveDiagnostics | None = None) -> None:
         n, t = params.shape[:2]
-        self._shape, self._dtype, self._device = torch.Size(shape), dtype or params.dtype, params.device
+        dtype = dtype or params.dtype
         if log_weights is None:
-            log_weights = params.new_zeros((n, t), dtype=self._dtype)
+            log_weights = params.new_zeros((n, t), dtype=dtype)
         if tuple(log_weights.shape) != (n, t):
             raise ValueError(f"log_weights must have shape {(n, t)}; got {tuple(log_weights.shape)}")
-        log_w = log_weights.to(self._dtype)
-        self._log_w = log_w - torch.logsumexp(log_w, 0, keepdim=True)
-        self._params, self._fn = params, components
-        per_block = max(1, block_elements // max(1, n * int(shape[1]) * int(shape[2])))
-        self._slices = [slice(s, min(s + per_block, t)) for s in range(0, t, per_block)]
+        log_w = log_weights.to(dtype)
+        log_w = log_w - torch.logsumexp(log_w, 0, keepdim=True)
+        per_block = tasks_per_block(block_elements, n * int(shape[1]) * int(shape[2]))
+        self._init_blocks(param_blocks(params, log_w, per_block), shape, dtype, params.device, diagnostics)
+        self._fn = components
         probe = components(params[:1, :1], slice(0, 1))
         self.scalar = len(probe.event_shape) == 0
         self.support = probe.support
         self.discrete = bool(probe.support.is_discrete)
         self.family = type(probe).__name__
-        for key, value in attributes.items():
-            setattr(self, key, value)
-
-    @property
-    def classes_only(self) -> bool:
-        """Categorical outcomes: labels have no order, so evaluation scores class probabilities only."""
-        return self.family == "Categorical"
+        self.classes_only = self.family == "Categorical"  # labels have no order: class probabilities only
+        if self.family == "Bernoulli":
+            self.num_classes = 2
+        elif self.family == "Categorical":
+            self.num_classes = int(probe.probs.shape[-1])
 
     # ------------------------------------------------------------------ blocks
-    def _blocks(self):
-        """``(tasks, distribution [n, T_b, N(, E)], weights [n, T_b])`` per block of tasks."""
-        for sl in self._slices:
-            lw = self._log_w[:, sl]
-            alive = torch.isfinite(lw).any(1)
-            params = self._params[:, sl]
-            if not bool(alive.all()):
-                rows = alive.nonzero()[:, 0]
-                lw, params = lw[rows], params[rows]
-            yield sl, self._fn(params, sl), lw
+    def _open(self, b: Block) -> tuple[Any]:
+        """The block's distribution ``[n_b, T_b, N(, E)]``."""
+        return (self._fn(b.params, b.tasks),)
 
     def _y(self, y: torch.Tensor, sl: slice) -> torch.Tensor:
         """Observations ``[T, N, E]`` of a block in the family's format (``[T_b, N]`` for scalars)."""
@@ -187,54 +177,14 @@ class FamilyMixture:
         """A per-point result ``[..., T_b, N]`` (scalar) or ``[..., T_b, N, E]`` -> ``[..., T_b, N, E]``."""
         return v.unsqueeze(-1) if self.scalar else v
 
-    def _collect(self, fn, dim: int = 0) -> torch.Tensor:
-        out: torch.Tensor | None = None
-        for sl, d, lw in self._blocks():
-            res = fn(sl, d, lw)
-            if out is None:
-                shape = list(res.shape)
-                shape[dim] = self._shape[0]
-                out = res.new_empty(shape)
-            out.narrow(dim, sl.start, sl.stop - sl.start).copy_(res)
-        assert out is not None, "a mixture has at least one task"
-        return out
-
-    # ------------------------------------------------------------------ shape and weights
-    @property
-    def shape(self) -> torch.Size:
-        """``[T, N, E]``: tasks, query points, outputs."""
-        return self._shape
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
-
-    @property
-    def num_components(self) -> int:
-        return self._params.shape[0]
-
-    @property
-    def log_weights(self) -> torch.Tensor:
-        """Normalised log weights ``[n, T]``."""
-        return self._log_w
-
-    def _check_y(self, y) -> torch.Tensor:
-        y = torch.as_tensor(y)
-        if y.dim() == 2 and self._shape[-1] == 1:
-            y = y.unsqueeze(-1)
-        if tuple(y.shape) != tuple(self._shape):
-            raise ValueError(f"observations must have shape {tuple(self._shape)} (tasks, points, outputs); "
-                             f"got {tuple(y.shape)}")
-        return y.to(dtype=self._dtype, device=self._device)
+    def _w(self, b: Block) -> torch.Tensor:
+        """The block's weights, broadcastable to its per-point values ``[n_b, T_b, N(, E)]``."""
+        return b.log_w.exp()[..., None] if self.scalar else b.log_w.exp()[..., None, None]
 
     # ------------------------------------------------------------------ moments and densities
     def _moment(self, which: str) -> torch.Tensor:
-        def fn(sl, d, lw):
-            w = lw.exp()[..., None, None] if not self.scalar else lw.exp()[..., None]
+        def fn(b, d):
+            w = self._w(b)
             mean = _mean(d).to(self._dtype)
             if which == "mean":
                 return self._out((w * mean).sum(0))
@@ -252,10 +202,6 @@ class FamilyMixture:
         """Predictive variance ``[T, N, E]`` (law of total variance)."""
         return self._moment("variance")
 
-    @property
-    def std(self) -> torch.Tensor:
-        return self.variance.sqrt()
-
     def log_prob(self, y) -> torch.Tensor:
         """Log predictive density (pmf for discrete outcomes) of each point ``[T, N]`` (outputs summed).
 
@@ -266,11 +212,11 @@ class FamilyMixture:
         """
         y = self._check_y(y)
 
-        def fn(sl, d, lw):
-            yb = self._y(y, sl)
-            self._check_support(d.support, yb, sl.start)
+        def fn(b, d):
+            yb = self._y(y, b.tasks)
+            self._check_support(d.support, yb, b.tasks.start)
             lp = d.log_prob(yb).to(self._dtype)  # [n, T_b, N]
-            return torch.logsumexp(lp + lw[..., None], 0)
+            return torch.logsumexp(lp + b.log_w[..., None], 0)
         return self._collect(fn)
 
     def _check_support(self, support, yb: torch.Tensor, first_task: int) -> None:
@@ -285,11 +231,8 @@ class FamilyMixture:
     def cdf(self, y) -> torch.Tensor:
         """``P(Y <= y)`` of each output ``[T, N, E]`` (for discrete outcomes a step function)."""
         y = self._check_y(y)
-
-        def fn(sl, d, lw):
-            w = lw.exp()[..., None] if self.scalar else lw.exp()[..., None, None]
-            return self._out((w * component_cdf(d, self._y(y, sl)).to(self._dtype)).sum(0))
-        return self._collect(fn)
+        return self._collect(lambda b, d: self._out((self._w(b) * component_cdf(d, self._y(y, b.tasks)).to(
+            self._dtype)).sum(0)))
 
     def pit(self, y, generator: torch.Generator | None = None) -> torch.Tensor:
         """PIT values ``[T, N, E]``: ``F(y)`` for continuous outcomes; for discrete ones the
@@ -306,11 +249,11 @@ class FamilyMixture:
     @property
     def probs(self) -> torch.Tensor:
         """Class probabilities ``[T, N, C]`` (Bernoulli: ``C = 2``, ``[P(0), P(1)]``)."""
-        if self.family not in ("Bernoulli", "Categorical"):
+        if self.num_classes is None:
             raise AttributeError(f"probs: a {self.family} predictive has no class probabilities")
 
-        def fn(sl, d, lw):
-            w = lw.exp()[..., None, None]
+        def fn(b, d):
+            w = b.log_w.exp()[..., None, None]
             p = d.probs.to(self._dtype)
             if self.family == "Bernoulli":
                 p = torch.stack([1 - p, p], -1)
@@ -323,11 +266,17 @@ class FamilyMixture:
         for discrete outcomes), by bracketing and bisection on the mixture CDF."""
         if not 0.0 < q < 1.0:
             raise ValueError(f"quantile level must be in (0, 1); got {q}")
+        lo, hi = self._bracket(q)
+        return bisect(self.cdf, lo, hi, q, iters, discrete=self.discrete)
+
+    def _bracket(self, q: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``lo, hi [T, N, E]`` with ``F(lo) < q <= F(hi)``: mean -+ 4 sd, widened where needed (within the support)."""
         mean, sd = self.mean, self.std.clamp_min(1e-6)
         lb = _lower_bound(self.support)
+        floor = None if lb is None else lb - (1.0 if self.discrete else 0.0)
         lo, hi = mean - 4 * sd, mean + 4 * sd
-        if lb is not None:
-            lo = lo.clamp_min(lb - (1.0 if self.discrete else 0.0))
+        if floor is not None:
+            lo = lo.clamp_min(floor)
         if self.discrete:
             lo, hi = lo.floor(), hi.ceil()
         for _ in range(64):  # widen until F(lo) < q <= F(hi)
@@ -336,39 +285,22 @@ class FamilyMixture:
                 break
             width = (hi - lo).clamp_min(1.0)
             lo = torch.where(below, lo - width, lo)
-            if lb is not None:
-                lo = lo.clamp_min(lb - (1.0 if self.discrete else 0.0))
-                below = below & (lo > lb - 1.0)
+            if floor is not None:
+                lo = lo.clamp_min(floor)
             hi = torch.where(above, hi + width, hi)
-        for _ in range(iters):
-            mid = 0.5 * (lo + hi)
-            if self.discrete:
-                mid = mid.floor()
-            ok = self.cdf(mid) >= q
-            lo, hi = torch.where(ok, lo, mid), torch.where(ok, mid, hi)
-            if self.discrete and bool(((hi - lo) <= 1).all()):
-                break
-        return hi if self.discrete else 0.5 * (lo + hi)
-
-    def interval(self, level: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
-        """Central interval holding at least ``level`` of the predictive mass, each ``[T, N, E]``."""
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"interval level must be in (0, 1); got {level}")
-        tail = 0.5 * (1.0 - level)
-        return self.quantile(tail), self.quantile(1.0 - tail)
+        return lo, hi
 
     def sample(self, num_samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``[num_samples, T, N, E]`` from the predictive (jointly over a task's points)."""
-        def fn(sl, d, lw):
-            idx = torch.multinomial(lw.exp().T, num_samples, replacement=True, generator=generator).T  # [s, T_b]
-            params = self._params[:, sl]
-            picked = torch.gather(params, 0, idx[..., None].expand(-1, -1, params.shape[-1]))
-            return self._out(self._fn(picked, sl).sample().to(self._dtype))  # [s, T_b, N, E]
+        def fn(b, d):
+            idx = torch.multinomial(b.log_w.exp().T, num_samples, replacement=True, generator=generator).T  # [s, T_b]
+            picked = torch.gather(b.params, 0, idx[..., None].expand(-1, -1, b.params.shape[-1]))
+            return self._out(self._fn(picked, b.tasks).sample().to(self._dtype))  # [s, T_b, N, E]
         return self._collect(fn, dim=1)
 
     def nonfinite_tasks(self) -> torch.Tensor:
         """``[T]`` bool: tasks whose components have a NaN or infinite mean."""
-        def fn(sl, d, lw):
+        def fn(b, d):
             m = _mean(d)
             m = m if self.scalar else m.flatten(-2)
             return (~torch.isfinite(m)).flatten(2).any(-1).any(0) if m.dim() > 2 else (~torch.isfinite(m)).any(0)

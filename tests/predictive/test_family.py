@@ -5,7 +5,7 @@ import torch
 import torch.distributions as D
 
 from bayesmeta.evaluation.metrics import reliability
-from bayesmeta.family_mixture import FamilyMixture, component_cdf
+from bayesmeta.predictive import FamilyMixture, component_cdf
 
 
 def _poisson_mix(t=3, n=4):

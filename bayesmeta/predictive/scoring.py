@@ -3,11 +3,10 @@
 ``bm.evaluate``, validation during meta-training (:mod:`bayesmeta.validation`), few-shot episode
 validation (:mod:`bayesmeta.fewshot.base`) and, through validation, tuning all score with these
 functions, so a number means the same wherever it is reported.
-:mod:`bayesmeta.evaluation.metrics` re-exports them. Layer 0: imports nothing of ours.
+:mod:`bayesmeta.evaluation.metrics` re-exports them. Layer 0: imports nothing of ours outside this package.
 
-For a predictive over query points (anything with ``shape [T, N, E]``, ``log_prob``, ``cdf``,
-``mean`` and ``sample``, e.g. :class:`~bayesmeta.PosteriorPredictive`) and observations ``y [T, N, E]``
-with a mask ``[T, N]``:
+For a :class:`~bayesmeta.predictive.Predictive` over query points (``shape [T, N, E]``; only what
+the protocol declares is called) and observations ``y [T, N, E]`` with a mask ``[T, N]``:
 
 * **NLL**: ``-log p(y* | x*, support)`` per query point (outputs summed), averaged over a task's
   points; tables report mean ± standard error over tasks.
@@ -23,7 +22,7 @@ with a mask ``[T, N]``:
   (PACOH-NN's definition).
 * Counts and other discrete outcomes: PIT and coverage use the **randomised PIT**, so coverage
   is the expected coverage of a randomised central interval (exactly ``level`` when calibrated).
-* Classes (a predictive with ``probs [T, N, C]``; Bernoulli outcomes are two classes):
+* Classes (a predictive with ``num_classes``, hence ``probs [T, N, C]``; Bernoulli outcomes are two classes):
   **accuracy** of the most probable class, **Brier score** ``sum_c (p_c - 1[y = c])^2``, and the
   **ECE** over 15 equal-width confidence bins, ``sum_b (n_b / n) |accuracy_b - confidence_b|``
   (pooled over tasks), with the bins' numbers for a reliability diagram (:func:`reliability`);
@@ -37,6 +36,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .base import Predictive
 
 __all__ = [
     "CALIBRATION_LEVELS",
@@ -78,22 +79,26 @@ def check_levels(levels, name: str = "levels") -> tuple[float, ...]:
     return levels
 
 
-def check_observations(predictive, y, mask=None, *, check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def check_observations(predictive: Predictive, y, mask=None, *, check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Check ``y`` and ``mask`` against a predictive; return ``y [T, N, E]`` and ``mask [T, N]``.
 
     Args:
-        check_finite: also check the predictive's components (anything with ``nonfinite_tasks``);
+        predictive: a :class:`~bayesmeta.predictive.Predictive`.
+        check_finite: also check the predictive's components (its ``nonfinite_tasks``);
             ``False`` skips that pass, and a non-finite predictive then scores NaN or inf
             (validation during training maps such a task's NLL to inf instead of stopping).
 
     Raises:
+        TypeError: ``predictive`` is not a :class:`~bayesmeta.predictive.Predictive`.
         ValueError: shapes that do not match the predictive's ``[T, N, E]``, non-finite
             observed values, or (``check_finite``) a predictive whose components hold NaN/inf
             (naming the task).
     """
+    if not isinstance(predictive, Predictive):
+        raise TypeError(f"predictive: expected a bayesmeta.predictive.Predictive (GaussianMixture, FamilyMixture, "
+                        f"ClassPredictive or another subclass); got {type(predictive).__name__}")
     shape = tuple(predictive.shape)
-    device = getattr(predictive, "device", None) or getattr(getattr(predictive, "loc", None), "device", None)
-    y = torch.as_tensor(y) if device is None else torch.as_tensor(y).to(device)
+    y = torch.as_tensor(y).to(predictive.device)
     if y.dim() == 2 and shape[-1] == 1:
         y = y.unsqueeze(-1)
     if tuple(y.shape) != shape:
@@ -112,12 +117,9 @@ def check_observations(predictive, y, mask=None, *, check_finite: bool = True) -
     return y, mask
 
 
-def _check_finite_predictive(predictive) -> None:
-    """Raise on a predictive whose components hold NaN/inf (anything with ``nonfinite_tasks``)."""
-    nonfinite = getattr(predictive, "nonfinite_tasks", None)
-    if nonfinite is None:
-        return
-    bad = nonfinite()  # [T], computed block by block
+def _check_finite_predictive(predictive: Predictive) -> None:
+    """Raise on a predictive whose components hold NaN/inf (its ``nonfinite_tasks``)."""
+    bad = predictive.nonfinite_tasks()  # [T], computed block by block
     if bad.any():
         raise ValueError(f"predictive: NaN, inf or non-positive scale in the samples of task {int(bad.nonzero()[0])}")
 
@@ -127,14 +129,14 @@ def _per_task_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * m).sum(-1) / m.sum(-1).clamp_min(1)
 
 
-def task_nll(predictive, y, mask=None, *, check_finite: bool = True) -> torch.Tensor:
+def task_nll(predictive: Predictive, y, mask=None, *, check_finite: bool = True) -> torch.Tensor:
     """Mean negative log predictive density of each task's query points, ``[T]`` (``check_finite``:
     see :func:`check_observations`)."""
     y, mask = check_observations(predictive, y, mask, check_finite=check_finite)
     return _per_task_mean(-predictive.log_prob(y), mask)
 
 
-def task_mse(predictive, y, mask=None) -> torch.Tensor:
+def task_mse(predictive: Predictive, y, mask=None) -> torch.Tensor:
     """Mean squared error of the predictive mean per task ``[T]`` (outputs averaged)."""
     y, mask = check_observations(predictive, y, mask)
     err = ((predictive.mean - y.to(predictive.mean)) ** 2).mean(-1)  # [T, N]
@@ -161,7 +163,7 @@ def _crps_from_samples(samples: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return first - (coef * srt).sum(0) / (m * (m - 1))
 
 
-def task_crps(predictive, y, mask=None, *, num_samples: int = 200, generator=None) -> torch.Tensor:
+def task_crps(predictive: Predictive, y, mask=None, *, num_samples: int = 200, generator=None) -> torch.Tensor:
     """CRPS per task ``[T]`` from ``num_samples`` predictive draws (outputs, then points averaged)."""
     if not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"num_samples: CRPS needs an int >= 2 samples; got {num_samples!r}")
@@ -171,13 +173,12 @@ def task_crps(predictive, y, mask=None, *, num_samples: int = 200, generator=Non
     return _per_task_mean(per_point, mask)
 
 
-def _pit_values(predictive, y: torch.Tensor) -> torch.Tensor:
+def _pit_values(predictive: Predictive, y: torch.Tensor) -> torch.Tensor:
     """``F(y)`` ``[T, N, E]``; for discrete outcomes the predictive's randomised PIT (its ``pit``)."""
-    own = getattr(predictive, "pit", None)
-    return own(y) if callable(own) else predictive.cdf(y)
+    return predictive.pit(y)
 
 
-def pit(predictive, y, mask=None) -> torch.Tensor:
+def pit(predictive: Predictive, y, mask=None) -> torch.Tensor:
     """Probability integral transform ``F(y)`` of each observed (point, output): flat ``[M]``.
 
     For discrete outcomes (counts, labels) the randomised PIT ``F(y - 1) + V (F(y) - F(y - 1))``,
@@ -188,13 +189,13 @@ def pit(predictive, y, mask=None) -> torch.Tensor:
     return u[mask[..., None].expand_as(u)]
 
 
-def _distance_from_median(predictive, y, mask, check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def _distance_from_median(predictive: Predictive, y, mask, check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     y, mask = check_observations(predictive, y, mask, check_finite=check_finite)
     d = (2 * _pit_values(predictive, y) - 1).abs()  # [T, N, E]: y is inside the level-interval iff d <= level
     return d, mask[..., None].expand_as(d)
 
 
-def coverages(predictive, y, mask=None, levels=CALIBRATION_LEVELS) -> dict[float, float]:
+def coverages(predictive: Predictive, y, mask=None, levels=CALIBRATION_LEVELS) -> dict[float, float]:
     """Coverage of central intervals at several levels, pooled over tasks, points and outputs.
 
     ``y`` lies inside the central ``level`` interval exactly when ``|2 F(y) - 1| <= level``
@@ -206,7 +207,7 @@ def coverages(predictive, y, mask=None, levels=CALIBRATION_LEVELS) -> dict[float
     return {lv: float((d <= lv).double().mean()) for lv in levels}
 
 
-def task_inside(predictive, y, mask=None, levels=CALIBRATION_LEVELS, *,
+def task_inside(predictive: Predictive, y, mask=None, levels=CALIBRATION_LEVELS, *,
                 check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per task, the (point, output) pairs inside the central interval at each level, and all pairs.
 
@@ -215,7 +216,7 @@ def task_inside(predictive, y, mask=None, levels=CALIBRATION_LEVELS, *,
     the count is random and its expectation is ``level`` times the pairs when calibrated.
 
     Args:
-        predictive: ``shape [T, N, E]``, with ``cdf`` (and ``pit`` for discrete outcomes).
+        predictive: a :class:`~bayesmeta.predictive.Predictive` ``[T, N, E]`` (not ``classes_only``).
         y: observations ``[T, N, E]``; mask: observed points ``[T, N]`` (default all).
         levels: central-interval levels in (0, 1).
         check_finite: see :func:`check_observations`.
@@ -224,8 +225,8 @@ def task_inside(predictive, y, mask=None, levels=CALIBRATION_LEVELS, *,
         ``inside [T, L]`` and ``pairs [T]``, float64 counts.
 
     Example:
-        >>> import bayesmeta as bm
-        >>> pred = bm.GaussianMixture(torch.zeros(1, 1, 2, 1), 1.0)  # N(0, 1) at 2 points of 1 task
+        >>> from bayesmeta.predictive import GaussianMixture
+        >>> pred = GaussianMixture(torch.zeros(1, 1, 2, 1), 1.0)  # N(0, 1) at 2 points of 1 task
         >>> task_inside(pred, torch.tensor([[[0.0], [3.0]]]), levels=(0.9,))
         (tensor([[1.]], dtype=torch.float64), tensor([2.], dtype=torch.float64))
     """
@@ -236,18 +237,18 @@ def task_inside(predictive, y, mask=None, levels=CALIBRATION_LEVELS, *,
     return inside, m.flatten(1).double().sum(1)  # [T, L], [T]
 
 
-def task_coverages(predictive, y, mask=None, levels=CALIBRATION_LEVELS) -> torch.Tensor:
+def task_coverages(predictive: Predictive, y, mask=None, levels=CALIBRATION_LEVELS) -> torch.Tensor:
     """Per-task coverage ``[T, L]`` of the central intervals at ``levels`` (:func:`task_inside` over its pairs)."""
     inside, pairs = task_inside(predictive, y, mask, levels)
     return inside / pairs[:, None].clamp_min(1)
 
 
-def coverage(predictive, y, mask=None, *, level: float = 0.9) -> float:
+def coverage(predictive: Predictive, y, mask=None, *, level: float = 0.9) -> float:
     """Fraction of (point, output) pairs of ``y`` inside the central ``level`` interval, pooled."""
     return coverages(predictive, y, mask, levels=(level,))[float(level)]
 
 
-def calibration_error(predictive, y, mask=None, levels=CALIBRATION_LEVELS) -> float:
+def calibration_error(predictive: Predictive, y, mask=None, levels=CALIBRATION_LEVELS) -> float:
     """Mean ``|coverage - level|`` over central-interval levels (PACOH-NN's definition)."""
     cov = coverages(predictive, y, mask, levels)
     return sum(abs(c - lv) for lv, c in cov.items()) / len(cov)
@@ -265,13 +266,10 @@ def mean_se(values: torch.Tensor) -> tuple[float, float]:
 ECE_BINS = 15
 
 
-def class_probabilities(predictive) -> torch.Tensor | None:
-    """Class probabilities ``[T, N, C]`` of a predictive with ``probs`` (Bernoulli, Categorical), else ``None``."""
-    try:
-        probs = predictive.probs
-    except AttributeError:
-        return None
-    return probs if isinstance(probs, torch.Tensor) and probs.dim() == 3 else None
+def class_probabilities(predictive: Predictive) -> torch.Tensor | None:
+    """Class probabilities ``[T, N, C]`` of a predictive with classes (``num_classes``: Bernoulli, Categorical,
+    :class:`~bayesmeta.predictive.ClassPredictive`), else ``None``."""
+    return predictive.probs if predictive.num_classes is not None else None
 
 
 def _labels(y: torch.Tensor) -> torch.Tensor:

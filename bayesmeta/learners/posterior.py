@@ -1,22 +1,33 @@
-"""``Posterior`` over task parameters and the ``PosteriorPredictive`` it makes on query points."""
+"""``Posterior`` over task parameters: draws (guide, importance, exact) and the predictive they make on query points.
+
+Layer 4 (it draws with :mod:`bayesmeta.inference`); the predictives it returns are layer 0's
+:class:`~bayesmeta.predictive.PosteriorPredictive` (Gaussian likelihoods) and
+:class:`~bayesmeta.predictive.FamilyMixture` (any other family).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from typing import Any
 
 import torch
 
-from .family_mixture import FamilyMixture
-from .inference.hyper import ConditionalJoint, HyperProgram
-from .inference.importance import defensive_importance, effective_sample_size, pareto_k
-from .inference.program import program_of, unwrap
-from .inference.program.data import check_magnitude
-from .mixture import GaussianMixture, heaviest, pad_components, systematic_resample
+from .._checks import check_query
+from ..inference.hyper import ConditionalJoint, HyperProgram
+from ..inference.importance import defensive_importance, effective_sample_size, pareto_k
+from ..inference.program import program_of, unwrap
+from ..inference.program.data import check_magnitude
+from ..predictive import (
+    FamilyMixture,
+    PosteriorPredictive,
+    PredictiveDiagnostics,
+    heaviest,
+    pad_components,
+    systematic_resample,
+)
 
-__all__ = ["Posterior", "PosteriorPredictive", "PREDICT_METHODS", "systematic_resample"]
+__all__ = ["Posterior", "PREDICT_METHODS"]
 
 PREDICT_METHODS = ("importance", "guide", "exact")
 DEFAULT_SAMPLES = {"importance": 1000, "guide": 200}
@@ -25,49 +36,6 @@ _CHUNK_ELEMENTS = 2**25  # decoder rows x 64 per chunk when evaluating many samp
 _DRAW_ELEMENTS = 2**24  # draws x tasks x (parameters + support points) held at once
 _BLOCK_ELEMENTS = 2**18  # components x query points per likelihood call (decoder activations)
 MAX_TASK_ELEMENTS = 2**28  # one task's draws x (parameters + points), or draws x query points: ~1 GB
-
-
-class PosteriorPredictive(GaussianMixture):
-    """Posterior predictive on query points: a mixture over posterior samples.
-
-    ``mean``, ``std``, ``interval(level)``, ``log_prob(y)`` (log of the Monte-Carlo mixture
-    density per point, ``[T, N]``), ``cdf(y)`` and ``sample()`` come from
-    :class:`~bayesmeta.mixture.GaussianMixture` (block-wise over tasks: bounded memory). With
-    ``method="importance"`` the components are weighted posterior draws, and ``ess``,
-    ``pareto_k`` and ``num_draws`` (per task ``[T]``) say how far to trust the weights: PSIS
-    ``k > 0.7`` means the estimate is unreliable.
-    """
-
-    method: str = "guide"
-    ess: torch.Tensor | None = None
-    pareto_k: torch.Tensor | None = None
-    num_draws: torch.Tensor | None = None
-
-    def __init__(self, loc, scale, log_weights=None, *, method: str = "guide", ess=None, pareto_k=None,
-                 num_draws=None) -> None:
-        super().__init__(loc, scale, log_weights)
-        self.method = method
-        self.ess, self.pareto_k, self.num_draws = ess, pareto_k, num_draws
-
-
-_DEPRECATED = {"Predictive": "PosteriorPredictive"}
-
-
-def deprecated_alias(module: str, name: str):
-    """``Predictive`` (renamed ``PosteriorPredictive``, so that it does not shadow ``pyro.infer.Predictive``).
-
-    Kept for one release with a ``DeprecationWarning``; ``module.__getattr__`` calls this.
-    """
-    if name not in _DEPRECATED:
-        raise AttributeError(f"module {module!r} has no attribute {name!r}")
-    new = _DEPRECATED[name]
-    warnings.warn(f"bayesmeta.{name} is deprecated and will be removed in the next release; use "
-                  f"bayesmeta.{new} (the old name clashed with pyro.infer.Predictive)", DeprecationWarning, stacklevel=3)
-    return globals()[new]
-
-
-def __getattr__(name: str):
-    return deprecated_alias(__name__, name)
 
 
 def _gather_draws(theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -194,20 +162,7 @@ class Posterior:
         return method
 
     def _query(self, x) -> torch.Tensor:
-        x = torch.as_tensor(x, dtype=self.x_support.dtype, device=self.device)
-        if x.dim() == 2:
-            x = x.expand(self.num_tasks, *x.shape)  # same points for every task
-        if x.dim() != 3 or x.shape[0] != self.num_tasks or x.shape[-1] != self.model.x_dim:
-            raise ValueError(
-                f"x must have shape [{self.num_tasks}, N, {self.model.x_dim}] or [N, {self.model.x_dim}]; "
-                f"got {tuple(x.shape)}"
-            )
-        if x.shape[1] == 0:
-            raise ValueError(f"x: no query points (shape {tuple(x.shape)}); give at least one point to predict at")
-        bad = ~torch.isfinite(x).all(-1)  # [T, N]
-        if bad.any():
-            t, j = (int(i) for i in bad.nonzero()[0])
-            raise ValueError(f"x: non-finite value at task {t}, point {j}")
+        x = check_query(x, self.num_tasks, self.model.x_dim, dtype=self.x_support.dtype, device=self.device)
         check_magnitude(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device), what="x", dtype=x.dtype)
         return x
 
@@ -253,13 +208,13 @@ class Posterior:
                              f"or with a smaller num_samples")
         with _seeded(seed, self.device):
             theta, log_w, ess, k, used = self._draws(method, n, min_ess=min_ess, max_draws=max_draws or 16 * n)
+        diagnostics = PredictiveDiagnostics(method, ess, k, used)
         if self.model.observation.family != "Normal":
             return FamilyMixture(theta, log_w, self._observation_components(x), shape=(*x.shape[:2], self.model.y_dim),
-                                 dtype=x.dtype, block_elements=_BLOCK_ELEMENTS, method=method, ess=ess, pareto_k=k,
-                                 num_draws=used)
+                                 dtype=x.dtype, block_elements=_BLOCK_ELEMENTS, diagnostics=diagnostics)
         return PosteriorPredictive.from_parameters(
             theta, log_w, self._likelihood_components(x), shape=(*x.shape[:2], self.model.y_dim), dtype=x.dtype,
-            block_elements=_BLOCK_ELEMENTS, method=method, ess=ess, pareto_k=k, num_draws=used)
+            block_elements=_BLOCK_ELEMENTS, diagnostics=diagnostics)
 
     def _task_chunks(self, draws_per_task: int) -> list[torch.Tensor]:
         """Task indices in groups small enough that draws x tasks x (P + S) stays bounded."""
@@ -294,7 +249,7 @@ class Posterior:
         """``(params [n_b, T_b, P], tasks) -> (loc, scale)`` of the model's likelihood on ``x``.
 
         Blocks beyond the predictive's cache are computed when used, from the model as it is then
-        (a copy of ``x`` is kept); see :meth:`GaussianMixture.from_parameters`.
+        (a copy of ``x`` is kept); see :meth:`~bayesmeta.predictive.GaussianMixture.from_parameters`.
         """
         program, x = self.model, x.clone()
 
@@ -375,7 +330,6 @@ class Posterior:
             raise ValueError("method='exact' needs an exact posterior (BayesLearner(..., conjugate=True))")
         mu, sd = model.exact_predict(self.exact, x)  # [T, N, 1]
         return PosteriorPredictive(mu[None], sd[None], None, method="exact")
-
 
 
 class _TracedPrior:

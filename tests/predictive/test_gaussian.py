@@ -127,7 +127,7 @@ def test_many_blocks_keep_memory_flat():
 
 
 def test_pad_rows_and_pad_components_equal_the_ensembles_own_padding():
-    from bayesmeta.mixture import pad_components, pad_rows
+    from bayesmeta.predictive import pad_components, pad_rows
 
     g = torch.Generator().manual_seed(0)
     loc, scale, logw = torch.randn(2, 3, 4, 1, generator=g), torch.rand(2, 3, 4, 1, generator=g), torch.randn(2, 3, generator=g)
