@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from numbers import Integral, Real
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from .._checks import check_query
-from ..inference.distributed import init_from_env
+from ..inference.context import FitContext
 from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
 from ..learners import MetaLearner, check_adapt_options
 from ..predictive import PosteriorPredictive
@@ -179,11 +180,9 @@ class GradientMetaLearner(MetaLearner):
         return {"encoder_subsets": f"{type(self).__name__} has no encoder",
                 "polish": "the marginal-likelihood polish is a BayesLearner's (a hierarchical Pyro model's)"}
 
-    def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool, validate=None, replay=None) -> History:
+    def _meta_train(self, source, cfg: TrainConfig, context: FitContext) -> History:
         """Each step splits every task at random into ``U{min_shots..max_shots}`` support points and a query set."""
-        source = self._prepare_source(source, state, standardize, default=True)
-        ctx = init_from_env(self.device) if distributed else None
+        source = self._prepare_source(source, context.resume, context.standardize, default=True)
 
         def make_step(stream: TaskStream):
             def step(b: Batch) -> torch.Tensor:
@@ -193,8 +192,7 @@ class GradientMetaLearner(MetaLearner):
 
         return train_loop(make_step, self._modules(), self.meta_parameters(), source, cfg, device=self.device,
                           x_dim=self.x_dim, y_dim=self.y_dim, min_points=2, grad_mean=True,
-                          checkpoint=checkpoint, resume=state, on_checkpoint=on_checkpoint, distributed=ctx, replay=replay,
-                          extra_state=self._extra_state(), validate=validate,
+                          context=replace(context, extra_state=self._extra_state()),
                           desc=f"meta-training {type(self).__name__}")
 
     def _update_residual_scale(self, x, y, query, adapted) -> None:

@@ -10,10 +10,12 @@ learner uses (progress bar, ``max_time``, checkpoints, seeds).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
 from .._checks import check_query
+from ..inference.context import FitContext
 from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
 from ..learners import MetaLearner, check_adapt_options
 from ..predictive import ClassPredictive
@@ -250,10 +252,10 @@ class EpisodicClassifier(MetaLearner):
         q = query.to(nll.dtype)
         return (nll * q).sum(-1) / q.sum(-1).clamp_min(1)
 
-    def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool, validate=None, replay=None) -> History:
-        check_episodic(source, type(self).__name__, getattr(self, "ways", None), cfg=cfg, distributed=distributed)
-        if standardize:
+    def _meta_train(self, source, cfg: TrainConfig, context: FitContext) -> History:
+        check_episodic(source, type(self).__name__, getattr(self, "ways", None), cfg=cfg,
+                       distributed=context.distributed)
+        if context.standardize:
             raise ValueError(f"{type(self).__name__}.fit: standardize does not apply to classification episodes")
         ways, per_class = source.ways, cfg.max_points
 
@@ -268,9 +270,9 @@ class EpisodicClassifier(MetaLearner):
             return step
 
         return train_loop(make_step, self._modules(), list(self.net.parameters()), source, cfg, device=self.device,
-                          x_dim=self.x_dim, y_dim=1, grad_mean=True, checkpoint=checkpoint, resume=state,
-                          on_checkpoint=on_checkpoint, extra_state=self._extra_state(), validate=validate,
-                          desc=f"meta-training {type(self).__name__}", whole_episodes=True, replay=replay)
+                          x_dim=self.x_dim, y_dim=1, grad_mean=True,
+                          context=replace(context, extra_state=self._extra_state()),
+                          desc=f"meta-training {type(self).__name__}", whole_episodes=True)
 
     def adapt(self, x_support, y_support=None, mask_support=None, *, ways: int | None = None,
               steps: int | None = None, lr: float | None = None) -> AdaptedClassifier:

@@ -9,6 +9,7 @@ by ``ways`` logits and the loss by the cross-entropy; inner loops are the same v
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from torch.func import functional_call, vmap
 
 from ..baselines.base import AdaptedTasks
 from ..baselines.maml import FOMAML, MAML, MetaSGD, Reptile
+from ..inference.context import FitContext
 from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
 from ..learners import check_adapt_options
 from ..predictive import ClassPredictive
@@ -87,11 +89,10 @@ class _Softmax:
     def _unused_options(self, source, distributed: bool) -> dict[str, str]:
         return dict(UNUSED)
 
-    def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool, validate=None, replay=None) -> History:
+    def _meta_train(self, source, cfg: TrainConfig, context: FitContext) -> History:
         name = type(self).__name__
-        check_episodic(source, name, self.ways, cfg=cfg, distributed=distributed)
-        if standardize:
+        check_episodic(source, name, self.ways, cfg=cfg, distributed=context.distributed)
+        if context.standardize:
             raise ValueError(f"{name}.fit: standardize does not apply to classification episodes")
 
         def make_step(stream: TaskStream):
@@ -102,9 +103,8 @@ class _Softmax:
 
         return train_loop(make_step, self._modules(), self.meta_parameters(), source, cfg,  # type: ignore[attr-defined]
                           device=self.device, x_dim=self.x_dim, y_dim=1, grad_mean=True,  # type: ignore[attr-defined]
-                          checkpoint=checkpoint, resume=state, on_checkpoint=on_checkpoint,
-                          extra_state=self._extra_state(), validate=validate,  # type: ignore[attr-defined]
-                          desc=f"meta-training {name}", whole_episodes=True, replay=replay)
+                          context=replace(context, extra_state=self._extra_state()),  # type: ignore[attr-defined]
+                          desc=f"meta-training {name}", whole_episodes=True)
 
     def adapt(self, x_support, y_support=None, mask_support=None, *, steps: int | None = None,
               lr: float | None = None) -> AdaptedSoftmax:

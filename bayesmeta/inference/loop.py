@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 
 from .._checks import user_stacklevel
 from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from .context import FitContext
 from .distributed import DistributedContext, all_reduce_, broadcast_parameters, check_same_config
 from .divergence import DIVERGENCE_FACTOR, DIVERGENCE_STEPS, DivergenceDetector, failed_step_error
 from .early_stopping import EarlyStopping, MetaOverfittingWarning, Validator
 from .options import DEFAULT_LR, OPTIMIZERS, History, TrainConfig, resolve_device
-from .replay import ReplayBuffer
 from .stream import Batch, TaskStream, pool_points
 
 __all__ = [
@@ -77,6 +77,7 @@ class _Run:
     recent: torch.Tensor | None = None  # the losses since the last host read, on the device
     held: int = 0  # how many of them
     save_due: bool = False  # a checkpoint put off while the loss was over the divergence threshold
+    on_validation: Callable[[int, dict], bool | None] | None = None  # the fit's callback: True ends the fit
 
     @property
     def world(self) -> int:
@@ -85,11 +86,8 @@ class _Run:
 
 def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[str, torch.nn.Module | None],
                params: list[torch.Tensor], source, cfg: TrainConfig, *, device: torch.device, x_dim: int, y_dim: int,
-               min_points: int | None = None, grad_mean: bool = False, checkpoint=None,
-               resume: dict | None = None, on_checkpoint=None, distributed: DistributedContext | None = None,
-               extra_state: dict | None = None, validate: Validator | None = None,
-               desc: str = "meta-training", whole_episodes: bool = False,
-               replay: ReplayBuffer | None = None) -> History:
+               context: FitContext | None = None, min_points: int | None = None, grad_mean: bool = False,
+               desc: str = "meta-training", whole_episodes: bool = False) -> History:
     """Run meta-training; returns the :class:`History`.
 
     Args:
@@ -106,29 +104,27 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
         min_points: the fewest observed points per family task the learner can use.
         grad_mean: distributed runs average gradients over ranks (a loss that is a mean over the
             batch's tasks) instead of summing them (a loss that is a sum over tasks).
-        checkpoint: a path: every ``checkpoint_every`` steps and at the end, the modules,
-            optimiser, history and every random-number state are written there atomically.
-        resume: a checkpoint (as loaded by :func:`load_checkpoint`) to continue from. With a
-            step budget on CPU the resumed run ends bit-for-bit where an uninterrupted one would;
-            with ``max_time`` the schedule follows the recorded time. A distributed resume
-            restores the weights and optimiser on every rank and starts fresh per-rank random
-            streams (statistically equivalent, not bit-exact).
-        on_checkpoint: called as ``on_checkpoint(step, history)`` after each checkpoint.
-        distributed: a :class:`~bayesmeta.inference.distributed.DistributedContext`: this rank
-            trains on its own tasks; only rank 0 checkpoints and shows progress.
-        extra_state: stored in every checkpoint as well (e.g. the learner's standardisation).
-        validate: ``validate() -> scores`` scores held-out tasks with the learner's test-time
-            procedure (:mod:`bayesmeta.inference.early_stopping`): called every
-            ``cfg.validation_interval`` steps and at the last step; the loop keeps the best
-            weights (restored at the end with ``cfg.restore_best``), stops after ``cfg.patience``
-            validations without improvement and warns once (:class:`MetaOverfittingWarning`)
-            when the learner starts to memorise its training tasks.
+        context: the fit's :class:`~bayesmeta.inference.context.FitContext`: its ``checkpoint`` (every
+            ``checkpoint_every`` steps and at the end, the modules, optimiser, history and every
+            random-number state, written atomically; ``on_checkpoint(step, history)`` after each),
+            the checkpoint it ``resume`` s from (with a step budget on CPU the resumed run ends
+            bit-for-bit where an uninterrupted one would; with ``max_time`` the schedule follows
+            the recorded time; a distributed resume restores the weights and optimiser on every
+            rank and starts fresh per-rank random streams: statistically equivalent, not
+            bit-exact), its process group (``distributed``: this rank trains on its own tasks;
+            only rank 0 checkpoints and shows progress), ``extra_state`` stored in every
+            checkpoint as well, ``validate() -> scores`` of held-out tasks
+            (:mod:`bayesmeta.inference.early_stopping`: called every ``cfg.validation_interval``
+            steps and at the last step; the loop keeps the best weights, restored at the end with
+            ``cfg.restore_best``, stops after ``cfg.patience`` validations without improvement
+            or when ``on_validation(step, scores)`` returns true, and warns once,
+            :class:`MetaOverfittingWarning`, when the learner starts to memorise its training
+            tasks) and a ``replay`` buffer (task families only: each batch mixes stored past
+            tasks with fresh ones; its content is checkpointed and resumed).
         desc: the progress bar's label.
         whole_episodes: from an episodic family (classification), every batch holds whole
             episodes (``max_points`` examples per class, all observed) for a learner that splits
             them itself; otherwise each task keeps a random ``U{..max_points}`` examples per class.
-        replay: a :class:`~bayesmeta.inference.replay.ReplayBuffer` (task families only): each
-            batch mixes stored past tasks with fresh ones; its content is checkpointed and resumed.
 
     Raises:
         FloatingPointError: the loss became non-finite, or diverged: stayed more than
@@ -141,6 +137,9 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
     """
     if cfg.lr is None:  # a learner resolves its own default before this; direct callers get the library's
         cfg = replace(cfg, lr=DEFAULT_LR)
+    context = context or FitContext()
+    distributed, replay, validate = context.join(device), context.replay, context.validate
+    checkpoint, resume = context.checkpoint, context.resume
     rank = 0 if distributed is None else distributed.rank
     torch.manual_seed(cfg.seed + 1_000_003 * rank)
     stream = TaskStream(source, cfg, device, x_dim, y_dim, rank=rank, min_points=min_points,
@@ -152,14 +151,15 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
     step_fn = make_step(stream)
     run = _Run(cfg, params, _optimizer(params, cfg), stream, distributed, grad_mean, time.perf_counter(), History(),
                torch.zeros((), dtype=torch.int64, device=device), modules, validate,
-               None if validate is None else EarlyStopping(cfg.patience, cfg.validation_interval))
+               None if validate is None else EarlyStopping(cfg.patience, cfg.validation_interval),
+               on_validation=context.on_validation)
     first = 1
     if resume is not None:
         first = _restore(resume, modules, run) + 1
     save = lambda step: save_checkpoint(  # noqa: E731
         checkpoint, step, modules, run.optim, run.history, cfg, elapsed=time.perf_counter() - run.start,
-        stream=stream, on_checkpoint=on_checkpoint,
-        extra={**(extra_state or {}), "early_stopping": None if run.stopper is None else run.stopper.state_dict(),
+        stream=stream, on_checkpoint=context.on_checkpoint,
+        extra={**(context.extra_state or {}), "early_stopping": None if run.stopper is None else run.stopper.state_dict(),
                "replay": None if replay is None else replay.state_dict()})
     step, loss = _steps(step_fn, run, first, save if checkpoint is not None and rank == 0 else None, desc)
     if step >= first:
@@ -194,7 +194,8 @@ def _optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.Opti
 
 
 def _validate(run: _Run, step: int, bar, main: bool) -> bool:
-    """Score the held-out tasks, keep the best weights; returns True to stop (patience exhausted)."""
+    """Score the held-out tasks, keep the best weights; returns True to stop (patience exhausted, or the fit's
+    ``on_validation`` asked)."""
     assert run.validate is not None and run.stopper is not None
     scores = run.validate()
     stop, message = run.stopper.update(step, scores, run.modules, run.history)
@@ -203,9 +204,13 @@ def _validate(run: _Run, step: int, bar, main: bool) -> bool:
     flag = {"warning": "meta-overfitting"} if run.stopper.warned else {}
     bar.set_postfix(loss=f"{run.history.loss[-1]:.3f}" if run.history.loss else "-", val_nll=f"{scores['nll']:.3f}",
                     best=run.stopper.best_step, **flag)
+    asked = run.on_validation is not None and bool(run.on_validation(step, scores))  # told every validation
     if stop:
         note = (f"stopped early at step {step}: no better validation NLL in {run.cfg.patience} validations "
                 f"(best {run.stopper.best_nll:.3f} at step {run.stopper.best_step})")
+    elif asked:
+        stop, note = True, f"stopped at step {step} by on_validation (validation NLL {scores['nll']:.3f})"
+    if stop:
         run.history.notes.append(note)
         if main:
             logger.info(note)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .distributed import DistributedContext
+from .context import FitContext
 from .global_objective import GlobalObjective
 from .loop import (
     Batch,
@@ -43,9 +43,7 @@ __all__ = [
 
 
 def meta_train(model, guide, source, config: TrainConfig, *, device: torch.device, objective: str = "rws",
-               num_particles: int = 8, conjugate: bool = False, checkpoint=None, resume: dict | None = None,
-               on_checkpoint=None, distributed: DistributedContext | None = None,
-               extra_state: dict | None = None, validate=None, replay=None) -> History:
+               num_particles: int = 8, conjugate: bool = False, context: FitContext | None = None) -> History:
     """Maximise the meta-training objective of ``model`` and ``guide``; returns the :class:`History`.
 
     Args:
@@ -56,8 +54,8 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
         config: :class:`TrainConfig`.
         objective, num_particles: the training bound (:data:`~bayesmeta.inference.OBJECTIVES`).
         conjugate: maximise the exact log marginal likelihood (type-II ML) instead of a bound.
-        checkpoint, resume, on_checkpoint, distributed, extra_state, validate, replay: as in
-            :func:`~bayesmeta.inference.loop.train_loop`.
+        context: the fit's :class:`~bayesmeta.inference.context.FitContext` (checkpoint, resume, process
+            group, validation, replay, callbacks), as in :func:`~bayesmeta.inference.loop.train_loop`.
     """
     # a site on a constrained support reaches the model through a Delta with a log-Jacobian: no analytic KL
     analytic = all(_real(s.support) for s in model.sites)
@@ -97,8 +95,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
     modules = {"model": model.model, "guide": guide}  # checkpoints hold the user's model as it is
     params = list(model.parameters()) + guide_params
     return train_loop(make_step, modules, params, source, config, device=device, x_dim=model.x_dim, y_dim=model.y_dim,
-                      checkpoint=checkpoint, resume=resume, on_checkpoint=on_checkpoint,
-                      distributed=distributed, extra_state=extra_state, validate=validate, replay=replay)
+                      context=context)
 
 
 def _add_guide_grads(loss: torch.Tensor, guide_params: list[torch.Tensor]) -> None:

@@ -10,6 +10,7 @@ from typing import Self
 
 import torch
 
+from ..inference.context import FitContext
 from ..inference.options import DEFAULT_LR
 from ..inference.program.data import check_magnitude
 from ..inference.replay import check_replay
@@ -222,7 +223,7 @@ class MetaLearner:
         return self
 
     def fit(self, source, steps: int | None = None, *, config: TrainConfig | None = None, validation=None,
-            checkpoint=None, resume: bool = False, on_checkpoint=None, distributed: bool = False,
+            checkpoint=None, resume: bool = False, on_checkpoint=None, on_validation=None, distributed: bool = False,
             standardize: bool | None = None, replay=None, **options) -> Self:
         """Meta-train on a task family (an endless stream) or a ``TaskBatch`` pool; returns ``self``.
 
@@ -251,6 +252,10 @@ class MetaLearner:
                 ``checkpoint_every`` steps and at the end (weights, optimiser, RNG states).
             resume: continue from ``checkpoint`` (which must exist) instead of starting over.
             on_checkpoint: called as ``on_checkpoint(step, history)`` after each checkpoint.
+            on_validation: called as ``on_validation(step, scores)`` after each validation
+                (``scores["nll"]``, ``["coverage_90"]``, ``["per_shot"]``); a true return value ends
+                the fit there like early stopping (the best weights are kept, ``history.notes``
+                says so): a tuning study's pruner, or a stopping rule of your own.
             distributed: train in the ``torch.distributed`` process group of a ``torchrun``
                 launch (every rank calls ``fit`` with the same arguments; see
                 :mod:`bayesmeta.inference.distributed`). ``WORLD_SIZE=1`` trains normally.
@@ -283,17 +288,18 @@ class MetaLearner:
         self._whole_pool = source if isinstance(source, TaskBatch) and validation is None else None
         source, validate = self._validation(source, validation, cfg, distributed)
         state = self._resume_state(checkpoint, resume, cfg)
+        context = FitContext(checkpoint=checkpoint, resume=state, distributed=distributed, validate=validate,
+                             replay=replay, standardize=standardize, on_checkpoint=on_checkpoint,
+                             on_validation=on_validation)
         try:
-            self.history = self._meta_train(source, cfg, state=state, standardize=standardize,
-                                            checkpoint=checkpoint, on_checkpoint=on_checkpoint,
-                                            distributed=distributed, validate=validate, replay=replay)
+            self.history = self._meta_train(source, cfg, context)
         finally:
             self._whole_pool = None  # the user's pool is not kept alive by the learner after fit
         self.train_config = asdict(cfg)
         return self
 
-    def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool, validate=None, replay=None) -> History:
+    def _meta_train(self, source, cfg: TrainConfig, context: FitContext) -> History:
+        """Train on ``source`` with the options ``cfg`` and this fit's ``context``; returns the history."""
         raise NotImplementedError
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from ..inference.context import FitContext
 from ..inference.convergence import convergence_problem
-from ..inference.distributed import init_from_env
 from ..inference.exact import ConvergenceWarning, fit_type2_ml
 from ..inference.global_objective import GLOBAL_OBJECTIVES
 from ..inference.guides import AmortizedGuide
@@ -166,8 +167,7 @@ class BayesLearner(MetaLearner):
             if isinstance(batch, TaskBatch):
                 check_batch(self.program, batch.to(self.device), what=what, dtype=self.program.dtype)
 
-    def _meta_train(self, source, cfg: TrainConfig, *, state, standardize, checkpoint, on_checkpoint,
-                    distributed: bool, validate=None, replay=None) -> History:
+    def _meta_train(self, source, cfg: TrainConfig, context: FitContext) -> History:
         """SVI on the ELBO (or the exact marginal likelihood); exact type-II ML where it applies.
 
         The model is fitted to the data as given (its own units). A model written to be indifferent
@@ -181,7 +181,8 @@ class BayesLearner(MetaLearner):
         iterations, a :class:`~bayesmeta.inference.ConvergenceWarning` says when it did not
         converge); a resume refits.
         """
-        check_standardize_option(standardize, type(self).__name__)
+        check_standardize_option(context.standardize, type(self).__name__)
+        state, distributed = context.resume, context.distributed
         self.model.train()
         if state is None:  # a new fit: draws corrected for an earlier fit's guide no longer describe q(g)
             self.global_draws = None
@@ -190,15 +191,13 @@ class BayesLearner(MetaLearner):
             self._fit_scalings(source)
         if exact:
             history = fit_type2_ml(self.model, source, max_iter=cfg.steps)
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, len(history.step), {"model": self.model, "guide": None}, None, history,
-                                cfg, on_checkpoint=on_checkpoint, extra=self._extra_state())
+            if context.checkpoint is not None:
+                save_checkpoint(context.checkpoint, len(history.step), {"model": self.model, "guide": None}, None,
+                                history, cfg, on_checkpoint=context.on_checkpoint, extra=self._extra_state())
             return history
-        ctx = init_from_env(self.device) if distributed else None
         history = meta_train(self.program, self.guide, source, cfg, device=self.device, objective=self.objective,
-                             num_particles=self.num_particles, conjugate=self.conjugate, checkpoint=checkpoint,
-                             resume=state, on_checkpoint=on_checkpoint, distributed=ctx,
-                             extra_state=self._extra_state(), validate=validate, replay=replay)
+                             num_particles=self.num_particles, conjugate=self.conjugate,
+                             context=replace(context, extra_state=self._extra_state()))
         if not isinstance(source, TaskBatch):
             return history
         whole = getattr(self, "_whole_pool", None)  # the pool with the tasks validation held out (fit sets it)

@@ -165,7 +165,7 @@ def _recorded_fingerprint(out: Path) -> str | None:
 
 
 def _train(plan: _FitPlan, out: Path, *, resume: bool, progress: bool, distributed: bool, main: bool,
-           on_checkpoint=None) -> None:
+           on_checkpoint=None, on_validation=None) -> None:
     t = plan.cfg.train
     if main:
         say(f"fitting {plan.cfg.model.kind} model on {len(plan.train)} tasks ({sum(plan.train.sizes)} rows) "
@@ -179,7 +179,7 @@ def _train(plan: _FitPlan, out: Path, *, resume: bool, progress: bool, distribut
 
     plan.learner.fit(plan.train.to_batch(), config=replace(t, progress=t.progress and progress),
                      validation=validation, checkpoint=out / CHECKPOINT, resume=resume, distributed=distributed,
-                     on_checkpoint=checkpointed)
+                     on_checkpoint=checkpointed, on_validation=on_validation)
 
 
 def _write_run(plan: _FitPlan, out: Path) -> None:
@@ -206,7 +206,7 @@ def _write_results(plan: _FitPlan, out: Path) -> None:
 
 
 def fit_run(cfg: FitConfig, out, *, resume: bool = False, force: bool = False, progress: bool = True,
-            on_checkpoint=None) -> BayesLearner:
+            on_checkpoint=None, on_validation=None) -> BayesLearner:
     """Fit what ``cfg`` describes into the run directory ``out`` (``bayesmeta fit``); returns the learner.
 
     Everything (config, data, device, output directory, checkpoint) is checked before anything is
@@ -215,7 +215,9 @@ def fit_run(cfg: FitConfig, out, *, resume: bool = False, force: bool = False, p
     (``run.lock``). If a new fit fails, every file and directory it created is removed and every
     file it replaced is restored (interrupted with Ctrl-C after a checkpoint, the run is kept for
     ``resume``). ``on_checkpoint(step, history)`` is called after each checkpoint (after
-    ``metrics.jsonl`` is written); an exception it raises ends the fit like any failure. Under
+    ``metrics.jsonl`` is written); an exception it raises ends the fit like any failure.
+    ``on_validation(step, scores)`` after each validation on the held-out groups: a true value
+    ends the fit there (kept as a finished run; ``history.notes`` says so). Under
     ``torchrun`` (``WORLD_SIZE > 1``) every rank trains on its own shard of the training groups and
     only rank 0 writes the run directory.
     """
@@ -228,12 +230,12 @@ def fit_run(cfg: FitConfig, out, *, resume: bool = False, force: bool = False, p
         _train(plan, out, resume=resume, progress=progress, distributed=distributed, main=False)
     else:
         _run_fit(plan, out, resume=resume, force=force, progress=progress, distributed=distributed,
-                 on_checkpoint=on_checkpoint)
+                 on_checkpoint=on_checkpoint, on_validation=on_validation)
     return plan.learner
 
 
 def _run_fit(plan: _FitPlan, out: Path, *, resume: bool, force: bool, progress: bool, distributed: bool,
-             on_checkpoint=None) -> None:
+             on_checkpoint=None, on_validation=None) -> None:
     """The main process's fit: lock, snapshot for undo, write, train, write results (undo on failure)."""
     undo = None if resume else Undo(out)
     lock = RunLock(out, warn=say)
@@ -248,7 +250,7 @@ def _run_fit(plan: _FitPlan, out: Path, *, resume: bool, force: bool, progress: 
             undo.snapshot(FIT_FILES, dirs=["checkpoints"])
             _write_run(plan, out)
         _train(plan, out, resume=resume, progress=progress, distributed=distributed, main=True,
-               on_checkpoint=on_checkpoint)
+               on_checkpoint=on_checkpoint, on_validation=on_validation)
         _write_results(plan, out)
         failed = False
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -41,14 +42,6 @@ def validation_score(history) -> tuple[float, int]:
     best = history.best_step
     entry = next((v for v in val if v["step"] == best), None) or val[-1]
     return float(entry["nll"]), int(entry["step"])
-
-
-class _Stopped(Exception):
-    """The pruner stopped the trial at validation step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(f"stopped at step {step}: validation NLL trails the other trials")
-        self.step = step
 
 
 def _diverged_value(trial, reported: dict[int, float]) -> float | None:
@@ -79,27 +72,29 @@ def make_objective(base: FitConfig, space: SearchSpace, out: Path, *, progress: 
         run = out / "trials" / f"{trial.number:04d}"
         reported: dict[int, float] = {}
 
-        def on_checkpoint(step: int, history) -> None:
-            for v in history.validation:
-                if v["step"] not in reported:
-                    reported[v["step"]] = float(v["nll"])
-                    trial.report(float(v["nll"]), v["step"])
-            if reported and trial.should_prune():
-                raise _Stopped(max(reported))
+        pruned: list[int] = []
+
+        def on_validation(step: int, scores: dict) -> bool:  # every validation reported; True: the pruner stops it
+            reported[step] = float(scores["nll"])
+            trial.report(reported[step], step)
+            if trial.should_prune():
+                pruned.append(step)
+            return bool(pruned)
 
         try:
-            learner = fit_run(cfg, run, progress=progress, on_checkpoint=on_checkpoint)
-        except _Stopped as stop:
-            trial.set_user_attr("stopped_at", stop.step)
-            return min(reported.values())
+            learner = fit_run(cfg, run, progress=progress, on_validation=on_validation)
         except FloatingPointError as err:  # diverged (e.g. too large a learning rate): a bad value, not a failure
             value = _diverged_value(trial, reported)
             if value is None:
                 raise
             trial.set_user_attr("diverged", str(err).split("(")[0].strip())
             return value
-        value, step = validation_score(learner.history)
         h = learner.history
+        if pruned:  # stopped by the pruner: not a trained run
+            shutil.rmtree(run, ignore_errors=True)
+            trial.set_user_attr("stopped_at", pruned[0])
+            return min(reported.values())
+        value, step = validation_score(h)
         trial.set_user_attr("best_step", step)
         trial.set_user_attr("train_steps", h.step[-1])
         trial.set_user_attr("train_seconds", round(h.time[-1], 1))

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import bayesmeta as bm
+from bayesmeta.inference.context import FitContext
 from bayesmeta.inference.loop import (
     DIVERGENCE_FACTOR,
     DIVERGENCE_STEPS,
@@ -92,7 +93,7 @@ def _scripted_fit(losses, tmp_path=None, saved=None, fail_at=None, dtype=torch.f
     on_ckpt = None if saved is None else (lambda step, history: saved.append(step))
     return train_loop(make_step, {"net": net}, list(net.parameters()), bm.tasks.Sinusoid(),
                       TrainConfig(progress=False, **cfg), device=torch.device("cpu"), x_dim=1, y_dim=1,
-                      checkpoint=ckpt, on_checkpoint=on_ckpt)
+                      context=FitContext(checkpoint=ckpt, on_checkpoint=on_ckpt))
 
 
 def test_the_loop_names_the_step_and_the_lr_and_keeps_the_checkpoint_before_the_divergence(tmp_path):
