@@ -125,7 +125,7 @@ def test_bad_options_are_refused_before_the_run_directory_exists(run, tmp_path, 
 
 def test_fit_failing_after_the_directory_exists_removes_only_what_it_created(run, tmp_path, capsys, monkeypatch):
     def broken_fit(self, *args, **kwargs):
-        kwargs["on_checkpoint"](0, bm.inference.trainer.History())  # writes metrics.jsonl, as a real fit does
+        kwargs["on_checkpoint"](0, bm.inference.History())  # writes metrics.jsonl, as a real fit does
         raise ValueError("simulated failure during training")
 
     monkeypatch.setattr(bm.BayesLearner, "fit", broken_fit)
@@ -359,7 +359,7 @@ def test_a_stale_lock_of_a_killed_process_is_taken_over(run_copy, capsys):
     assert main(["fit", "--out", str(run_copy), "--resume", "--steps", "5", "--no-progress"]) == 0
     assert f"taking over the lock of process {dead.pid}, which is not running" in capsys.readouterr().err
     assert not (run_copy / LOCK_NAME).exists()
-    assert bm.inference.trainer.load_checkpoint(run_copy / "checkpoints" / "last.pt")["step"] == 5
+    assert bm.inference.load_checkpoint(run_copy / "checkpoints" / "last.pt")["step"] == 5
 
 
 def test_lock_is_released_when_the_fit_fails(run_copy, capsys, monkeypatch):

@@ -138,7 +138,7 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(data, tmp_path
     killed.communicate()
     _, err = full.communicate()
     assert full.returncode == 0, err.decode()
-    state = bm.inference.trainer.load_checkpoint(ckpt)  # never corrupt
+    state = bm.inference.load_checkpoint(ckpt)  # never corrupt
     assert 10 <= state["step"] < 150, "the kill should land mid-run"
     resumed = subprocess.run([sys.executable, "-m", "bayesmeta", "fit", "--out", str(tmp_path / "killed"), "--resume",
                               "--no-progress"], env=env, capture_output=True, text=True)

@@ -179,7 +179,7 @@ def test_fit_on_a_pool_validates_and_ends_with_the_best_validation_weights(tmp_p
     held = hold_out(pool, 0.2, seed=0)[1]
     again = ValidationSet(held, (), x_dim=1, y_dim=1, device=CPU, predict_options={"num_samples": 250}).score(learner)
     assert again["nll"] == pytest.approx(best["nll"], abs=1e-4)
-    state = bm.inference.trainer.load_checkpoint(tmp_path / "ck.pt")
+    state = bm.inference.load_checkpoint(tmp_path / "ck.pt")
     assert state["early_stopping"]["best_step"] == best["step"]
 
 

@@ -19,7 +19,9 @@ from torch.func import functional_call, grad, vmap
 
 from .._checks import check_query
 from ..inference.context import FitContext
-from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
+from ..inference.loop import train_loop
+from ..inference.options import History, TrainConfig
+from ..inference.stream import Batch, TaskStream
 from ..learners import MetaLearner, check_adapt_options
 from ..predictive import PosteriorPredictive
 from ..tasks.dataset import Standardization

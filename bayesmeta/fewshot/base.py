@@ -16,7 +16,9 @@ import torch
 
 from .._checks import check_query
 from ..inference.context import FitContext
-from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
+from ..inference.loop import train_loop
+from ..inference.options import History, TrainConfig
+from ..inference.stream import Batch, TaskStream
 from ..learners import MetaLearner, check_adapt_options
 from ..predictive import ClassPredictive
 from ..predictive.scoring import confidence_and_correct, task_nll

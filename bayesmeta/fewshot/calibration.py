@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 
-from ..inference.loop import History
+from ..inference.options import History
 from ..inference.replay import refuse_shared_replay
 from ..predictive import ClassPredictive
 from ..tasks.batch import TaskBatch

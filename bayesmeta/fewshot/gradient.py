@@ -19,7 +19,9 @@ from torch.func import functional_call, vmap
 from ..baselines.base import AdaptedTasks
 from ..baselines.maml import FOMAML, MAML, MetaSGD, Reptile
 from ..inference.context import FitContext
-from ..inference.loop import Batch, History, TaskStream, TrainConfig, train_loop
+from ..inference.loop import train_loop
+from ..inference.options import History, TrainConfig
+from ..inference.stream import Batch, TaskStream
 from ..learners import check_adapt_options
 from ..predictive import ClassPredictive
 from ..tasks.batch import TaskBatch, check_support

@@ -1,5 +1,7 @@
 """Layer 3: set encoders, amortized guides, objectives, the one training loop, refinement, importance sampling, replay."""
 
+from .checkpoints import load_checkpoint, save_checkpoint
+from .context import FitContext
 from .early_stopping import EarlyStopping, MetaOverfittingWarning
 from .encoder import SetEncoder
 from .exact import ConvergenceWarning, fit_type2_ml
@@ -7,8 +9,9 @@ from .global_guide import GlobalGuide
 from .global_objective import GLOBAL_OBJECTIVES, GlobalObjective
 from .guides import GUIDE_FAMILIES, AmortizedGuide
 from .importance import defensive_importance, effective_sample_size, pareto_k
-from .loop import History, TrainConfig, resolve_device, train_loop
+from .loop import train_loop
 from .objectives import OBJECTIVES, ReweightedWakeSleep, TaskImportanceELBO, make_objective, sleep_log_q
+from .options import History, TrainConfig, resolve_device
 from .refine import refine_local
 from .replay import REPLAY_STRATEGIES, ReplayBuffer
 from .trainer import meta_train
@@ -30,7 +33,10 @@ __all__ = [
     "make_objective",
     "OBJECTIVES",
     "TrainConfig",
+    "FitContext",
     "History",
+    "load_checkpoint",
+    "save_checkpoint",
     "meta_train",
     "train_loop",
     "resolve_device",

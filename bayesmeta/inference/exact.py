@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from ..tasks.batch import TaskBatch
-from .trainer import History, pool_points
+from .options import History
+from .stream import pool_points
 
 __all__ = ["fit_type2_ml", "ConvergenceWarning"]
 

@@ -21,19 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .._checks import user_stacklevel
-from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from .checkpoints import save_checkpoint
 from .context import FitContext
 from .distributed import DistributedContext, all_reduce_, broadcast_parameters, check_same_config
-from .divergence import DIVERGENCE_FACTOR, DIVERGENCE_STEPS, DivergenceDetector, failed_step_error
+from .divergence import DivergenceDetector, failed_step_error
 from .early_stopping import EarlyStopping, MetaOverfittingWarning, Validator
-from .options import DEFAULT_LR, OPTIMIZERS, History, TrainConfig, resolve_device
-from .stream import Batch, TaskStream, pool_points
+from .options import DEFAULT_LR, OPTIMIZERS, History, TrainConfig
+from .stream import Batch, TaskStream
 
-__all__ = [
-    "CHECKPOINT_FORMAT", "DIVERGENCE_FACTOR", "DIVERGENCE_STEPS", "OPTIMIZERS", "Batch", "DivergenceDetector", "History",
-    "TaskStream", "TrainConfig", "load_checkpoint", "pool_points", "resolve_device", "save_checkpoint", "set_lr",
-    "train_loop",
-]
+__all__ = ["set_lr", "train_loop"]
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Meta-training of a hierarchical model and its amortized guide: the step function of the one loop.
 
-Two sources of tasks (see :class:`~bayesmeta.inference.loop.TaskStream`):
+Two sources of tasks (see :class:`~bayesmeta.inference.stream.TaskStream`):
 
 * a :class:`~bayesmeta.tasks.TaskFamily` (an endless stream): each step draws fresh tasks with
   ``max_points`` points and observes a random number ``n_i ~ U{min_points..max_points}`` of them,
@@ -21,25 +21,13 @@ import torch
 
 from .context import FitContext
 from .global_objective import GlobalObjective
-from .loop import (
-    Batch,
-    History,
-    TaskStream,
-    TrainConfig,
-    load_checkpoint,
-    pool_points,
-    resolve_device,
-    save_checkpoint,
-    set_lr,
-    train_loop,
-)
+from .loop import train_loop
 from .objectives import ReweightedWakeSleep, make_objective, sleep_log_q
+from .options import History, TrainConfig
 from .program import is_real as _real
+from .stream import Batch, TaskStream
 
-__all__ = [
-    "TrainConfig", "History", "TaskStream", "load_checkpoint", "meta_train", "pool_points", "resolve_device",
-    "save_checkpoint", "set_lr",
-]
+__all__ = ["meta_train"]
 
 
 def meta_train(model, guide, source, config: TrainConfig, *, device: torch.device, objective: str = "rws",

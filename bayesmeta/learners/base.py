@@ -10,11 +10,11 @@ from typing import Self
 
 import torch
 
+from ..inference.checkpoints import load_checkpoint
 from ..inference.context import FitContext
-from ..inference.options import DEFAULT_LR
+from ..inference.options import DEFAULT_LR, History, TrainConfig, resolve_device
 from ..inference.program.data import check_magnitude
 from ..inference.replay import check_replay
-from ..inference.trainer import History, TrainConfig, load_checkpoint, resolve_device
 from ..tasks.batch import TaskBatch, check_support
 from ..tasks.dataset import Standardization, standardize_pool
 from ..validation import ValidationSet, hold_out

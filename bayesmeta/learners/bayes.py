@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..inference.checkpoints import save_checkpoint
 from ..inference.context import FitContext
 from ..inference.convergence import convergence_problem
 from ..inference.exact import ConvergenceWarning, fit_type2_ml
@@ -15,11 +16,12 @@ from ..inference.global_objective import GLOBAL_OBJECTIVES
 from ..inference.guides import AmortizedGuide
 from ..inference.hyper import WeightedDraws, correct_globals
 from ..inference.objectives import OBJECTIVES, SLEEP_OBJECTIVES, check_sleep_objective
+from ..inference.options import History, TrainConfig
 from ..inference.polish import can_polish, polish_marginal_likelihood
 from ..inference.program import ModelProgram, program_of
 from ..inference.program.data import check_batch
 from ..inference.refine import refine_local
-from ..inference.trainer import History, TrainConfig, meta_train, save_checkpoint
+from ..inference.trainer import meta_train
 from ..legacy import legacy_checkpoint_problem
 from ..models.scaling import check_model_scaling, model_scaling
 from ..tasks.batch import TaskBatch

@@ -11,8 +11,8 @@ import torch
 
 from .._user_code import import_source
 from ..inference.guides import AmortizedGuide
+from ..inference.options import History
 from ..inference.program import program_of
-from ..inference.trainer import History
 from ..io import atomic_torch_save, read_torch_file
 from ..legacy import absorb_standardization, with_new_buffers
 from ..tasks.dataset import Standardization

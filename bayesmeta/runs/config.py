@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .._user_code import is_class_spec
-from ..inference.loop import TrainConfig
 from ..inference.objectives import OBJECTIVES
+from ..inference.options import TrainConfig
 from ..io import file_error
 from ..models.glm import LIKELIHOODS
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from .._user_code import absolute_spec
-from ..inference.trainer import load_checkpoint, resolve_device
+from ..inference.checkpoints import load_checkpoint
+from ..inference.options import resolve_device
 from ..io import atomic_write_text, file_error, read_json
 from ..learners import BayesLearner
 from ..tasks import Standardization, TaskDataset

@@ -117,7 +117,7 @@ def test_two_ranks_equal_one_process_on_the_union(tmp_path):
     single = _learner().fit(_pool(), steps=15, tasks_per_step=16, lr=0.05, progress=False)
     assert torch.allclose(r0, _flat(single), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(r0, _flat(_learner()), atol=1e-3)  # training moved the parameters
-    state = bm.inference.trainer.load_checkpoint(tmp_path / "ckpt.pt")  # rank 0's checkpoint loads in one process
+    state = bm.inference.load_checkpoint(tmp_path / "ckpt.pt")  # rank 0's checkpoint loads in one process
     model = _model()
     model.load_state_dict(state["model"])
     assert torch.allclose(torch.cat([p.detach().reshape(-1) for p in model.parameters()]), r0)

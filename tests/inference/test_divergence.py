@@ -8,13 +8,9 @@ import torch
 
 import bayesmeta as bm
 from bayesmeta.inference.context import FitContext
-from bayesmeta.inference.loop import (
-    DIVERGENCE_FACTOR,
-    DIVERGENCE_STEPS,
-    DivergenceDetector,
-    TrainConfig,
-    train_loop,
-)
+from bayesmeta.inference.divergence import DIVERGENCE_FACTOR, DIVERGENCE_STEPS, DivergenceDetector
+from bayesmeta.inference.loop import train_loop
+from bayesmeta.inference.options import TrainConfig
 
 
 def _feed(losses):
@@ -103,7 +99,7 @@ def test_the_loop_names_the_step_and_the_lr_and_keeps_the_checkpoint_before_the_
                                                  r"large.*smaller lr or a tighter clip_norm"):
         _scripted_fit(losses, tmp_path, saved, steps=30, lr=0.5, checkpoint_every=1)
     assert saved == [1, 2, 3]  # the parameters the first loss over the threshold moved were never saved
-    assert bm.inference.trainer.load_checkpoint(tmp_path / "ckpt.pt")["step"] == 3
+    assert bm.inference.load_checkpoint(tmp_path / "ckpt.pt")["step"] == 3
 
 
 def test_losses_are_read_from_the_device_at_least_every_256_steps_and_keep_their_precision():

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bayesmeta.inference.trainer import set_lr
+from bayesmeta.inference.loop import set_lr
 
 
 def _cfg(**kw):
