@@ -257,6 +257,15 @@ def test_fit_evaluate_predict_counts_with_an_offset(tmp_path, capsys):
     for r in rows[1:]:  # expected counts; integer interval ends
         assert float(r[header.index("count_mean")]) > 0
         assert float(r[lo]) == round(float(r[lo])) and float(r[hi]) == round(float(r[hi])) and float(r[lo]) <= float(r[hi])
+    assert "unreliable" not in capsys.readouterr().err
+    # a count the fitted model cannot explain (1e6 where it expects a few): the weights collapse, and predict says so
+    (tmp_path / "support.csv").write_text("site,dose,log_exposure,count\nodd,0.5,0.2,1000000\nodd,-0.5,0.9,3\n"
+                                          "fine,0.5,0.2,4\n")
+    (tmp_path / "query.csv").write_text("site,dose,log_exposure\nodd,0.0,0.0\nfine,0.0,0.0\n")
+    assert main(["predict", str(tmp_path / "run"), "--support", str(tmp_path / "support.csv"), "--query",
+                 str(tmp_path / "query.csv"), "--out", str(tmp_path / "preds.csv"), "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "unreliable (Pareto k > 0.7): 'odd'" in err and "'fine'" not in err
 
 
 @pytest.mark.parametrize(("flags", "message"), [

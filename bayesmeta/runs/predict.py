@@ -85,6 +85,20 @@ def _table(cfg: FitConfig, order, x_query, mask_query, pred, levels) -> str:
     return buf.getvalue()
 
 
+def _warn_unreliable(pred, order: list) -> None:
+    """Name the tasks whose importance weights PSIS calls unreliable (Pareto k > 0.7): their support rows are
+    far from what the fitted model expects (an outlier, a unit mistake), so their predictions may be off."""
+    k, ess = pred.pareto_k, pred.ess
+    if k is None:
+        return
+    bad = [i for i in range(len(order)) if not float(k[i]) <= 0.7]  # NaN or inf counts as unreliable
+    if bad:
+        shown = ", ".join(f"{order[i]!r} (k={float(k[i]):.2f}, ESS {float(ess[i]):.0f})" for i in bad[:10])
+        say(f"warning: the importance weights of {len(bad)} task(s) are unreliable (Pareto k > 0.7): {shown}"
+            f"{' ...' if len(bad) > 10 else ''}; their support rows are far from what the model expects (an outlier "
+            "or a unit mistake?): check them before trusting these predictions")
+
+
 def predict_run(run, support, query, out, *, levels=(0.5, 0.9), seed: int = 0, force: bool = False) -> Path:
     """Predict for new tasks from their ``support`` rows at the ``query`` rows (CSV files with the run's
     columns): mean, sd and central intervals at ``levels`` per query row, written to the CSV ``out``."""
@@ -110,6 +124,7 @@ def predict_run(run, support, query, out, *, levels=(0.5, 0.9), seed: int = 0, f
         if undo is not None:
             undo.remove_new_dirs()
         raise
+    _warn_unreliable(pred, order)
     no_support = [t for t in order if t not in support_set.task_ids]
     if no_support:
         say(f"task(s) {no_support[:10]} have no support rows: their predictions are the prior predictive")
