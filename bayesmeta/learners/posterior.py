@@ -217,8 +217,13 @@ class Posterior:
             block_elements=_BLOCK_ELEMENTS, diagnostics=diagnostics)
 
     def _task_chunks(self, draws_per_task: int) -> list[torch.Tensor]:
-        """Task indices in groups small enough that draws x tasks x (P + S) stays bounded."""
-        per_task = draws_per_task * (self.model.param_dim + self.x_support.shape[1] + 1)
+        """Task indices in groups small enough that draws x tasks x (P + S) stays bounded (with global sites, the
+        guide's head also runs per draw and task: its input and hidden activations count too)."""
+        per_draw = self.model.param_dim + self.x_support.shape[1] + 1
+        if self.hyper is not None and self.guide is not None:  # head input [n, T, R + G] and its hidden layers
+            per_draw += sum(m.in_features + m.out_features for m in self.guide.head.modules()
+                            if isinstance(m, torch.nn.Linear))
+        per_task = draws_per_task * per_draw
         if per_task > MAX_TASK_ELEMENTS:
             raise ValueError(
                 f"num_samples/max_draws: {draws_per_task} draws per task x {self.x_support.shape[1]} support points "
