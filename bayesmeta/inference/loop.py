@@ -27,7 +27,7 @@ from .distributed import DistributedContext, all_reduce_, broadcast_parameters, 
 from .divergence import DivergenceDetector, failed_step_error
 from .early_stopping import EarlyStopping, MetaOverfittingWarning, Validator
 from .options import DEFAULT_LR, OPTIMIZERS, History, TrainConfig
-from .stream import Batch, TaskStream
+from .stream import Batch, TaskStream, open_stream
 
 __all__ = ["set_lr", "train_loop"]
 
@@ -138,9 +138,9 @@ def train_loop(make_step: Callable[[TaskStream], StepFunction], modules: dict[st
     checkpoint, resume = context.checkpoint, context.resume
     rank = 0 if distributed is None else distributed.rank
     torch.manual_seed(cfg.seed + 1_000_003 * rank)
-    stream = TaskStream(source, cfg, device, x_dim, y_dim, rank=rank, min_points=min_points,
-                        world_size=1 if distributed is None else distributed.world_size, whole_episodes=whole_episodes,
-                        replay=replay)
+    stream = open_stream(source, cfg, device, x_dim, y_dim, rank=rank, min_points=min_points,
+                         world_size=1 if distributed is None else distributed.world_size, whole_episodes=whole_episodes,
+                         replay=replay)
     if distributed is not None:
         check_same_config(distributed, {k: v for k, v in asdict(cfg).items() if k != "progress"}, device)
         broadcast_parameters(params)

@@ -18,6 +18,16 @@ class TaskFamily:
 
     x_dim: int = 1
     y_dim: int = 1
+    episodic: bool = False  # classification episodes: ``max_points`` examples per class (see ``Episodes``)
+
+    def family_at(self, step: int) -> TaskFamily:
+        """The family training step ``step`` (from 1) draws from: this one (a changing stream moves on)."""
+        return self
+
+    def steps_note(self, steps: int) -> str | None:
+        """A warning for a fit of ``steps`` steps on this family, or ``None`` (a changing stream that would
+        not reach its last phase says so)."""
+        return None
 
     def sample_params(self, num_tasks: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -146,6 +146,12 @@ class Phases(TaskFamily):
         """The family training step ``step`` (from 1) draws its tasks from."""
         return self.families[self.phase_at(step)]
 
+    def steps_note(self, steps: int) -> str | None:
+        if steps >= self.total_steps:
+            return None
+        return (f"steps={steps} ends in phase {self.phase_at(steps) + 1} of the {len(self)} phases of this stream "
+                f"({self.total_steps} steps); give steps=stream.total_steps to see them all")
+
     def joint(self) -> TaskMixture:
         """Every phase at once (each task from a uniformly random phase): joint training's stream."""
         return TaskMixture(self.families)
