@@ -33,10 +33,10 @@ def file_error(err: OSError, path, action: str) -> OSError:
     return OSError(err.errno, message) if err.errno else OSError(message)  # errno picks the subclass
 
 
-def read_torch_file(path, *, damaged, missing: str = "no such file"):
-    """``torch.load`` of a file of our own (``weights_only=True``, on the CPU), read as bytes first: an OS error
-    is then the file's (``FileNotFoundError`` with ``missing``, else :func:`file_error`), and any failure of
-    ``torch.load`` on the bytes (it raises ``OSError(EINVAL)`` on some truncations) is ``damaged(err)``."""
+def read_torch_file(path, *, damaged, missing: str = "no such file", map_location="cpu"):
+    """``torch.load`` of a file of our own (``weights_only=True``, onto ``map_location``), read as bytes first: an
+    OS error is then the file's (``FileNotFoundError`` with ``missing``, else :func:`file_error`), and any failure
+    of ``torch.load`` on the bytes (it raises ``OSError(EINVAL)`` on some truncations) is ``damaged(err)``."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -45,7 +45,7 @@ def read_torch_file(path, *, damaged, missing: str = "no such file"):
     except OSError as err:
         raise file_error(err, path, "read") from err
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # torch.load fails in many ways on damaged bytes (never pass weights_only=False)
         raise damaged(err) from err
 

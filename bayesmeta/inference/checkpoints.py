@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, read_torch_file
 from .options import History, TrainConfig
 
 if TYPE_CHECKING:
@@ -51,15 +51,9 @@ def load_checkpoint(path, *, map_location="cpu") -> dict:
         OSError: the file cannot be read (permissions, I/O).
         ValueError: not a bayesmeta checkpoint, or a corrupt or truncated one (naming ``path``).
     """
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from") from None
-    except OSError:
-        raise
-    except Exception as err:  # torch.load fails in many ways on damaged files (never retry unsafely)
-        raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}); it cannot be "
-                         f"resumed") from err
+    state = read_torch_file(path, missing="no checkpoint to resume from", map_location=map_location,
+                            damaged=lambda err: ValueError(f"{path}: corrupt or truncated checkpoint "
+                                                           f"({type(err).__name__}); it cannot be resumed"))
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a bayesmeta training checkpoint ({CHECKPOINT_FORMAT})")
     return state
