@@ -117,7 +117,7 @@ def _query_components(posterior, predictive, draws, x, n: int):
 
 def _observation_blocks(posterior, draws, x, n: int):
     """``(tasks, observation distribution [n, T_b, N(, E)])``, block by block."""
-    program = posterior.model
+    program = posterior.program
     x = posterior._query(x)
     flat = program.flatten(draws)  # [n, T, P]
     per_block = max(1, _BLOCK_ELEMENTS // max(1, n * x.shape[1]))
@@ -129,12 +129,12 @@ def _observation_blocks(posterior, draws, x, n: int):
 
 def _query_blocks(posterior, predictive, draws, x, y, n: int, gen):
     """``(tasks, replicated y, log-likelihood)``, each ``[n, T_b, N, E]``, block by block."""
-    if posterior.model.observation.family == "Normal":
+    if posterior.program.observation.family == "Normal":
         for tasks, loc, scale in _query_components(posterior, predictive, draws, x, n):
             noise = torch.randn(loc.shape, generator=gen, dtype=loc.dtype, device=loc.device)
             yield tasks, loc + scale * noise, torch.distributions.Normal(loc, scale).log_prob(y[tasks].to(loc))
         return
-    program = posterior.model
+    program = posterior.program
     scalar = len(program.observation.event_shape) == 0
     for tasks, d in _observation_blocks(posterior, draws, x, n):
         rep, lp = d.sample(), d.log_prob(program.model_y(y[tasks].to(x.dtype), None))

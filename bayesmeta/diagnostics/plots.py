@@ -133,7 +133,7 @@ def plot_shrinkage(posterior, *, num_samples: int = 500, method: str | None = No
     as bands, each task's posterior mean ± 1 sd as an error bar, tasks ordered by their number of
     support points. Few points: posteriors near the prior band; many: narrow and spread out.
     """
-    model = posterior.model  # the model's program: flat unconstrained coordinates
+    model = posterior.program  # the model's program: flat unconstrained coordinates
     draws = model.flatten(posterior.sample(num_samples, method=method, seed=seed)).detach().cpu().double()  # [n, T, P]
     prior = model.gaussian_prior()
     if prior is not None:

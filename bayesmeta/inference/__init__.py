@@ -14,7 +14,7 @@ from .objectives import OBJECTIVES, ReweightedWakeSleep, TaskImportanceELBO, mak
 from .options import History, TrainConfig, resolve_device
 from .refine import refine_local
 from .replay import REPLAY_STRATEGIES, ReplayBuffer
-from .trainer import meta_train
+from .svi import meta_train
 
 __all__ = [
     "ConvergenceWarning",

@@ -24,15 +24,25 @@ prior and entropy are counted once per pool, each task's term ``M / B`` times.
 On an endless task family (no pool) there is no finite ``M``: a step's tasks count as a pool of
 ``B`` tasks, so ``q(g)`` is the posterior given one batch's worth of tasks; a model with globals is meant
 for a finite pool (a ``TaskBatch``).
+
+**The first training batch** starts ``q(g)`` where the data put it, in the posterior's units (see
+:mod:`~bayesmeta.inference.global_guide`): before the optimiser's first step, a Laplace approximation of
+``p(g | pool)`` from that batch (:func:`~bayesmeta.inference.global_guide.laplace_globals`), its covariance
+widened ``M / B`` times (a batch's estimate of the pool's posterior is off by about ``sqrt(M / B)`` of its
+sds), becomes ``q(g)`` and its scale the guide's units. Once per guide; not in a distributed run (each
+rank has its own first batch, and the units must be the same on every rank), nor in a call without
+gradients (an evaluation).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from pyro.infer import ELBO
 
+from .global_guide import laplace_globals
 from .objectives import sleep_log_q
 
 __all__ = ["GlobalObjective", "GLOBAL_OBJECTIVES"]
@@ -57,6 +67,7 @@ class GlobalObjective(ELBO):
         self.objective, self.global_particles = objective, global_particles
         self.wake = objective in ("rws", "rws-wake")
         self.sleep = objective in ("rws", "rws-sleep", "elbo+sleep")
+        self._ready: weakref.WeakSet = weakref.WeakSet()  # global guides seen initialised (no per-step host sync)
 
     def _get_trace(self, model, guide, args, kwargs):  # pragma: no cover - traces are not used
         raise NotImplementedError("GlobalObjective evaluates the program's densities directly, without traces")
@@ -68,6 +79,8 @@ class GlobalObjective(ELBO):
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         scale = (num_tasks or x.shape[0]) / x.shape[0]
+        if guide.globals not in self._ready and torch.is_grad_enabled():
+            self.initialise(model, guide, x, y, mask, num_tasks=num_tasks)
         qg = guide.globals.distribution()
         g = qg.rsample((self.global_particles,))[:, None, :]  # [K, 1, G]
         global_terms = model.log_global_prior(g[:, 0]) - qg.log_prob(g[:, 0])  # [K]
@@ -80,6 +93,27 @@ class GlobalObjective(ELBO):
             surrogate = surrogate + sleep_log_q(model, guide, x, mask, g=g[:1].detach())[None]
         total = global_terms + scale * (bound + surrogate - surrogate.detach()).sum(-1)  # [K]
         return -total.mean()
+
+    def initialise(self, model, guide, x, y, mask, *, num_tasks=None) -> bool:
+        """Start ``guide.globals`` from a Laplace approximation of ``p(g | pool)`` on this batch (see the module
+        docstring) unless it was started already; returns whether it was started now. Without a usable
+        approximation (not finite, not improving on the prior's median) it keeps the prior's units."""
+        globals_ = guide.globals
+        if bool(globals_.initialised):
+            self._ready.add(globals_)
+            return False
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            return False
+        self._ready.add(globals_)
+        estimate = laplace_globals(model, x.detach(), y.detach(), mask, num_tasks=num_tasks,
+                                   start=globals_.mean().detach(), unit=globals_.spread)
+        if estimate is None:
+            globals_.initialised.fill_(True)
+            return False
+        mean, cov = estimate
+        globals_.initialise_(mean, cov * max(1.0, (num_tasks or x.shape[0]) / x.shape[0]))
+        return True
 
     def _wake(self, model, guide, x, y, mask, local, g):
         """``(bound [K, B], surrogate [K, B])`` of reweighted wake-sleep given global draws ``g [K, 1, G]``."""

@@ -21,7 +21,7 @@ from ..inference.polish import can_polish, polish_marginal_likelihood
 from ..inference.program import ModelProgram, program_of
 from ..inference.program.data import check_batch
 from ..inference.refine import refine_local
-from ..inference.trainer import meta_train
+from ..inference.svi import meta_train
 from ..legacy import legacy_checkpoint_problem
 from ..models.scaling import check_model_scaling, model_scaling
 from ..tasks.batch import TaskBatch

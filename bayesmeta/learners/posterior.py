@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -107,9 +108,16 @@ class Posterior:
             raise ValueError("Posterior needs either guide and local parameters, or an exact posterior")
         if hyper is not None and not isinstance(model, HyperProgram):
             model = HyperProgram(program_of(model), hyper)
-        self.model = model if isinstance(model, HyperProgram) else program_of(model)
+        self.program = model if isinstance(model, HyperProgram) else program_of(model)
         self.guide, self.local, self.exact, self.hyper = guide, local, exact, hyper
         self.x_support, self.y_support, self.mask_support = x, y, mask
+
+    @property
+    def model(self):
+        """Deprecated: the model's :class:`~bayesmeta.inference.program.ModelProgram` is :attr:`program`."""
+        warnings.warn("Posterior.model is the model's program; use Posterior.program (Posterior.program.model is "
+                      "your Pyro module)", DeprecationWarning, stacklevel=2)
+        return self.program
 
     @property
     def num_tasks(self) -> int:
@@ -152,7 +160,7 @@ class Posterior:
             theta, log_w, *_ = self._draws(method, n, min_ess=min_ess, max_draws=16 * n)
             if log_w is not None:
                 theta = _gather_draws(theta, systematic_resample(log_w, n))
-        return self.model.split(theta)  # [n, T, *event] per site
+        return self.program.split(theta)  # [n, T, *event] per site
 
     def _method(self, method: str | None) -> str:
         if method is None:
@@ -162,7 +170,7 @@ class Posterior:
         return method
 
     def _query(self, x) -> torch.Tensor:
-        x = check_query(x, self.num_tasks, self.model.x_dim, dtype=self.x_support.dtype, device=self.device)
+        x = check_query(x, self.num_tasks, self.program.x_dim, dtype=self.x_support.dtype, device=self.device)
         check_magnitude(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device), what="x", dtype=x.dtype)
         return x
 
@@ -202,24 +210,24 @@ class Posterior:
             raise ValueError(f"max_draws must be None or an int >= num_samples={n}; got {max_draws!r}")
         min_ess = _check_draw_budget(min_ess, n, max_draws or 16 * n, method)
         self._task_chunks(max(n, max_draws or 16 * n) if method == "importance" else n)  # checks the draws' bound
-        if n * x.shape[1] * self.model.y_dim > MAX_TASK_ELEMENTS:
+        if n * x.shape[1] * self.program.y_dim > MAX_TASK_ELEMENTS:
             raise ValueError(f"x: {x.shape[1]} query points x {n} draws is {n * x.shape[1]:.2e} mixture components "
                              f"per task (at most {MAX_TASK_ELEMENTS:.2e}); predict on fewer query points at a time "
                              f"or with a smaller num_samples")
         with _seeded(seed, self.device):
             theta, log_w, ess, k, used = self._draws(method, n, min_ess=min_ess, max_draws=max_draws or 16 * n)
         diagnostics = PredictiveDiagnostics(method, ess, k, used)
-        if self.model.observation.family != "Normal":
-            return FamilyMixture(theta, log_w, self._observation_components(x), shape=(*x.shape[:2], self.model.y_dim),
+        if self.program.observation.family != "Normal":
+            return FamilyMixture(theta, log_w, self._observation_components(x), shape=(*x.shape[:2], self.program.y_dim),
                                  dtype=x.dtype, block_elements=_BLOCK_ELEMENTS, diagnostics=diagnostics)
         return PosteriorPredictive.from_parameters(
-            theta, log_w, self._likelihood_components(x), shape=(*x.shape[:2], self.model.y_dim), dtype=x.dtype,
+            theta, log_w, self._likelihood_components(x), shape=(*x.shape[:2], self.program.y_dim), dtype=x.dtype,
             block_elements=_BLOCK_ELEMENTS, diagnostics=diagnostics)
 
     def _task_chunks(self, draws_per_task: int) -> list[torch.Tensor]:
         """Task indices in groups small enough that draws x tasks x (P + S) stays bounded (with global sites, the
         guide's head also runs per draw and task: its input and hidden activations count too)."""
-        per_draw = self.model.param_dim + self.x_support.shape[1] + 1
+        per_draw = self.program.param_dim + self.x_support.shape[1] + 1
         if self.hyper is not None and self.guide is not None:  # head input [n, T, R + G] and its hidden layers
             per_draw += sum(m.in_features + m.out_features for m in self.guide.head.modules()
                             if isinstance(m, torch.nn.Linear))
@@ -256,7 +264,7 @@ class Posterior:
         Blocks beyond the predictive's cache are computed when used, from the model as it is then
         (a copy of ``x`` is kept); see :meth:`~bayesmeta.predictive.GaussianMixture.from_parameters`.
         """
-        program, x = self.model, x.clone()
+        program, x = self.program, x.clone()
 
         def components(params: torch.Tensor, tasks: slice):
             with torch.no_grad():
@@ -269,7 +277,7 @@ class Posterior:
 
     def _observation_components(self, x: torch.Tensor):
         """``(params [n_b, T_b, P], tasks) -> observation distribution [n_b, T_b, N]`` on ``x``."""
-        program, x = self.model, x.clone()
+        program, x = self.program, x.clone()
 
         def components(params: torch.Tensor, tasks: slice):
             with torch.no_grad():
@@ -311,26 +319,26 @@ class Posterior:
         x, y, m = self.x_support[idx], self.y_support[idx], self.mask_support[idx]
         if self.exact is not None:
             exact = type(self.exact)(self.exact.loc[idx], scale_tril=self.exact.scale_tril[idx])
-            return Posterior(self.model, x, y, m, exact=exact)
+            return Posterior(self.program, x, y, m, exact=exact)
         local = {key: v[idx] for key, v in self.local.items()}
-        return Posterior(self.model, x, y, m, guide=self.guide, local=local, hyper=self.hyper)
+        return Posterior(self.program, x, y, m, guide=self.guide, local=local, hyper=self.hyper)
 
     def importance_samples(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``theta [n, T, P]`` and log weights ``[n, T]`` targeting the model's exact posterior."""
         x, y, m = self.x_support, self.y_support, self.mask_support
         chunk = max(1, _CHUNK_ELEMENTS // max(1, self.num_tasks * x.shape[1] * 64))
-        prior = self.model.gaussian_prior()
+        prior = self.program.gaussian_prior()
         return defensive_importance(
-            lambda th: self.model.log_joint(x, y, m, th),
+            lambda th: self.program.log_joint(x, y, m, th),
             self.distribution(),
             self.distribution(widen=2.0),
-            _TracedPrior(self.model, x) if prior is None else prior,
+            _TracedPrior(self.program, x) if prior is None else prior,
             num_samples,
             chunk=chunk,
         )
 
     def _predict_exact(self, x) -> PosteriorPredictive:
-        model: Any = self.model.model
+        model: Any = self.program.model
         if self.exact is None or not hasattr(model, "exact_predict"):
             raise ValueError("method='exact' needs an exact posterior (BayesLearner(..., conjugate=True))")
         mu, sd = model.exact_predict(self.exact, x)  # [T, N, 1]

@@ -2,7 +2,7 @@
 
 * :class:`LearnerSurrogate` wraps any fitted learner. A ``BayesLearner``'s posterior gives
   equally weighted, importance-resampled parameter draws (``Posterior.sample``) pushed through
-  the model's own observation distribution (``posterior.model.observation_distribution``): its
+  the model's own observation distribution (``posterior.program.observation_distribution``): its
   mean is the task's function, so a draw is one coherent function. The MAML family gives one
   point estimate per task (no Thompson sampling); an ``Ensemble`` is a mixture of its members.
 * :class:`OracleSurrogate` is a family's true posterior under the true prior: ``Sinusoid`` (grid
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..baselines import AdaptedTasks, GradientMetaLearner
+from ..learners.posterior import Posterior
 from ..predictive import heaviest, pad_components, systematic_resample
 from ..tasks import HierarchicalLinear, HierarchicalLogistic, HierarchicalPoisson, Sinusoid, linear_features
 from .belief import Belief, MixtureBelief, ParamBelief, PointBelief
@@ -73,10 +74,10 @@ def posterior_belief(posterior, *, output: int = 0, pool_size: int = 256, seed: 
 
     The draws come from ``posterior.sample(pool_size, seed=seed)`` (importance-resampled for an
     approximate posterior, exact for a conjugate one) and are mapped back to the model's flat
-    coordinates (``posterior.model.flatten``); functions and observations come from
-    ``posterior.model.observation_distribution(x, u)``, i.e. the user's Pyro program itself.
+    coordinates (``posterior.program.flatten``); functions and observations come from
+    ``posterior.program.observation_distribution(x, u)``, i.e. the user's Pyro program itself.
     """
-    program = posterior.model
+    program = posterior.program
     u = program.flatten(posterior.sample(pool_size, seed=seed))  # [n, T, P]
 
     def function(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +138,7 @@ class LearnerSurrogate(Surrogate):
         if isinstance(learner, GradientMetaLearner):
             return PointBelief(_adapt_points(learner, x, y, mask), x.shape[0], output=self.output, name=name)
         post = learner.adapt(x, y, mask)
-        if callable(getattr(post, "sample", None)) and hasattr(getattr(post, "model", None), "observation_distribution"):
+        if isinstance(post, Posterior):  # draws of the model's own parameters: functions from the program
             return posterior_belief(post, output=self.output, pool_size=pool_size, seed=seed)
         return PointBelief(post, x.shape[0], output=self.output, name=name)
 

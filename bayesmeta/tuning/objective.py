@@ -28,7 +28,7 @@ from ..io import atomic_write_text
 from ..runs.config import FitConfig
 from .space import SearchSpace
 
-__all__ = ["make_objective", "validation_score"]
+__all__ = ["trial_objective", "validation_score"]
 
 TRIAL_FILE = "trial.json"
 
@@ -57,7 +57,7 @@ def _diverged_value(trial, reported: dict[int, float]) -> float | None:
     return max(done) if done else None
 
 
-def make_objective(base: FitConfig, space: SearchSpace, out: Path, *, progress: bool = False):
+def trial_objective(base: FitConfig, space: SearchSpace, out: Path, *, progress: bool = False):
     """The Optuna objective of a study: ``objective(trial) -> validation NLL``."""
     from ..runs.directory import process_start
     from ..runs.fit import fit_run

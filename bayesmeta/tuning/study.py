@@ -72,7 +72,7 @@ def run_worker(out, *, trials: int | None = None, timeout: float | None = None, 
                progress: bool = False, worker: int = 0) -> None:
     """One worker: run trials of the study in ``out`` until the study has ``trials`` finished ones or
     ``timeout`` seconds have passed (a trial started before then runs to its end)."""
-    from .objective import make_objective
+    from .objective import trial_objective
 
     optuna = _optuna()
     out = Path(out)
@@ -92,7 +92,7 @@ def run_worker(out, *, trials: int | None = None, timeout: float | None = None, 
         if sum(t.state in done for t in study.get_trials(deepcopy=False)) >= trials:
             return
         callbacks.append(optuna.study.MaxTrialsCallback(trials, states=done))
-    study.optimize(make_objective(base, space, out, progress=progress), timeout=timeout or None,
+    study.optimize(trial_objective(base, space, out, progress=progress), timeout=timeout or None,
                    callbacks=callbacks, catch=(ValueError, FloatingPointError, RuntimeError), gc_after_trial=True)
 
 

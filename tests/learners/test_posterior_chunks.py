@@ -20,9 +20,9 @@ def _posterior(num_tasks: int = 12):
 def test_the_head_counts_in_the_task_groups():
     post, _ = _posterior()
     head = sum(m.in_features + m.out_features for m in post.guide.head.modules() if isinstance(m, torch.nn.Linear))
-    per_draw = post.model.param_dim + post.x_support.shape[1] + 1 + head
+    per_draw = post.program.param_dim + post.x_support.shape[1] + 1 + head
     size = post_mod._DRAW_ELEMENTS // (1000 * per_draw)  # tasks per group at 1000 draws each
-    assert head > 10 * (post.model.param_dim + post.x_support.shape[1] + 1)  # ignoring the head undercounted >10x
+    assert head > 10 * (post.program.param_dim + post.x_support.shape[1] + 1)  # ignoring the head undercounted >10x
     big, _ = _posterior(num_tasks=3 * size)
     assert [len(g) for g in big._task_chunks(1000)] == [size] * 3
 

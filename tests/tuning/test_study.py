@@ -176,14 +176,14 @@ def test_report_leaves_the_matplotlib_style_as_it_was(study_files, tmp_path):
 
 def test_a_trial_the_pruner_stops_finishes_with_the_value_it_reached(study_files, tmp_path):
     """Stopped trials are finished ones for the sampler (a GP learns nothing from pruned trials) and leave no run."""
-    from bayesmeta.tuning.objective import make_objective
+    from bayesmeta.tuning.objective import trial_objective
 
     fit, space = study_files(steps=30)
     base, space_obj = load_config(fit), bm.tuning.load_space(space)
     out = tmp_path / "study"
     (out / "trials").mkdir(parents=True)
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=-100.0))  # any NLL above -100: stop
-    study.optimize(make_objective(base, space_obj, out), n_trials=1)
+    study.optimize(trial_objective(base, space_obj, out), n_trials=1)
     t = study.trials[0]
     assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["stopped_at"] == 10
     assert t.value == t.intermediate_values[10]  # the best (only) validation NLL it reached

@@ -1,4 +1,4 @@
-"""Meta-training of a hierarchical model and its amortized guide: the step function of the one loop.
+"""SVI on a hierarchical model and its amortized guide over many tasks: the step function of the one loop.
 
 Two sources of tasks (see :class:`~bayesmeta.inference.stream.TaskStream`):
 
@@ -30,12 +30,12 @@ from .stream import Batch, TaskStream
 __all__ = ["meta_train"]
 
 
-def meta_train(model, guide, source, config: TrainConfig, *, device: torch.device, objective: str = "rws",
+def meta_train(program, guide, source, config: TrainConfig, *, device: torch.device, objective: str = "rws",
                num_particles: int = 8, conjugate: bool = False, context: FitContext | None = None) -> History:
     """Maximise the meta-training objective of ``model`` and ``guide``; returns the :class:`History`.
 
     Args:
-        model: the model's :class:`~bayesmeta.inference.program.ModelProgram` (on ``device``).
+        program: the model's :class:`~bayesmeta.inference.program.ModelProgram` (on ``device``).
         guide: an :class:`~bayesmeta.inference.AmortizedGuide` (on ``device``), or ``None``
             with ``conjugate=True``.
         source: a ``TaskFamily`` or a ``TaskBatch`` pool.
@@ -46,19 +46,19 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
             group, validation, replay, callbacks), as in :func:`~bayesmeta.inference.loop.train_loop`.
     """
     # a site on a constrained support reaches the model through a Delta with a log-Jacobian: no analytic KL
-    analytic = all(_real(s.support) for s in model.sites)
+    analytic = all(_real(s.support) for s in program.sites)
     if conjugate:
-        loss_fn = _conjugate_loss(model.model)
-    elif model.has_globals:  # the globals' terms once per pool: the library's own objectives
-        loss_fn = GlobalObjective(objective, num_particles)(model, guide)
+        loss_fn = _conjugate_loss(program.model)
+    elif program.has_globals:  # the globals' terms once per pool: the library's own objectives
+        loss_fn = GlobalObjective(objective, num_particles)(program, guide)
     else:
-        loss_fn = make_objective(objective, num_particles, analytic_kl=analytic)(model, guide)
+        loss_fn = make_objective(objective, num_particles, analytic_kl=analytic)(program, guide)
     guide_params = [] if guide is None else list(guide.parameters())
     # the subset term trains the local guide only: q(g) is the posterior given the whole pool, once
     global_params = set() if guide is None or guide.globals is None else set(guide.globals.parameters())
     local_params = [p for p in guide_params if p not in global_params]
-    # the ELBO, and a sleep phase for the guide (a model with globals: in its objective)
-    sleep_term = objective == "elbo+sleep" and guide is not None and not model.has_globals
+    # the ELBO, and a sleep phase for the guide (a program with globals: in its objective)
+    sleep_term = objective == "elbo+sleep" and guide is not None and not program.has_globals
 
     def make_step(stream: TaskStream):
         subsets = guide is not None and stream.pool is not None and config.encoder_subsets
@@ -72,7 +72,7 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
                 _add_guide_grads(loss_fn(b.x, b.y, stream.random_subset(b.mask), num_tasks=b.num_tasks, **no_sleep),
                                  local_params)
             if sleep_term:
-                (-(b.num_tasks or b.x.shape[0]) / b.x.shape[0] * sleep_log_q(model, guide, b.x, b.mask).sum()).backward()
+                (-(b.num_tasks or b.x.shape[0]) / b.x.shape[0] * sleep_log_q(program, guide, b.x, b.mask).sum()).backward()
             matching = None if guide is None else guide.prior_matching_loss(b.x)
             if matching is not None:  # the empty set's Gaussian follows a non-Gaussian prior
                 matching.backward()
@@ -80,9 +80,9 @@ def meta_train(model, guide, source, config: TrainConfig, *, device: torch.devic
 
         return step
 
-    modules = {"model": model.model, "guide": guide}  # checkpoints hold the user's model as it is
-    params = list(model.parameters()) + guide_params
-    return train_loop(make_step, modules, params, source, config, device=device, x_dim=model.x_dim, y_dim=model.y_dim,
+    modules = {"model": program.model, "guide": guide}  # checkpoints hold the user's model as it is
+    params = list(program.parameters()) + guide_params
+    return train_loop(make_step, modules, params, source, config, device=device, x_dim=program.x_dim, y_dim=program.y_dim,
                       context=context)
 
 
