@@ -70,7 +70,11 @@ def user_model(model_cfg, x_dim: int, y_dim: int) -> torch.nn.Module:
     except TypeError as err:
         raise ValueError(f"model.options: {model_cfg.kind}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) "
                          f"does not match its constructor ({err})") from None
-    model = cls(**kwargs)
+    try:
+        model = cls(**kwargs)
+    except Exception as err:  # the user's constructor: any failure is an input error naming the class
+        raise ValueError(f"model.kind: {model_cfg.kind}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) raised "
+                         f"{type(err).__name__}: {err}") from err
     if not isinstance(getattr(model, "config", None), dict):  # what BayesLearner.save needs to rebuild it
         model.config = kwargs
     return model

@@ -40,6 +40,12 @@ MODEL_SOURCE = textwrap.dedent('''
     NOT_A_MODEL = 3
 
 
+    class Broken(PyroModule):
+        def __init__(self):
+            super().__init__()
+            raise RuntimeError("no such assay")
+
+
     class Plain:
         pass
 ''')
@@ -142,6 +148,7 @@ def test_bad_model_configs_name_the_key(model_cfg, message):
     ("{model}:Nope", "has no 'Nope'"),
     ("{model}:NOT_A_MODEL", "is a int, not a class"),
     ("{model}:Plain", "is not a model"),
+    ("{model}:Broken", "Broken() raised RuntimeError: no such assay"),
     ("no_such_module_xyz:Thing", "no module named 'no_such_module_xyz'"),
 ])
 def test_a_bad_model_spec_is_one_line_naming_it(user_files, tmp_path, capsys, spec, message):
