@@ -51,9 +51,10 @@ _NOT_TUNABLE = {"train": {"seed", "device", "progress", "steps", "max_time", "lo
                 "model": {"kind", "likelihood", "hidden", "encoder_hidden"}}
 # model keys that exist only for some model kinds (the conjugate kinds have no guide, no code)
 # ("glm": model.kind "linear" with a non-Gaussian likelihood, fitted with an amortized guide)
-_KIND_KEYS = {"latent_dim": ("latent",), "heteroscedastic": ("latent",), "guide": ("latent", "glm"),
-              "objective": ("latent", "glm"), "num_particles": ("latent", "glm"), "encoder_width": ("latent", "glm"),
-              "encoder_depth": ("latent", "glm"), "width": ("latent", "bayes-head"), "depth": ("latent", "bayes-head")}
+_AMORTIZED = ("latent", "glm", "your own model")  # the kinds with an amortized guide
+_KIND_KEYS = {"latent_dim": ("latent",), "heteroscedastic": ("latent",), "guide": _AMORTIZED,
+              "objective": _AMORTIZED, "num_particles": _AMORTIZED, "encoder_width": _AMORTIZED,
+              "encoder_depth": _AMORTIZED, "width": ("latent", "bayes-head"), "depth": ("latent", "bayes-head")}
 SAMPLERS = ("gp", "tpe", "random")
 PRUNERS = ("median", "none")
 
@@ -163,12 +164,13 @@ class SearchSpace:
 
     def check(self, base: FitConfig) -> None:
         """Raise if a parameter does not apply to ``base``'s model or any value it can take is invalid."""
-        kind = base.model.kind if base.model.likelihood == "gaussian" else "glm"
+        kind = ("your own model" if base.model.custom else base.model.kind if base.model.likelihood == "gaussian"
+                else "glm")
         for p in self.params:
             kinds = _KIND_KEYS.get(p.name) if p.section == "model" else None
             if kinds is not None and kind not in kinds:
-                what = (f"model.kind={base.model.kind!r}" if kind != "glm"
-                        else f"model.likelihood={base.model.likelihood!r} (a hierarchical GLM)")
+                what = (f"model.likelihood={base.model.likelihood!r} (a hierarchical GLM)" if kind == "glm"
+                        else f"model.kind={base.model.kind!r}" + (" (your own model)" if base.model.custom else ""))
                 raise ValueError(f"search space: {p.key} is not a parameter of the model this config fits ({what}); "
                                  f"it applies to model.kind in {list(kinds)}")
             for value in p.corners():

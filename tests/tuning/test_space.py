@@ -62,6 +62,10 @@ def test_check_refuses_a_parameter_the_model_does_not_have_and_invalid_values():
         space_from_dict({"space": {"model": {"latent_dim": [2, 4]}}}).check(linear)
     glm = config_from_dict({"model": {"kind": "linear", "likelihood": "poisson"}})
     space_from_dict({"space": {"model": {"num_particles": [4, 8]}}}).check(glm)  # a GLM has a guide
+    mine = config_from_dict({"model": {"kind": "models/herd.py:HerdModel"}})
+    space_from_dict({"space": {"model": {"encoder_width": [64, 128], "num_particles": [4, 8]}}}).check(mine)
+    with pytest.raises(ValueError, match=r"model.latent_dim is not a parameter .*HerdModel' \(your own model\)"):
+        space_from_dict({"space": {"model": {"latent_dim": [2, 4]}}}).check(mine)
     with pytest.raises(ValueError, match=r"model.guide = 'normalizing' is not a valid setting"):
         space_from_dict({"space": {"model": {"guide": ["diagonal", "normalizing"]}}}).check(FitConfig())
     with pytest.raises(ValueError, match=r"train.tasks_per_step = 0 is not a valid setting"):
