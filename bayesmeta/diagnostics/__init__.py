@@ -13,7 +13,7 @@ from .hyper import compare_global_posteriors, hyperposterior_inference_data
 from .inference_data import to_inference_data
 from .plots import plot_elbo_trace, plot_forgetting, plot_prediction_bands, plot_shrinkage
 from .reference import compare_posteriors, reference_diagnostics, reference_posterior
-from .sbc import SBCResult, simulation_based_calibration
+from .sbc import SBCResult, refit_posterior, simulation_based_calibration
 
 __all__ = [
     "SBCResult",
@@ -35,5 +35,6 @@ __all__ = [
     "reference_posterior",
     "report",
     "simulation_based_calibration",
+    "refit_posterior",
     "to_inference_data",
 ]

@@ -3,18 +3,30 @@
 theta ~ learned prior -> simulated support set -> L posterior draws -> rank of theta among them.
 If the posterior is right, the rank of every parameter coordinate is uniform on {0, ..., L}.
 Too narrow a posterior piles ranks at both ends; too wide, in the middle; a biased one on a side.
+
+A model with **global latent sites** (hyperpriors) is calibrated as a whole: the globals are
+identified only by a pool of tasks, so each simulation draws ``g ~ p(g)``, a pool of tasks
+``theta_i ~ p(theta | g)`` and their data, and the posterior of that pool ranks ``g`` (and, if it
+returns them, the tasks' ``theta_i``: a new task with a support set is one of the pool's tasks). A
+fitted ``BayesLearner``'s ``q(g)`` is the posterior of its own training pool, not amortized over
+pools, so the posterior here is a callable that fits each simulated pool:
+:func:`refit_posterior` (a fresh learner per pool: honest and costly) or one of your own (an exact
+posterior, NUTS).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ..inference.program import program_of
+from ..inference.program import ModelError, program_of
+from ..tasks.batch import TaskBatch
 
-__all__ = ["SBCResult", "simulation_based_calibration"]
+__all__ = ["SBCResult", "refit_posterior", "simulation_based_calibration"]
 
 
 @dataclass(frozen=True)
@@ -100,19 +112,37 @@ def _posterior_draws(posterior, model, x, y, mask, n: int, method, seed: int) ->
 @torch.no_grad()
 def simulation_based_calibration(model, posterior, x, *, num_simulations: int = 200,
                                  num_posterior_samples: int = 100, method: str | None = "guide",
-                                 bins: int | None = None, seed: int = 0) -> SBCResult:
+                                 bins: int | None = None, seed: int = 0, mask: torch.Tensor | None = None,
+                                 tasks: Sequence[int] | None = None) -> SBCResult:
     """SBC of a posterior for ``model``'s learned prior on support inputs ``x``.
 
     Args:
         model: the model whose prior and likelihood simulate the data (any model ``BayesLearner``
             takes); ranks are taken per flat unconstrained coordinate.
         posterior: a learner (``adapt(x, y, mask).sample(n, method=method)``) or a callable
-            ``(x, y, mask, n) -> {site: [n, T, ...]}`` or flat ``[n, T, P]`` draws.
+            ``(x, y, mask, n) -> {site: [n, T, ...]}`` or flat ``[n, T, P]`` draws. A model with global
+            sites: a callable ``(x, y, mask, n) -> draws`` of the joint posterior given a whole simulated
+            pool, ``{global site: [n, *shape], task site: [n, T, *shape]}`` (the task sites may be left
+            out) or flat unconstrained global draws ``[n, G]``; e.g. :func:`refit_posterior`.
         x: support inputs ``[S, D]`` (the same for every simulation) or ``[num_simulations, S, D]``.
+            A model with global sites: the inputs of a pool, ``[T, N, D]`` (or ``[num_simulations, T, N,
+            D]``), or a ``TaskBatch`` (its points' inputs and mask; its outcomes are not used).
         num_simulations, num_posterior_samples: Talts et al. advise >= 100 of each.
         method: for learners: ``"guide"`` (default; SBC checks the amortized guide itself),
             ``"importance"`` or ``"exact"``.
         bins: histogram bins of the uniformity test (default ``min(20, num_simulations // 10)``).
+        mask: a model with global sites: ``[T, N]`` (or ``[num_simulations, T, N]``) bool, the points each
+            simulated pool observes (default: all; a ragged pool, a task with a small support set).
+        tasks: a model with global sites: the pool's tasks whose parameters are ranked beside the globals
+            (default: every task, where the draws hold the task sites; ``()``: the globals only).
+
+    A model with global sites ranks its flat global coordinates (``mu``, ``log_tau``) first, then
+    ``"{coordinate} (task i)"`` for each task in ``tasks``.
+
+    Raises:
+        ValueError: a bad argument; for a model with global sites also a learner as the posterior (its
+            ``q(g)`` belongs to its own training pool: use :func:`refit_posterior`), inputs that are not a
+            pool, or draws without every global site (each named).
     """
     for name, v, low in (("num_simulations", num_simulations, 20), ("num_posterior_samples", num_posterior_samples, 10)):
         if not isinstance(v, int) or v < low:
@@ -120,11 +150,17 @@ def simulation_based_calibration(model, posterior, x, *, num_simulations: int = 
     bins = bins or max(2, min(20, num_simulations // 10))
     if not 2 <= bins <= num_posterior_samples + 1:
         raise ValueError(f"bins must be in [2, {num_posterior_samples + 1}]; got {bins}")
-    x = _inputs(x, num_simulations)
     model = program_of(model)
-    first = next(model.parameters())
-    device = first.device
-    x = x.to(device=device, dtype=first.dtype)
+    if model.has_globals:
+        return _sbc_globals(model, posterior, x, mask, tasks, num_simulations, num_posterior_samples, bins, seed)
+    for name, value in (("mask", mask), ("tasks", tasks)):
+        if value is not None:
+            raise ValueError(f"{name}= is for a model with global latent sites (a simulated pool of tasks); "
+                             f"{type(model.model).__name__} has none")
+    x = _inputs(x, num_simulations)
+    probe = model.probe_inputs()  # the model's dtype and device (of its first parameter; a model may have none)
+    device = probe.device
+    x = x.to(device=device, dtype=probe.dtype)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         theta = model.sample_prior(x, 1)[0]  # [T, P], flat unconstrained
@@ -135,6 +171,152 @@ def simulation_based_calibration(model, posterior, x, *, num_simulations: int = 
     ranks = (draws < theta).sum(0).cpu()  # [T, P] in 0..L
     chi2, p = rank_uniformity(ranks, num_posterior_samples, bins)
     return SBCResult(ranks, num_posterior_samples, model.coordinate_names(), bins, chi2, p)
+
+
+def _pool_inputs(program, x, mask, num_simulations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [S, T, N, D]`` and ``mask [S, T, N]`` of the simulated pools, on the model's dtype and device."""
+    name = type(program.model).__name__
+    if isinstance(x, TaskBatch):
+        px, _, pmask = x.all_points()
+        x, mask = px, pmask if mask is None else mask
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a pool's inputs [T, N, D] or a TaskBatch; got {type(x).__name__}")
+    if x.dim() == 3:
+        x = x.expand(num_simulations, *x.shape)
+    if x.dim() != 4 or x.shape[0] != num_simulations or x.shape[1] == 0:
+        raise ValueError(f"{name} has global latent sites {[s.name for s in program.global_sites]}: SBC simulates a "
+                         f"whole pool of tasks (the globals are identified only by a pool), so x must be a pool's "
+                         f"inputs [T, N, D] (T >= 1), [{num_simulations}, T, N, D] or a TaskBatch; got {tuple(x.shape)}")
+    if mask is None:
+        mask = torch.ones(x.shape[:3], dtype=torch.bool)
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor [T, N]; got {getattr(mask, 'dtype', type(mask).__name__)}")
+    if mask.dim() == 2:
+        mask = mask.expand(num_simulations, *mask.shape)
+    if mask.shape != x.shape[:3]:
+        raise ValueError(f"mask must have shape {tuple(x.shape[1:3])} or {tuple(x.shape[:3])}; got {tuple(mask.shape)}")
+    probe = program.probe_inputs()
+    return x.to(device=probe.device, dtype=probe.dtype), mask.to(probe.device)
+
+
+def _sbc_globals(program, posterior, x, mask, tasks, num_simulations: int, n: int, bins: int,
+                 seed: int) -> SBCResult:
+    """SBC of the whole model (globals, and task sites where the draws hold them) over simulated pools."""
+    name = type(program.model).__name__
+    if hasattr(posterior, "adapt") or not callable(posterior):
+        kind = "a learner" if hasattr(posterior, "adapt") else f"a {type(posterior).__name__}"
+        raise ValueError(
+            f"{name} has global latent sites {[s.name for s in program.global_sites]}: SBC needs the posterior of "
+            f"every simulated pool, and posterior is {kind}. A fitted BayesLearner's q(g) is the posterior of its "
+            "own training pool (it is not amortized over pools): pass bayesmeta.diagnostics.refit_posterior("
+            "make_learner, steps=...) (a fresh learner fitted to each simulated pool) or a callable (x, y, mask, n) -> "
+            "{site: draws} of your own")
+    x, mask = _pool_inputs(program, x, mask, num_simulations)
+    t = x.shape[1]
+    if tasks is not None:
+        tasks = list(tasks)
+        bad = [i for i in tasks if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < t]
+        if bad:
+            raise ValueError(f"tasks must be indices of the pool's {t} tasks; got {bad}")
+    device = x.device
+    truths = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for s in range(num_simulations):
+            g = program.sample_globals(1)  # [1, G]
+            u, y = program.sample_joint(x[s], mask[s], g=g[:, None])  # [T, P], [T, N, E]
+            if not (torch.isfinite(g).all() and torch.isfinite(u).all() and torch.isfinite(y[mask[s]]).all()):
+                raise ModelError(f"{name}: simulation {s} drew a pool with non-finite values (a prior or likelihood "
+                                 "too wide for the model's dtype); SBC needs finite simulated pools")
+            truths.append((g[0], u, y))
+        ranks = []
+        for s, (g, u, y) in enumerate(truths):
+            torch.manual_seed(seed + 1 + s)
+            draws = posterior(x[s], y, mask[s], n)
+            g_draws, u_draws = _joint_draws(program, draws, n, t, s)
+            if tasks is None:
+                tasks = list(range(t)) if u_draws is not None else []
+            if tasks and u_draws is None:
+                raise ValueError(f"posterior draws hold no task sites {[site.name for site in program.sites]} "
+                                 f"(simulation {s}), but tasks={tasks} asks for their ranks; return them, or pass tasks=()")
+            row = [(g_draws < g).sum(0)]
+            if tasks:
+                assert u_draws is not None
+                row.append((u_draws[:, tasks] < u[tasks]).sum(0).reshape(-1))
+            ranks.append(torch.cat(row).cpu())
+    names = program.global_coordinate_names() + [f"{c} (task {i})" for i in tasks for c in program.coordinate_names()]
+    stacked = torch.stack(ranks)  # [S, C] in 0..L
+    chi2, p = rank_uniformity(stacked, n, bins)
+    return SBCResult(stacked, n, names, bins, chi2, p)
+
+
+def _joint_draws(program, draws, n: int, t: int, s: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A pool posterior's draws -> flat ``(g [n, G], u [n, T, P] or None)``, checked."""
+    where = f"simulation {s}"
+    if isinstance(draws, torch.Tensor):
+        g, u = draws, None
+    elif isinstance(draws, dict):
+        missing = [site.name for site in program.global_sites if site.name not in draws]
+        if missing:
+            raise ValueError(f"posterior draws ({where}) lack the global sites {missing}: the pool's posterior must "
+                             f"return every global site, {[site.name for site in program.global_sites]}")
+        g = program.flatten_globals({site.name: draws[site.name] for site in program.global_sites})
+        held = [site.name for site in program.sites if site.name in draws]
+        if held and len(held) < len(program.sites):
+            raise ValueError(f"posterior draws ({where}) hold the task sites {held} but not "
+                             f"{[site.name for site in program.sites if site.name not in draws]}: return all or none")
+        u = program.flatten({k: draws[k] for k in held}) if held else None
+    else:
+        raise TypeError(f"the pool's posterior must return {{site: draws}} or flat global draws [n, G]; got "
+                        f"{type(draws).__name__}")
+    if g.shape != (n, program.global_dim):
+        raise ValueError(f"posterior draws ({where}): the globals must have shape {(n, program.global_dim)} "
+                         f"(flat); got {tuple(g.shape)}")
+    if u is not None and u.shape != (n, t, program.param_dim):
+        raise ValueError(f"posterior draws ({where}): the task sites must have shape {(n, t, program.param_dim)} "
+                         f"(flat); got {tuple(u.shape)}")
+    if not torch.isfinite(g).all() or (u is not None and not torch.isfinite(u).all()):
+        raise ValueError(f"posterior draws ({where}) hold NaN or inf")
+    return g, u
+
+
+def refit_posterior(make_learner: Callable[[], Any], steps: int, *, task_draws: bool = True,
+                    **fit_options) -> Callable:
+    """A pool's posterior for :func:`simulation_based_calibration` of a model with global sites: a fresh
+    learner fitted to each simulated pool.
+
+    Each call builds ``make_learner()`` (a ``BayesLearner`` of the model), fits it to the pool for ``steps``
+    (``fit_options``: any other ``fit`` option; progress off), and returns draws of its hyperposterior (the
+    importance-corrected draws where the fit kept them, else ``q(g)``) and, with ``task_draws``, each task's
+    parameters from the amortized guide given each global draw. This checks the whole procedure, training
+    included, as a user runs it -- and costs a fit per simulation (a few seconds each on a small pool):
+    budget ``num_simulations`` fits.
+
+    Example:
+        >>> from bayesmeta.diagnostics.sbc import refit_posterior
+        >>> post = refit_posterior(lambda: bm.BayesLearner(bm.models.EightSchools()), 300)  # doctest: +SKIP
+        >>> bm.simulation_based_calibration(model, post, pool, num_simulations=100)  # doctest: +SKIP
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int; got {steps!r}")
+    fit_options = {"progress": False, **fit_options}
+
+    def fit(x, y, mask, n):
+        learner = make_learner()
+        program = getattr(learner, "program", None)
+        if program is None or not program.has_globals or getattr(learner, "guide", None) is None:
+            raise ValueError("make_learner must return a BayesLearner of a model with global latent sites")
+        with torch.enable_grad():
+            learner.fit(TaskBatch(x, y, mask), steps, **fit_options)
+        with torch.no_grad():
+            g = learner.hyperposterior()(n, 1)  # [n, 1, G]
+            draws = program.split_globals(g[:, 0])
+            if task_draws:
+                u = learner.guide.build(learner.guide.encode(x, y, mask), g=g).sample()  # [n, T, P]
+                draws.update(program.split(u))
+        return draws
+
+    return fit
 
 
 def expected_rank_band(num_simulations: int, num_posterior_samples: int, bins: int, level: float = 0.99):
