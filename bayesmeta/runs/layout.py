@@ -20,11 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..io import file_error, read_json
+from ..io import atomic_write_text, file_error, read_json
 from .config import FitConfig, load_config
 from .directory import Undo
 
-__all__ = ["CHECKPOINT", "LEARNER_FILE", "load_run_config", "read_split", "check_writable", "say", "write_together"]
+__all__ = ["CHECKPOINT", "LEARNER_FILE", "check_out_file", "check_writable", "load_run_config", "read_split", "say",
+           "write_out_file", "write_together"]
 
 CHECKPOINT = "checkpoints/last.pt"
 LEARNER_FILE = "learner.pt"  # the saved learner in every run directory (fit and demo)
@@ -81,3 +82,31 @@ def write_together(directory: Path, writers: dict) -> None:
         undo.restore_files()
         raise
     undo.discard()
+
+
+def check_out_file(out: Path, *, force: bool) -> Path:
+    """An output file a command may write (checked before any work): not a directory, not an existing file
+    without ``force``, under a writable directory (missing folders are created on writing). Returns the
+    nearest existing parent, for :func:`write_out_file`."""
+    if out.is_dir():
+        raise IsADirectoryError(f"{out}: --out is a directory; give the name of the CSV file to write")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; use --force to replace it")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{out}: {parent} is not a directory")
+    check_writable(parent)
+    return parent
+
+
+def write_out_file(text: str, out: Path, parent: Path) -> Path:
+    """Write ``text`` to ``out`` atomically; folders it created are removed again if the write fails."""
+    undo = Undo(out.parent) if parent != out.parent else None
+    try:
+        return atomic_write_text(text, out)
+    except BaseException:
+        if undo is not None:
+            undo.remove_new_dirs()
+        raise

@@ -13,31 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import atomic_write_text
 from ..tasks import Standardization, TaskDataset
 from ..tasks.batch import pad_ragged
 from .config import FitConfig
 from .data import check_in_support, read_tasks
-from .directory import Undo
-from .layout import check_writable, say
+from .layout import check_out_file, say, write_out_file
 from .learner import load_fitted, predictor
 
 __all__ = ["predict_run"]
-
-
-def _check_out(out: Path, *, force: bool) -> Path:
-    """Refuse a directory, or an existing file without ``force``; returns the nearest existing parent."""
-    if out.is_dir():
-        raise IsADirectoryError(f"{out}: --out is a directory; give the name of the CSV file to write")
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; use --force to replace it")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise NotADirectoryError(f"{out}: {parent} is not a directory")
-    check_writable(parent)
-    return parent
 
 
 def _read_rows(path: Path, cfg: FitConfig, *, with_y: bool) -> TaskDataset:
@@ -104,7 +87,7 @@ def predict_run(run, support, query, out, *, levels=(0.5, 0.9), seed: int = 0, f
     columns): mean, sd and central intervals at ``levels`` per query row, written to the CSV ``out``."""
     out = Path(out)
     levels = list(levels)
-    parent = _check_out(out, force=force)
+    parent = check_out_file(out, force=force)
     bad = [lv for lv in levels if not 0 < lv < 1]
     if bad:
         raise ValueError(f"--levels must be in (0, 1); got {bad}")
@@ -117,13 +100,7 @@ def predict_run(run, support, query, out, *, levels=(0.5, 0.9), seed: int = 0, f
     x_query, mask_query = _padded(query_set, order, "x")
     pred = predictor(learner, seed=seed)(xs, ys, x_query, ms)
     text = _table(cfg, order, x_query, mask_query, pred, levels)
-    undo = Undo(out.parent) if parent != out.parent else None
-    try:
-        path = atomic_write_text(text, out)
-    except BaseException:
-        if undo is not None:
-            undo.remove_new_dirs()
-        raise
+    path = write_out_file(text, out, parent)
     _warn_unreliable(pred, order)
     no_support = [t for t in order if t not in support_set.task_ids]
     if no_support:

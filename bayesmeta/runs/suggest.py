@@ -14,25 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import atomic_write_text
 from ..optimize import Candidates, propose
 from ..tasks.batch import pad_ragged
 from .data import read_tasks
-from .layout import check_writable, say
+from .layout import check_out_file, say, write_out_file
 from .learner import load_fitted
 
 __all__ = ["suggest_run"]
-
-
-def _check_out(out: Path, *, force: bool) -> None:
-    if out.is_dir():
-        raise IsADirectoryError(f"{out}: --out is a directory; give the name of the CSV file to write")
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; use --force to replace it")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"{out}: the directory {parent} does not exist")
-    check_writable(parent)
 
 
 def _observed(cfg, path, d: int, e: int) -> tuple[list, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,7 +55,7 @@ def suggest_run(run, candidates, out, *, observed=None, n: int = 1, acquisition:
     :func:`bayesmeta.optimize.propose` for the acquisitions.
     """
     out = Path(out)
-    _check_out(out, force=force)
+    parent = check_out_file(out, force=force)
     if n < 1:
         raise ValueError(f"--n must be >= 1; got {n}")
     cfg, learner = load_fitted(Path(run))
@@ -83,6 +71,6 @@ def suggest_run(run, candidates, out, *, observed=None, n: int = 1, acquisition:
     prop = propose(learner, xs, ys, Candidates(torch.as_tensor(points, dtype=torch.float32)), mask=mask,
                    acquisition=acquisition, q=n, maximize=not minimize, beta=beta,
                    output=y_names.index(objective), seed=seed)
-    path = atomic_write_text(_table(cfg, ids, prop, objective), out)
+    path = write_out_file(_table(cfg, ids, prop, objective), out, parent)
     say(f"wrote {path} ({len(ids)} task(s) x {n} point(s), acquisition {acquisition})")
     return path

@@ -53,7 +53,7 @@ def test_suggest_writes_n_candidate_rows_per_task(run, tmp_path):
 
 
 def test_suggest_from_the_prior_and_minimising(run, tmp_path):
-    out = tmp_path / "first.csv"
+    out = tmp_path / "new" / "folder" / "first.csv"  # missing folders are made, as for predict
     cmd_suggest(_parse([str(run / "run"), "--candidates", str(run / "grid.csv"), "--minimize", "--out", str(out)]))
     rows = _rows(out)
     assert len(rows) == 1 and rows[0]["subject"] == "new"
